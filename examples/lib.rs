@@ -1,0 +1,1 @@
+//! Runnable examples for plumcast: see the files beside this one.
