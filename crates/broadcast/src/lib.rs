@@ -1,1 +1,772 @@
-//! stub
+//! Plumtree (epidemic broadcast trees) as a sans-IO state machine.
+//!
+//! Implements *Epidemic Broadcast Trees* (Leitão, Pereira, Rodrigues, SRDS 2007): payloads
+//! travel by **eager push** along a spanning tree, the other neighbours get **lazy push**
+//! IHave announcements (batched), a node that saw an IHave but not the payload sends
+//! **Graft** after timer 1 (then to the next announcer after timer 2), and a duplicate
+//! payload answers **Prune**, which turns that link lazy. Tree optimisation (§3.8) grafts a
+//! lazy link whose announced round beats the tree's by at least a threshold.
+//!
+//! The state knows nothing of membership: the host feeds [`Input::NeighborUp`] and
+//! [`Input::NeighborDown`]. Dedupe is exact: each origin has a contiguous watermark of
+//! sequence numbers plus a bounded window above it (see [`Envelope`]).
+//!
+//! # Driving contract
+//!
+//! Call [`State::handle`] (or [`State::broadcast`]) with a monotonic `now`; perform the
+//! returned [`Output`]s in order; deliver each timer back at or after its deadline (stale
+//! timers do nothing). Same inputs, same outputs: sets are ordered.
+
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt::{self, Debug};
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// What a peer or origin id must be (the node uses `NodeId`, the simulator `u32`).
+pub trait PeerId: Clone + Eq + Ord + Hash + Debug + Serialize {}
+impl<T: Clone + Eq + Ord + Hash + Debug + Serialize> PeerId for T {}
+
+/// Identifier of one broadcast: BLAKE3 over the postcard encoding of
+/// `(origin, incarnation, seq)` followed by the payload. Never the payload hash alone:
+/// two equal payloads are two messages.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MessageId(pub [u8; 32]);
+
+impl MessageId {
+    /// Lower-case hex of all 32 bytes.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({})", &self.to_hex()[..12])
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// One broadcast as it travels: who sent it, in which life (`incarnation`, the origin's
+/// start time in ms), its per-incarnation sequence number (from 1), and the payload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope<P> {
+    /// The node that broadcast it.
+    pub origin: P,
+    /// The origin's incarnation (start time in ms since the Unix epoch in the node).
+    pub incarnation: u64,
+    /// Sequence number within the incarnation, starting at 1.
+    pub seq: u64,
+    /// Application bytes.
+    pub payload: Bytes,
+}
+
+impl<P: PeerId> Envelope<P> {
+    /// The [`MessageId`] of this envelope (recomputed on receipt, never trusted).
+    pub fn id(&self) -> MessageId {
+        let mut h = blake3::Hasher::new();
+        // Encoding a tuple of plain ids cannot fail; fall back to Debug just in case.
+        match postcard::to_stdvec(&(&self.origin, self.incarnation, self.seq)) {
+            Ok(head) => h.update(&head),
+            Err(_) => h.update(format!("{:?}/{}/{}", self.origin, self.incarnation, self.seq).as_bytes()),
+        };
+        h.update(&self.payload);
+        MessageId(*h.finalize().as_bytes())
+    }
+}
+
+/// A lazy-push announcement: enough to decide exactly whether the payload is missing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement<P> {
+    /// The message.
+    pub id: MessageId,
+    /// Its origin.
+    pub origin: P,
+    /// Its origin's incarnation.
+    pub incarnation: u64,
+    /// Its sequence number.
+    pub seq: u64,
+    /// The round at which the announcer would forward it (the receiver's hop count − 1).
+    pub round: u32,
+}
+
+/// A Plumtree wire message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message<P> {
+    /// Eager push of a payload (paper Alg. 1, `GOSSIP`). `round` is 0 from the origin.
+    Gossip {
+        /// Hops travelled minus one.
+        round: u32,
+        /// The broadcast.
+        envelope: Envelope<P>,
+    },
+    /// Lazy push: a batch of announcements (paper Alg. 1, `IHAVE`).
+    IHave(Vec<Announcement<P>>),
+    /// Make the link eager again and, with an id, send that payload (paper Alg. 2).
+    Graft {
+        /// The missing message, or `None` for a tree-optimisation graft.
+        id: Option<MessageId>,
+    },
+    /// Make the link lazy (paper Alg. 1, `PRUNE`).
+    Prune,
+}
+
+/// How payloads spread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    /// Plumtree: eager push on the tree, lazy push elsewhere.
+    Plumtree,
+    /// Eager flooding to every neighbour, never pruning: the baseline both papers compare
+    /// against (RMR ≈ fanout − 1).
+    Flood,
+}
+
+/// Plumtree configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Spreading mode. Default [`Mode::Plumtree`].
+    pub mode: Mode,
+    /// Timer 1: wait after the first IHave for a missing payload before grafting. The
+    /// paper gives no number (§3.6); iroh-gossip uses 80 ms. LAN default 40 ms: loopback
+    /// and LAN round trips are well under 1 ms, so the tree nearly always wins the race.
+    pub graft_timeout_1: Duration,
+    /// Timer 2: wait for a grafted payload before grafting the next announcer (about one
+    /// round trip, paper §3.6). LAN default 20 ms.
+    pub graft_timeout_2: Duration,
+    /// IHave batching window; 0 sends each announcement at once. iroh-gossip: 5 ms.
+    pub ihave_batch_window: Duration,
+    /// Most announcements in one IHave frame.
+    pub ihave_batch_max: usize,
+    /// Tree optimisation threshold in rounds (paper §3.8, §4: 3 for one sender, 7 for
+    /// many); `None` disables the optimisation.
+    pub optimization_threshold: Option<u32>,
+    /// Message cache bound: number of payloads kept to answer Grafts.
+    pub cache_max_messages: usize,
+    /// Message cache bound: payload bytes kept.
+    pub cache_max_bytes: usize,
+    /// Message cache bound: age. iroh-gossip keeps payloads 30 s.
+    pub cache_max_age: Duration,
+    /// Most missing-message records (IHave seen, payload not) kept at once; further
+    /// announcements are dropped and counted in [`Stats::missing_dropped`].
+    pub max_missing: usize,
+    /// Most out-of-order sequence numbers kept above one origin's watermark before the
+    /// watermark is forced forward (counted in [`Stats::dedupe_window_overflows`]).
+    pub dedupe_window: usize,
+    /// Deliver our own broadcasts to ourselves too. Default `false`.
+    pub deliver_own: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::lan()
+    }
+}
+
+impl Config {
+    /// LAN / local preset (see each field).
+    pub fn lan() -> Self {
+        Self {
+            mode: Mode::Plumtree,
+            graft_timeout_1: Duration::from_millis(40),
+            graft_timeout_2: Duration::from_millis(20),
+            ihave_batch_window: Duration::from_millis(5),
+            ihave_batch_max: 256,
+            optimization_threshold: Some(7),
+            cache_max_messages: 16_384,
+            cache_max_bytes: 64 << 20,
+            cache_max_age: Duration::from_secs(30),
+            max_missing: 16_384,
+            dedupe_window: 65_536,
+            deliver_own: false,
+        }
+    }
+
+    /// WAN preset: graft timers for ~100 ms round trips (iroh-gossip's 80/40 ms scaled up).
+    pub fn wan() -> Self {
+        Self {
+            graft_timeout_1: Duration::from_millis(250),
+            graft_timeout_2: Duration::from_millis(150),
+            ihave_batch_window: Duration::from_millis(20),
+            ..Self::lan()
+        }
+    }
+}
+
+/// Inputs to [`State::handle`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input<P> {
+    /// A message from a neighbour.
+    Message {
+        /// Sender.
+        from: P,
+        /// The message.
+        message: Message<P>,
+    },
+    /// A timer fired.
+    Timer(Timer),
+    /// Membership added an active neighbour: it starts eager.
+    NeighborUp(P),
+    /// Membership removed an active neighbour.
+    NeighborDown(P),
+}
+
+/// Timers requested by the state.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Timer {
+    /// Graft for a missing message; stale when `attempt` is not current.
+    Graft {
+        /// The missing message.
+        id: MessageId,
+        /// Which attempt this timer belongs to.
+        attempt: u32,
+    },
+    /// Send the batched IHave announcements.
+    IHaveFlush,
+}
+
+/// A message delivered to the application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery<P> {
+    /// Its id.
+    pub id: MessageId,
+    /// The broadcast.
+    pub envelope: Envelope<P>,
+    /// Hop count: round + 1 (1 when received straight from the origin, 0 for our own).
+    pub hops: u32,
+    /// The neighbour it came from (`None` for our own).
+    pub from: Option<P>,
+}
+
+/// Outputs of [`State::handle`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output<P> {
+    /// Send to a neighbour.
+    Send {
+        /// Destination.
+        to: P,
+        /// The message.
+        message: Message<P>,
+    },
+    /// Fire `timer` at or after `at`.
+    Timer {
+        /// Deadline.
+        at: Instant,
+        /// The timer.
+        timer: Timer,
+    },
+    /// Deliver to the application (exactly once per message).
+    Deliver(Delivery<P>),
+}
+
+/// Counters. Monotonic.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Messages broadcast here.
+    pub broadcasts: u64,
+    /// Messages delivered to the application.
+    pub delivered: u64,
+    /// Gossip (payload) messages sent.
+    pub gossip_sent: u64,
+    /// Gossip messages received.
+    pub gossip_received: u64,
+    /// Of those, duplicates (each answered with Prune).
+    pub duplicates: u64,
+    /// Announcements sent (inside IHave batches).
+    pub announcements_sent: u64,
+    /// IHave frames sent.
+    pub ihave_sent: u64,
+    /// Announcements received.
+    pub announcements_received: u64,
+    /// Grafts sent (including optimisation grafts).
+    pub grafts_sent: u64,
+    /// Grafts received.
+    pub grafts_received: u64,
+    /// Grafts for a message no longer cached.
+    pub graft_misses: u64,
+    /// Prunes sent.
+    pub prunes_sent: u64,
+    /// Prunes received.
+    pub prunes_received: u64,
+    /// Tree optimisations performed (§3.8).
+    pub optimizations: u64,
+    /// Payloads evicted from the cache.
+    pub cache_evictions: u64,
+    /// Announcements dropped because `max_missing` records were in use.
+    pub missing_dropped: u64,
+    /// Missing-message records that expired unanswered.
+    pub missing_expired: u64,
+    /// Messages from an older incarnation of their origin, dropped.
+    pub stale_incarnation: u64,
+    /// Times an origin's dedupe window overflowed and its watermark was forced forward.
+    pub dedupe_window_overflows: u64,
+}
+
+#[derive(Debug)]
+struct OriginSeen {
+    incarnation: u64,
+    watermark: u64,
+    above: BTreeSet<u64>,
+}
+
+#[derive(Debug)]
+struct Cached<P> {
+    envelope: Envelope<P>,
+    /// The round we forward with (0 for our own messages).
+    send_round: u32,
+    parent: Option<P>,
+}
+
+#[derive(Debug)]
+struct Missing<P> {
+    since: Instant,
+    announcers: VecDeque<P>,
+    attempt: u32,
+    armed: bool,
+}
+
+/// The Plumtree state of one node.
+pub struct State<P> {
+    me: P,
+    incarnation: u64,
+    next_seq: u64,
+    config: Config,
+    eager: BTreeSet<P>,
+    lazy: BTreeSet<P>,
+    seen: HashMap<P, OriginSeen>,
+    cache: HashMap<MessageId, Cached<P>>,
+    cache_order: VecDeque<(MessageId, Instant)>,
+    cache_bytes: usize,
+    missing: HashMap<MessageId, Missing<P>>,
+    missing_order: VecDeque<(MessageId, Instant)>,
+    ihave_queue: BTreeMap<P, Vec<Announcement<P>>>,
+    ihave_armed: bool,
+    stats: Stats,
+    out: Vec<Output<P>>,
+}
+
+impl<P: PeerId> State<P> {
+    /// A node `me` in life `incarnation` (the node passes its start time in ms).
+    pub fn new(me: P, incarnation: u64, config: Config) -> Self {
+        Self {
+            me,
+            incarnation,
+            next_seq: 1,
+            config,
+            eager: BTreeSet::new(),
+            lazy: BTreeSet::new(),
+            seen: HashMap::new(),
+            cache: HashMap::new(),
+            cache_order: VecDeque::new(),
+            cache_bytes: 0,
+            missing: HashMap::new(),
+            missing_order: VecDeque::new(),
+            ihave_queue: BTreeMap::new(),
+            ihave_armed: false,
+            stats: Stats::default(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Neighbours on the tree (payloads go here).
+    pub fn eager_peers(&self) -> &BTreeSet<P> {
+        &self.eager
+    }
+
+    /// Neighbours off the tree (announcements go here).
+    pub fn lazy_peers(&self) -> &BTreeSet<P> {
+        &self.lazy
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Payloads cached, and their bytes.
+    pub fn cache_len(&self) -> (usize, usize) {
+        (self.cache.len(), self.cache_bytes)
+    }
+
+    /// Missing-message records in use.
+    pub fn missing_len(&self) -> usize {
+        self.missing.len()
+    }
+
+    /// This node's incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// Broadcast `payload`: eager push to the eager set, IHave to the lazy set (paper
+    /// Alg. 1, `Broadcast`). Returns the new message's id and the outputs.
+    pub fn broadcast(&mut self, now: Instant, payload: Bytes) -> (MessageId, std::vec::Drain<'_, Output<P>>) {
+        self.expire(now);
+        let envelope = Envelope { origin: self.me.clone(), incarnation: self.incarnation, seq: self.next_seq, payload };
+        self.next_seq += 1;
+        let id = envelope.id();
+        self.stats.broadcasts += 1;
+        self.mark_seen(&envelope);
+        if self.config.deliver_own {
+            self.stats.delivered += 1;
+            self.out.push(Output::Deliver(Delivery { id, envelope: envelope.clone(), hops: 0, from: None }));
+        }
+        self.push(now, id, &envelope, 0, None);
+        self.cache_insert(now, id, envelope, 0, None);
+        (id, self.out.drain(..))
+    }
+
+    /// Process one input at `now`. Never panics on peer input.
+    pub fn handle(&mut self, now: Instant, input: Input<P>) -> std::vec::Drain<'_, Output<P>> {
+        self.expire(now);
+        match input {
+            Input::Message { from, message } => self.on_message(now, from, message),
+            Input::Timer(Timer::Graft { id, attempt }) => self.on_graft_timer(now, id, attempt),
+            Input::Timer(Timer::IHaveFlush) => {
+                self.ihave_armed = false;
+                self.flush_ihave();
+            }
+            Input::NeighborUp(p) => {
+                if p != self.me {
+                    self.lazy.remove(&p);
+                    self.eager.insert(p);
+                }
+            }
+            Input::NeighborDown(p) => {
+                self.eager.remove(&p);
+                self.lazy.remove(&p);
+                self.ihave_queue.remove(&p);
+                for m in self.missing.values_mut() {
+                    m.announcers.retain(|a| a != &p);
+                }
+            }
+        }
+        self.out.drain(..)
+    }
+
+    fn on_message(&mut self, now: Instant, from: P, message: Message<P>) {
+        if !self.eager.contains(&from) && !self.lazy.contains(&from) {
+            // Not a neighbour (yet, or any more): still take payloads and answer grafts,
+            // but do not let it shape the tree.
+            if let Message::Gossip { round, envelope } = message {
+                self.on_gossip(now, None, from, round, envelope);
+            }
+            return;
+        }
+        match message {
+            Message::Gossip { round, envelope } => self.on_gossip(now, Some(()), from, round, envelope),
+            Message::IHave(anns) => self.on_ihave(now, from, anns),
+            Message::Graft { id } => {
+                self.stats.grafts_received += 1;
+                self.make_eager(&from);
+                if let Some(id) = id {
+                    match self.cache.get(&id) {
+                        Some(c) => {
+                            let message = Message::Gossip { round: c.send_round, envelope: c.envelope.clone() };
+                            self.stats.gossip_sent += 1;
+                            self.out.push(Output::Send { to: from, message });
+                        }
+                        None => self.stats.graft_misses += 1,
+                    }
+                }
+            }
+            Message::Prune => {
+                self.stats.prunes_received += 1;
+                if self.config.mode == Mode::Plumtree && self.eager.remove(&from) {
+                    self.lazy.insert(from);
+                }
+            }
+        }
+    }
+
+    fn on_gossip(&mut self, now: Instant, neighbor: Option<()>, from: P, round: u32, envelope: Envelope<P>) {
+        self.stats.gossip_received += 1;
+        let id = envelope.id();
+        match self.check_seen(&envelope) {
+            Seen::Stale => {
+                self.stats.stale_incarnation += 1;
+                return;
+            }
+            Seen::Yes => {
+                self.stats.duplicates += 1;
+                if self.config.mode == Mode::Plumtree && neighbor.is_some() {
+                    if self.eager.remove(&from) {
+                        self.lazy.insert(from.clone());
+                    }
+                    self.stats.prunes_sent += 1;
+                    self.out.push(Output::Send { to: from, message: Message::Prune });
+                }
+                return;
+            }
+            Seen::No => {}
+        }
+        self.mark_seen(&envelope);
+        self.missing.remove(&id);
+        self.stats.delivered += 1;
+        if neighbor.is_some() {
+            self.make_eager(&from);
+        }
+        self.out.push(Output::Deliver(Delivery {
+            id,
+            envelope: envelope.clone(),
+            hops: round.saturating_add(1),
+            from: Some(from.clone()),
+        }));
+        let send_round = round.saturating_add(1);
+        self.push(now, id, &envelope, send_round, Some(&from));
+        self.cache_insert(now, id, envelope, send_round, Some(from));
+    }
+
+    fn on_ihave(&mut self, now: Instant, from: P, anns: Vec<Announcement<P>>) {
+        for a in anns {
+            self.stats.announcements_received += 1;
+            let probe =
+                Envelope { origin: a.origin.clone(), incarnation: a.incarnation, seq: a.seq, payload: Bytes::new() };
+            match self.check_seen(&probe) {
+                Seen::Stale => continue,
+                Seen::Yes => {
+                    self.maybe_optimize(&from, &a);
+                    continue;
+                }
+                Seen::No => {}
+            }
+            if let Some(m) = self.missing.get_mut(&a.id) {
+                if !m.announcers.contains(&from) {
+                    m.announcers.push_back(from.clone());
+                }
+                if !m.armed {
+                    m.armed = true;
+                    let timer = Timer::Graft { id: a.id, attempt: m.attempt };
+                    self.out.push(Output::Timer { at: now + self.config.graft_timeout_2, timer });
+                }
+                continue;
+            }
+            if self.missing.len() >= self.config.max_missing {
+                self.stats.missing_dropped += 1;
+                continue;
+            }
+            self.missing.insert(
+                a.id,
+                Missing { since: now, announcers: VecDeque::from([from.clone()]), attempt: 0, armed: true },
+            );
+            self.missing_order.push_back((a.id, now));
+            self.out.push(Output::Timer {
+                at: now + self.config.graft_timeout_1,
+                timer: Timer::Graft { id: a.id, attempt: 0 },
+            });
+        }
+    }
+
+    /// Paper §3.8: a lazy link that announces a message `threshold` rounds earlier than
+    /// the tree delivered it replaces the tree link it came through.
+    fn maybe_optimize(&mut self, from: &P, a: &Announcement<P>) {
+        let Some(threshold) = self.config.optimization_threshold else { return };
+        if self.config.mode != Mode::Plumtree {
+            return;
+        }
+        let Some(c) = self.cache.get_mut(&a.id) else { return };
+        let Some(parent) = c.parent.clone() else { return };
+        let received_round = c.send_round.saturating_sub(1);
+        if parent == *from || received_round < a.round.saturating_add(threshold) {
+            return;
+        }
+        c.parent = Some(from.clone());
+        c.send_round = a.round.saturating_add(1);
+        self.stats.optimizations += 1;
+        self.stats.grafts_sent += 1;
+        self.stats.prunes_sent += 1;
+        self.make_eager(from);
+        self.out.push(Output::Send { to: from.clone(), message: Message::Graft { id: None } });
+        if self.eager.remove(&parent) {
+            self.lazy.insert(parent.clone());
+        }
+        self.out.push(Output::Send { to: parent, message: Message::Prune });
+    }
+
+    fn on_graft_timer(&mut self, now: Instant, id: MessageId, attempt: u32) {
+        let Some(m) = self.missing.get_mut(&id) else { return };
+        if m.attempt != attempt || !m.armed {
+            return;
+        }
+        match m.announcers.pop_front() {
+            Some(p) => {
+                m.attempt += 1;
+                let timer = Timer::Graft { id, attempt: m.attempt };
+                self.out.push(Output::Timer { at: now + self.config.graft_timeout_2, timer });
+                self.stats.grafts_sent += 1;
+                self.make_eager(&p);
+                self.out.push(Output::Send { to: p, message: Message::Graft { id: Some(id) } });
+            }
+            None => {
+                m.armed = false;
+                m.attempt += 1;
+            }
+        }
+    }
+
+    fn make_eager(&mut self, p: &P) {
+        self.lazy.remove(p);
+        self.eager.insert(p.clone());
+    }
+
+    /// Eager push to the eager set (all neighbours when flooding), lazy push to the rest.
+    fn push(&mut self, now: Instant, id: MessageId, envelope: &Envelope<P>, round: u32, except: Option<&P>) {
+        let flood = self.config.mode == Mode::Flood;
+        for p in self.eager.iter().chain(self.lazy.iter().filter(|_| flood)) {
+            if Some(p) == except {
+                continue;
+            }
+            self.stats.gossip_sent += 1;
+            self.out
+                .push(Output::Send { to: p.clone(), message: Message::Gossip { round, envelope: envelope.clone() } });
+        }
+        if flood {
+            return;
+        }
+        let lazy: Vec<P> = self.lazy.iter().filter(|p| Some(*p) != except).cloned().collect();
+        for p in lazy {
+            let ann = Announcement {
+                id,
+                origin: envelope.origin.clone(),
+                incarnation: envelope.incarnation,
+                seq: envelope.seq,
+                round,
+            };
+            let q = self.ihave_queue.entry(p).or_default();
+            q.push(ann);
+            if q.len() >= self.config.ihave_batch_max {
+                // A full batch goes out at once.
+                self.flush_ihave();
+            }
+        }
+        if !self.ihave_queue.is_empty() {
+            if self.config.ihave_batch_window.is_zero() {
+                self.flush_ihave();
+            } else if !self.ihave_armed {
+                self.ihave_armed = true;
+                self.out.push(Output::Timer { at: now + self.config.ihave_batch_window, timer: Timer::IHaveFlush });
+            }
+        }
+    }
+
+    fn flush_ihave(&mut self) {
+        for (p, anns) in std::mem::take(&mut self.ihave_queue) {
+            if anns.is_empty() {
+                continue;
+            }
+            self.stats.ihave_sent += 1;
+            self.stats.announcements_sent += anns.len() as u64;
+            self.out.push(Output::Send { to: p, message: Message::IHave(anns) });
+        }
+    }
+
+    fn check_seen(&self, e: &Envelope<P>) -> Seen {
+        match self.seen.get(&e.origin) {
+            None => Seen::No,
+            Some(s) if e.incarnation < s.incarnation => Seen::Stale,
+            Some(s) if e.incarnation > s.incarnation => Seen::No,
+            Some(s) => {
+                if e.seq <= s.watermark || s.above.contains(&e.seq) {
+                    Seen::Yes
+                } else {
+                    Seen::No
+                }
+            }
+        }
+    }
+
+    fn mark_seen(&mut self, e: &Envelope<P>) {
+        let s = self.seen.entry(e.origin.clone()).or_insert(OriginSeen {
+            incarnation: e.incarnation,
+            watermark: 0,
+            above: BTreeSet::new(),
+        });
+        if e.incarnation > s.incarnation {
+            *s = OriginSeen { incarnation: e.incarnation, watermark: 0, above: BTreeSet::new() };
+        }
+        if e.seq <= s.watermark {
+            return;
+        }
+        s.above.insert(e.seq);
+        while s.above.remove(&(s.watermark + 1)) {
+            s.watermark += 1;
+        }
+        while s.above.len() > self.config.dedupe_window {
+            // Bounded memory: give up on the oldest gap. Counted, never silent.
+            if let Some(first) = s.above.pop_first() {
+                s.watermark = first;
+                self.stats.dedupe_window_overflows += 1;
+            }
+            while s.above.remove(&(s.watermark + 1)) {
+                s.watermark += 1;
+            }
+        }
+    }
+
+    fn cache_insert(&mut self, now: Instant, id: MessageId, envelope: Envelope<P>, send_round: u32, parent: Option<P>) {
+        self.cache_bytes += envelope.payload.len();
+        if self.cache.insert(id, Cached { envelope, send_round, parent }).is_none() {
+            self.cache_order.push_back((id, now));
+        }
+        while self.cache.len() > self.config.cache_max_messages || self.cache_bytes > self.config.cache_max_bytes {
+            if !self.evict_oldest() {
+                break;
+            }
+        }
+    }
+
+    fn evict_oldest(&mut self) -> bool {
+        let Some((id, _)) = self.cache_order.pop_front() else { return false };
+        if let Some(c) = self.cache.remove(&id) {
+            self.cache_bytes -= c.envelope.payload.len();
+            self.stats.cache_evictions += 1;
+        }
+        true
+    }
+
+    /// Drop cached payloads and missing records older than `cache_max_age`.
+    fn expire(&mut self, now: Instant) {
+        let max = self.config.cache_max_age;
+        while self.cache_order.front().is_some_and(|(_, t)| now.saturating_duration_since(*t) > max) {
+            self.evict_oldest();
+        }
+        while let Some((id, t)) = self.missing_order.front().copied() {
+            if now.saturating_duration_since(t) <= max {
+                break;
+            }
+            self.missing_order.pop_front();
+            if self.missing.get(&id).is_some_and(|m| m.since == t) {
+                self.missing.remove(&id);
+                self.stats.missing_expired += 1;
+            }
+        }
+        // Records delivered early leave stale order entries; keep the queue bounded.
+        if self.missing_order.len() > 2 * self.config.max_missing.max(1) {
+            let missing = &self.missing;
+            self.missing_order.retain(|(id, t)| missing.get(id).is_some_and(|m| m.since == *t));
+        }
+    }
+}
+
+enum Seen {
+    No,
+    Yes,
+    Stale,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,293 @@
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn node(me: u32) -> State<u32> {
+    State::new(me, 1, Config { ihave_batch_window: Duration::ZERO, ..Config::lan() })
+}
+
+fn sends(out: Vec<Output<u32>>) -> Vec<(u32, Message<u32>)> {
+    out.into_iter()
+        .filter_map(|o| if let Output::Send { to, message } = o { Some((to, message)) } else { None })
+        .collect()
+}
+
+fn up(s: &mut State<u32>, peers: &[u32]) {
+    let now = Instant::now();
+    for p in peers {
+        let _ = s.handle(now, Input::NeighborUp(*p));
+    }
+}
+
+fn env(origin: u32, seq: u64, payload: &'static [u8]) -> Envelope<u32> {
+    Envelope { origin, incarnation: 1, seq, payload: Bytes::from_static(payload) }
+}
+
+#[test]
+fn message_id_covers_every_field() {
+    let a = env(1, 1, b"x");
+    assert_ne!(a.id(), env(1, 2, b"x").id(), "equal payloads are two messages");
+    assert_ne!(a.id(), env(2, 1, b"x").id());
+    assert_ne!(a.id(), Envelope { incarnation: 2, ..a.clone() }.id());
+    assert_ne!(a.id(), env(1, 1, b"y").id());
+    assert_eq!(a.id(), env(1, 1, b"x").id());
+}
+
+#[test]
+fn broadcast_eager_pushes_to_all_neighbors_at_round_zero() {
+    let now = Instant::now();
+    let mut s = node(0);
+    up(&mut s, &[1, 2, 3]);
+    let (id, out) = s.broadcast(now, Bytes::from_static(b"hi"));
+    let out: Vec<_> = out.collect();
+    let sent = sends(out);
+    assert_eq!(sent.len(), 3);
+    for (i, (to, m)) in sent.into_iter().enumerate() {
+        assert_eq!(to, i as u32 + 1);
+        let Message::Gossip { round, envelope } = m else { panic!() };
+        assert_eq!((round, envelope.id()), (0, id));
+    }
+}
+
+#[test]
+fn first_gossip_delivers_and_forwards_duplicate_prunes() {
+    let now = Instant::now();
+    let mut s = node(0);
+    up(&mut s, &[1, 2, 3]);
+    let e = env(9, 1, b"p");
+    let out: Vec<_> =
+        s.handle(now, Input::Message { from: 1, message: Message::Gossip { round: 2, envelope: e.clone() } }).collect();
+    let delivered: Vec<_> =
+        out.iter().filter_map(|o| if let Output::Deliver(d) = o { Some(d.clone()) } else { None }).collect();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!((delivered[0].hops, delivered[0].from), (3, Some(1)));
+    let sent = sends(out);
+    assert_eq!(sent.iter().map(|(to, _)| *to).collect::<Vec<_>>(), vec![2, 3]);
+    assert!(sent.iter().all(|(_, m)| matches!(m, Message::Gossip { round: 3, .. })));
+    // The same message from 2: duplicate, Prune, 2 becomes lazy.
+    let out: Vec<_> =
+        s.handle(now, Input::Message { from: 2, message: Message::Gossip { round: 5, envelope: e } }).collect();
+    assert_eq!(sends(out), vec![(2, Message::Prune)]);
+    assert!(s.lazy_peers().contains(&2) && !s.eager_peers().contains(&2));
+    assert_eq!(s.stats().duplicates, 1);
+}
+
+#[test]
+fn lazy_peers_get_ihave_and_prune_makes_lazy() {
+    let now = Instant::now();
+    let mut s = node(0);
+    up(&mut s, &[1, 2]);
+    let _ = s.handle(now, Input::Message { from: 2, message: Message::Prune });
+    let (id, out) = s.broadcast(now, Bytes::from_static(b"x"));
+    let sent = sends(out.collect());
+    assert!(matches!(&sent[0], (1, Message::Gossip { .. })));
+    let (to, Message::IHave(anns)) = &sent[1] else { panic!("{sent:?}") };
+    assert_eq!((*to, anns.len(), anns[0].id, anns[0].round, anns[0].seq), (2, 1, id, 0, 1));
+}
+
+#[test]
+fn ihave_for_missing_message_grafts_after_timer1_then_next_announcer_after_timer2() {
+    let t0 = Instant::now();
+    let mut s = node(0);
+    up(&mut s, &[1, 2]);
+    let e = env(9, 1, b"m");
+    let ann = Announcement { id: e.id(), origin: 9, incarnation: 1, seq: 1, round: 1 };
+    let out: Vec<_> = s.handle(t0, Input::Message { from: 1, message: Message::IHave(vec![ann.clone()]) }).collect();
+    let t1 = t0 + s.config().graft_timeout_1;
+    assert_eq!(out, vec![Output::Timer { at: t1, timer: Timer::Graft { id: e.id(), attempt: 0 } }]);
+    let _ = s.handle(t0, Input::Message { from: 2, message: Message::IHave(vec![ann]) });
+    let out: Vec<_> = s.handle(t1, Input::Timer(Timer::Graft { id: e.id(), attempt: 0 })).collect();
+    let t2 = t1 + s.config().graft_timeout_2;
+    assert!(out.contains(&Output::Send { to: 1, message: Message::Graft { id: Some(e.id()) } }));
+    assert!(out.contains(&Output::Timer { at: t2, timer: Timer::Graft { id: e.id(), attempt: 1 } }));
+    // A stale timer does nothing.
+    assert!(s.handle(t1, Input::Timer(Timer::Graft { id: e.id(), attempt: 0 })).next().is_none());
+    let out: Vec<_> = s.handle(t2, Input::Timer(Timer::Graft { id: e.id(), attempt: 1 })).collect();
+    assert!(out.contains(&Output::Send { to: 2, message: Message::Graft { id: Some(e.id()) } }));
+    // The payload arrives: delivered once, timers now stale.
+    let out: Vec<_> =
+        s.handle(t2, Input::Message { from: 2, message: Message::Gossip { round: 1, envelope: e.clone() } }).collect();
+    assert_eq!(out.iter().filter(|o| matches!(o, Output::Deliver(_))).count(), 1);
+    assert!(s.handle(t2, Input::Timer(Timer::Graft { id: e.id(), attempt: 2 })).next().is_none());
+}
+
+#[test]
+fn graft_answers_from_cache_and_makes_eager() {
+    let now = Instant::now();
+    let mut s = node(0);
+    up(&mut s, &[1]);
+    let _ = s.handle(now, Input::Message { from: 1, message: Message::Prune });
+    let (id, _) = s.broadcast(now, Bytes::from_static(b"c"));
+    let out = sends(s.handle(now, Input::Message { from: 1, message: Message::Graft { id: Some(id) } }).collect());
+    assert!(matches!(&out[..], [(1, Message::Gossip { round: 0, .. })]));
+    assert!(s.eager_peers().contains(&1));
+}
+
+#[test]
+fn optimization_swaps_parent_when_ihave_is_much_earlier() {
+    let now = Instant::now();
+    let mut s = node(0);
+    up(&mut s, &[1, 2]);
+    let e = env(9, 1, b"o");
+    let _ = s.handle(now, Input::Message { from: 1, message: Message::Gossip { round: 9, envelope: e.clone() } });
+    let ann = Announcement { id: e.id(), origin: 9, incarnation: 1, seq: 1, round: 1 };
+    let out = sends(s.handle(now, Input::Message { from: 2, message: Message::IHave(vec![ann]) }).collect());
+    assert_eq!(out, vec![(2, Message::Graft { id: None }), (1, Message::Prune)]);
+    assert!(s.eager_peers().contains(&2) && s.lazy_peers().contains(&1));
+}
+
+#[test]
+fn dedupe_is_exact_across_out_of_order_and_incarnations() {
+    let now = Instant::now();
+    let mut s = node(0);
+    up(&mut s, &[1]);
+    let mut delivered = 0;
+    for seq in [3, 1, 2, 3, 1, 5, 4, 5] {
+        let m = Message::Gossip { round: 0, envelope: env(9, seq, b"d") };
+        delivered +=
+            s.handle(now, Input::Message { from: 1, message: m }).filter(|o| matches!(o, Output::Deliver(_))).count();
+    }
+    assert_eq!(delivered, 5);
+    let newer = Envelope { incarnation: 2, ..env(9, 1, b"d") };
+    let m = Message::Gossip { round: 0, envelope: newer };
+    assert_eq!(
+        s.handle(now, Input::Message { from: 1, message: m }).filter(|o| matches!(o, Output::Deliver(_))).count(),
+        1
+    );
+    let m = Message::Gossip { round: 0, envelope: env(9, 7, b"d") };
+    assert_eq!(s.handle(now, Input::Message { from: 1, message: m }).count(), 0, "older incarnation is stale");
+    assert_eq!(s.stats().stale_incarnation, 1);
+}
+
+#[test]
+fn cache_is_bounded_by_count_bytes_and_age() {
+    let t0 = Instant::now();
+    let mut s = State::new(0u32, 1, Config { cache_max_messages: 3, cache_max_bytes: 10, ..Config::lan() });
+    for _ in 0..5 {
+        let _ = s.broadcast(t0, Bytes::from_static(b"ab"));
+    }
+    assert_eq!(s.cache_len(), (3, 6));
+    let _ = s.broadcast(t0, Bytes::from_static(b"0123456789"));
+    assert_eq!(s.cache_len(), (1, 10));
+    let _ = s.handle(t0 + Duration::from_secs(31), Input::NeighborUp(1));
+    assert_eq!(s.cache_len(), (0, 0));
+    assert_eq!(s.stats().cache_evictions, 6);
+}
+
+/// Deterministic little network for property tests: random order of in-flight messages,
+/// timers fire when nothing is in flight.
+struct Net {
+    nodes: BTreeMap<u32, State<u32>>,
+    flight: Vec<(u32, u32, Message<u32>)>,
+    timers: Vec<(Instant, u32, Timer)>,
+    now: Instant,
+    delivered: BTreeMap<(u32, MessageId), u32>,
+    rng: u64,
+}
+
+impl Net {
+    fn new(n: u32, edges: &[(u32, u32)], mode: Mode) -> Self {
+        let mut nodes: BTreeMap<u32, State<u32>> =
+            (0..n).map(|i| (i, State::new(i, 1, Config { mode, ..Config::lan() }))).collect();
+        let now = Instant::now();
+        for &(a, b) in edges {
+            let _ = nodes.get_mut(&a).unwrap().handle(now, Input::NeighborUp(b));
+            let _ = nodes.get_mut(&b).unwrap().handle(now, Input::NeighborUp(a));
+        }
+        Self { nodes, flight: vec![], timers: vec![], now, delivered: BTreeMap::new(), rng: 0x9e3779b97f4a7c15 }
+    }
+
+    fn next(&mut self, n: usize) -> usize {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng % n as u64) as usize
+    }
+
+    fn absorb(&mut self, at: u32, out: Vec<Output<u32>>) {
+        for o in out {
+            match o {
+                Output::Send { to, message } => self.flight.push((at, to, message)),
+                Output::Timer { at: t, timer } => self.timers.push((t, at, timer)),
+                Output::Deliver(d) => *self.delivered.entry((at, d.id)).or_default() += 1,
+            }
+        }
+    }
+
+    fn broadcast(&mut self, at: u32, payload: &'static [u8]) -> MessageId {
+        let now = self.now;
+        let (id, out) = self.nodes.get_mut(&at).unwrap().broadcast(now, Bytes::from_static(payload));
+        let out = out.collect();
+        self.absorb(at, out);
+        id
+    }
+
+    fn run(&mut self) {
+        for _ in 0..1_000_000 {
+            if !self.flight.is_empty() {
+                let i = self.next(self.flight.len());
+                let (from, to, message) = self.flight.swap_remove(i);
+                let now = self.now;
+                let out = self.nodes.get_mut(&to).unwrap().handle(now, Input::Message { from, message }).collect();
+                self.absorb(to, out);
+            } else if !self.timers.is_empty() {
+                self.timers.sort();
+                let (t, at, timer) = self.timers.remove(0);
+                self.now = self.now.max(t);
+                let now = self.now;
+                let out = self.nodes.get_mut(&at).unwrap().handle(now, Input::Timer(timer)).collect();
+                self.absorb(at, out);
+            } else {
+                return;
+            }
+        }
+        panic!("did not quiesce");
+    }
+}
+
+fn connected_edges(n: u32, extra: &[(u32, u32)]) -> Vec<(u32, u32)> {
+    let mut e: Vec<(u32, u32)> = (1..n).map(|i| (i - 1, i)).collect();
+    for &(a, b) in extra {
+        let (a, b) = (a % n, b % n);
+        if a != b && !e.contains(&(a, b)) && !e.contains(&(b, a)) {
+            e.push((a, b));
+        }
+    }
+    e
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, max_shrink_time: 10_000, ..ProptestConfig::default() })]
+
+    /// Every broadcast is delivered exactly once by every other node of a connected
+    /// overlay, whatever the interleaving, and the origin never delivers its own.
+    #[test]
+    fn exactly_once_on_connected_overlay(
+        n in 2u32..16,
+        extra in proptest::collection::vec((0u32..16, 0u32..16), 0..30),
+        senders in proptest::collection::vec(0u32..16, 1..25),
+        flood in any::<bool>(),
+    ) {
+        let edges = connected_edges(n, &extra);
+        let mut net = Net::new(n, &edges, if flood { Mode::Flood } else { Mode::Plumtree });
+        let mut ids = Vec::new();
+        for (k, s) in senders.iter().enumerate() {
+            ids.push((s % n, net.broadcast(s % n, b"payload")));
+            if k % 3 == 0 { net.run(); }
+        }
+        net.run();
+        for (origin, id) in &ids {
+            for node in 0..n {
+                let got = net.delivered.get(&(node, *id)).copied().unwrap_or(0);
+                let want = u32::from(node != *origin);
+                prop_assert_eq!(got, want, "node {} message from {}", node, origin);
+            }
+        }
+        // Every node's eager and lazy sets partition its neighbours.
+        for s in net.nodes.values() {
+            prop_assert!(s.eager_peers().is_disjoint(s.lazy_peers()));
+        }
+    }
+}
