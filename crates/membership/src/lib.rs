@@ -450,6 +450,14 @@ impl<P: Peer, R: RngCore> State<P, R> {
         self.detectors.get(peer).map(|d| self.phi_of(d, now))
     }
 
+    /// Record that something arrived from `peer` at `now` (any frame counts as a
+    /// heartbeat for the φ-accrual detector). Cheap; call it for every frame.
+    pub fn heard(&mut self, now: Instant, peer: &P) {
+        if let Some(d) = self.detectors.get_mut(peer) {
+            d.heard(now);
+        }
+    }
+
     /// Process one input at time `now` (monotonic) and return what to do, in order.
     /// Never panics on peer input.
     pub fn handle(&mut self, now: Instant, input: Input<P>) -> std::vec::Drain<'_, Output<P>> {

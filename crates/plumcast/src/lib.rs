@@ -1,1 +1,13 @@
-//! stub
+//! plumcast: reliable cluster-wide broadcast over QUIC.
+//!
+//! Membership is HyParView (Leitão, Pereira, Rodrigues, DSN 2007), dissemination is
+//! Plumtree (Epidemic Broadcast Trees, SRDS 2007). [`proto`] composes the two sans-IO
+//! cores and is always built; with the default feature `net`, `Node` runs them on tokio
+//! over QUIC.
+
+#![forbid(unsafe_code)]
+
+pub mod proto;
+
+pub use bytes::Bytes;
+pub use proto::{DownReason, MessageId};

@@ -1,0 +1,271 @@
+//! The sans-IO composition of HyParView ([`plumcast_membership`]) and Plumtree
+//! ([`plumcast_broadcast`]): one [`State`] per node, one wire [`Message`] type.
+//!
+//! # Driving contract
+//!
+//! Exactly as for the two cores: call [`State::handle`] / [`State::broadcast`] with a
+//! monotonic `now`, perform the [`Output`]s in order, feed timers back when due (stale ones
+//! are harmless), and report lost connections with [`Input::ConnectionLost`]. The same
+//! seed and inputs give the same outputs; the simulator and the QUIC node drive this very
+//! code.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use bytes::Bytes;
+use rand::RngCore;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub use plumcast_broadcast as broadcast;
+pub use plumcast_broadcast::{Delivery, Envelope, MessageId, Mode};
+pub use plumcast_membership as membership;
+pub use plumcast_membership::DownReason;
+
+/// A peer handle as the membership layer sees it (for the node: `NodeId` + address), with
+/// the stable id the broadcast layer uses (for the node: the `NodeId`).
+pub trait Peer: membership::Peer + Serialize + DeserializeOwned {
+    /// The stable identity (origin of broadcasts, key of eager/lazy sets).
+    type Id: broadcast::PeerId + DeserializeOwned;
+    /// This peer's id.
+    fn id(&self) -> Self::Id;
+}
+
+impl Peer for u32 {
+    type Id = u32;
+    fn id(&self) -> u32 {
+        *self
+    }
+}
+
+/// Protocol configuration: both layers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// HyParView parameters.
+    pub membership: membership::Config,
+    /// Plumtree parameters.
+    pub broadcast: broadcast::Config,
+}
+
+impl Config {
+    /// LAN preset (the default).
+    pub fn lan() -> Self {
+        Self { membership: membership::Config::lan(), broadcast: broadcast::Config::lan() }
+    }
+    /// WAN preset.
+    pub fn wan() -> Self {
+        Self { membership: membership::Config::wan(), broadcast: broadcast::Config::wan() }
+    }
+    /// Local preset: many nodes on one dev box.
+    pub fn local() -> Self {
+        Self { membership: membership::Config::local(), broadcast: broadcast::Config::lan() }
+    }
+}
+
+/// A wire message: one of either layer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub enum Message<P: Peer> {
+    /// HyParView.
+    Membership(membership::Message<P>),
+    /// Plumtree.
+    Broadcast(broadcast::Message<P::Id>),
+}
+
+/// Timers of either layer.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Timer<P> {
+    /// HyParView timer.
+    Membership(membership::Timer<P>),
+    /// Plumtree timer.
+    Broadcast(broadcast::Timer),
+}
+
+/// Inputs to [`State::handle`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input<P: Peer> {
+    /// Join through a contact the host has reached.
+    Join {
+        /// The contact.
+        contact: P,
+    },
+    /// A frame from an authenticated peer.
+    Message {
+        /// The sender.
+        from: P,
+        /// The message.
+        message: Message<P>,
+    },
+    /// A timer fired.
+    Timer(Timer<P>),
+    /// The connection to `peer` closed or a dial failed.
+    ConnectionLost {
+        /// The peer.
+        peer: P,
+    },
+    /// The peer sent something invalid.
+    Misbehaved {
+        /// The peer.
+        peer: P,
+    },
+    /// Leave gracefully.
+    Leave,
+}
+
+/// Events for the application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event<P: Peer> {
+    /// A peer entered the active view.
+    NeighborUp(P),
+    /// A peer left the active view.
+    NeighborDown {
+        /// The peer.
+        peer: P,
+        /// Why.
+        reason: DownReason,
+    },
+    /// A broadcast to deliver (exactly once per message).
+    Delivered(Delivery<P::Id>),
+}
+
+/// What the host must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output<P: Peer> {
+    /// Send to a peer (dial first if needed).
+    Send {
+        /// Destination.
+        to: P,
+        /// The message.
+        message: Message<P>,
+    },
+    /// Close the connection to the peer now.
+    Disconnect {
+        /// The peer.
+        peer: P,
+    },
+    /// Fire the timer at or after `at`.
+    Timer {
+        /// Deadline.
+        at: Instant,
+        /// The timer.
+        timer: Timer<P>,
+    },
+    /// Dial the bootstrap addresses again and feed [`Input::Join`] for each.
+    Rejoin,
+    /// An application event.
+    Event(Event<P>),
+}
+
+/// One node's protocol state: HyParView + Plumtree.
+pub struct State<P: Peer, R> {
+    membership: membership::State<P, R>,
+    broadcast: broadcast::State<P::Id>,
+    peers: BTreeMap<P::Id, P>,
+    unroutable: u64,
+    out: Vec<Output<P>>,
+}
+
+impl<P: Peer, R: RngCore> State<P, R> {
+    /// A node `me` in life `incarnation` (start time in ms), with its only RNG.
+    pub fn new(me: P, incarnation: u64, config: Config, rng: R) -> Self {
+        let id = me.id();
+        Self {
+            membership: membership::State::new(me, config.membership, rng),
+            broadcast: broadcast::State::new(id, incarnation, config.broadcast),
+            peers: BTreeMap::new(),
+            unroutable: 0,
+            out: Vec::new(),
+        }
+    }
+
+    /// The HyParView state (views, stats).
+    pub fn membership(&self) -> &membership::State<P, R> {
+        &self.membership
+    }
+
+    /// The Plumtree state (eager/lazy sets, stats).
+    pub fn broadcast_state(&self) -> &broadcast::State<P::Id> {
+        &self.broadcast
+    }
+
+    /// Plumtree messages addressed to a peer that was no longer a neighbour (dropped).
+    pub fn unroutable(&self) -> u64 {
+        self.unroutable
+    }
+
+    /// Broadcast `payload` to the cluster. Returns its id and the outputs.
+    pub fn broadcast(&mut self, now: Instant, payload: Bytes) -> (MessageId, std::vec::Drain<'_, Output<P>>) {
+        let (id, out) = self.broadcast.broadcast(now, payload);
+        let out: Vec<_> = out.collect();
+        self.absorb_broadcast(out);
+        (id, self.out.drain(..))
+    }
+
+    /// Process one input at `now`. Never panics on peer input.
+    pub fn handle(&mut self, now: Instant, input: Input<P>) -> std::vec::Drain<'_, Output<P>> {
+        match input {
+            Input::Join { contact } => self.membership_input(now, membership::Input::Join { contact }),
+            Input::Message { from, message: Message::Membership(message) } => {
+                self.membership_input(now, membership::Input::Message { from, message })
+            }
+            Input::Message { from, message: Message::Broadcast(message) } => {
+                self.membership.heard(now, &from);
+                let out: Vec<_> = self.broadcast.handle(now, broadcast::Input::Message { from: from.id(), message }).collect();
+                self.absorb_broadcast(out);
+            }
+            Input::Timer(Timer::Membership(t)) => self.membership_input(now, membership::Input::Timer(t)),
+            Input::Timer(Timer::Broadcast(t)) => {
+                let out: Vec<_> = self.broadcast.handle(now, broadcast::Input::Timer(t)).collect();
+                self.absorb_broadcast(out);
+            }
+            Input::ConnectionLost { peer } => self.membership_input(now, membership::Input::ConnectionLost { peer }),
+            Input::Misbehaved { peer } => self.membership_input(now, membership::Input::Misbehaved { peer }),
+            Input::Leave => self.membership_input(now, membership::Input::Leave),
+        }
+        self.out.drain(..)
+    }
+
+    fn membership_input(&mut self, now: Instant, input: membership::Input<P>) {
+        let out: Vec<_> = self.membership.handle(now, input).collect();
+        for o in out {
+            match o {
+                membership::Output::Send { to, message } => {
+                    self.out.push(Output::Send { to, message: Message::Membership(message) })
+                }
+                membership::Output::Disconnect { peer } => self.out.push(Output::Disconnect { peer }),
+                membership::Output::Timer { at, timer } => {
+                    self.out.push(Output::Timer { at, timer: Timer::Membership(timer) })
+                }
+                membership::Output::Rejoin => self.out.push(Output::Rejoin),
+                membership::Output::Event(membership::Event::NeighborUp(p)) => {
+                    self.peers.insert(p.id(), p.clone());
+                    let out: Vec<_> = self.broadcast.handle(now, broadcast::Input::NeighborUp(p.id())).collect();
+                    self.out.push(Output::Event(Event::NeighborUp(p)));
+                    self.absorb_broadcast(out);
+                }
+                membership::Output::Event(membership::Event::NeighborDown { peer, reason }) => {
+                    self.peers.remove(&peer.id());
+                    let out: Vec<_> = self.broadcast.handle(now, broadcast::Input::NeighborDown(peer.id())).collect();
+                    self.out.push(Output::Event(Event::NeighborDown { peer, reason }));
+                    self.absorb_broadcast(out);
+                }
+            }
+        }
+    }
+
+    fn absorb_broadcast(&mut self, out: Vec<broadcast::Output<P::Id>>) {
+        for o in out {
+            match o {
+                broadcast::Output::Send { to, message } => match self.peers.get(&to) {
+                    Some(p) => self.out.push(Output::Send { to: p.clone(), message: Message::Broadcast(message) }),
+                    None => self.unroutable += 1,
+                },
+                broadcast::Output::Timer { at, timer } => {
+                    self.out.push(Output::Timer { at, timer: Timer::Broadcast(timer) })
+                }
+                broadcast::Output::Deliver(d) => self.out.push(Output::Event(Event::Delivered(d))),
+            }
+        }
+    }
+}
