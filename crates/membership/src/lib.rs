@@ -294,6 +294,9 @@ pub enum Input<P> {
         /// The peer.
         peer: P,
     },
+    /// Joining through the bootstrap addresses failed (none reachable): schedule a retry
+    /// with backoff if both views are empty.
+    JoinFailed,
     /// Leave gracefully: `Disconnect { alive: false }` to every active neighbour.
     Leave,
 }
@@ -484,6 +487,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
                 self.out.push(Output::Disconnect { peer });
                 self.fill_active(now);
             }
+            Input::JoinFailed => self.maybe_schedule_rejoin(now),
             Input::Leave => self.on_leave(),
         }
         self.out.drain(..)
@@ -692,8 +696,11 @@ impl<P: Peer, R: RngCore> State<P, R> {
     }
 
     fn on_connection_lost(&mut self, now: Instant, peer: P) {
-        self.pending.remove(&peer);
-        self.passive.retain(|p| p != &peer);
+        // A lost link to a passive peer we were not using says nothing about it; an
+        // unanswered request or a dead active link does.
+        if self.pending.remove(&peer).is_some() {
+            self.passive.retain(|p| p != &peer);
+        }
         if self.active.contains(&peer) {
             self.fail_peer(peer);
         }

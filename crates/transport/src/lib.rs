@@ -1,1 +1,321 @@
-//! stub
+//! QUIC transport for plumcast.
+//!
+//! - [`Identity`]: an Ed25519 key pair (persisted as PKCS#8) and a self-signed rcgen
+//!   certificate for it; the [`NodeId`] is the 32-byte public key.
+//! - [`server_config`] / [`client_config`]: TLS 1.3 only, Ed25519 only, client auth
+//!   mandatory, ALPN [`ALPN`]. Custom rustls verifiers accept a peer only if the
+//!   handshake signature proves it holds the key in its certificate, and bind the
+//!   connection to that key's [`NodeId`]; a dial that expects a `NodeId` rejects any other.
+//! - Framing: each direction is one unidirectional stream of frames, a 4-byte big-endian
+//!   length then a postcard body; the first frame is a [`Hello`] carrying the cluster name
+//!   and the sender's advertised address. Frames above the configured maximum close the
+//!   connection.
+//! - [`bind`]: a quinn endpoint over a [`FaultySocket`], whose [`Faults`] switch can
+//!   black-hole the socket (an abrupt crash: no CONNECTION_CLOSE reaches anyone) or drop a
+//!   fraction of datagrams (tests).
+
+#![forbid(unsafe_code)]
+
+mod socket;
+mod tls;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub use socket::{FaultySocket, Faults};
+pub use tls::{client_config, peer_node_id, server_config};
+
+/// ALPN protocol id of plumcast's wire protocol, version 1.
+pub const ALPN: &[u8] = b"plumcast/1";
+
+/// The fixed TLS server name. A 64-character hex id is not a valid DNS label, so the
+/// name is constant and the verifiers check the `NodeId` instead.
+pub const SERVER_NAME: &str = "plumcast";
+
+/// Errors of the transport layer.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// Socket or file I/O failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// TLS configuration failed.
+    #[error("TLS error: {0}")]
+    Tls(#[from] rustls::Error),
+    /// Certificate or key generation failed.
+    #[error("certificate error: {0}")]
+    Certificate(#[from] rcgen::Error),
+    /// A key file did not hold an Ed25519 PKCS#8 key.
+    #[error("invalid identity key: {0}")]
+    InvalidKey(String),
+    /// The QUIC crypto configuration was rejected.
+    #[error("QUIC configuration error: {0}")]
+    Config(String),
+    /// A frame could not be encoded or decoded.
+    #[error("frame error: {0}")]
+    Frame(#[from] postcard::Error),
+}
+
+/// A node's identity: its Ed25519 public key (32 bytes).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NodeId(pub [u8; 32]);
+
+impl NodeId {
+    /// All 64 hex characters.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The first 10 hex characters, for logs.
+    pub fn short(&self) -> String {
+        self.to_hex()[..10].to_string()
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({})", self.short())
+    }
+}
+
+/// A peer as the membership layer knows it: its id and the address it advertises.
+/// Equality, order and hash are the [`NodeId`] alone: the address is metadata (a node
+/// restarted at a new address is the same peer). An address learned from another peer is
+/// hearsay: dial it expecting this id.
+#[derive(Clone, Copy, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// The peer's id.
+    pub id: NodeId,
+    /// Where it said it can be reached.
+    pub addr: SocketAddr,
+}
+
+impl PartialEq for PeerInfo {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+impl Eq for PeerInfo {}
+impl PartialOrd for PeerInfo {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for PeerInfo {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.id.cmp(&other.id)
+    }
+}
+impl std::hash::Hash for PeerInfo {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.id.hash(state)
+    }
+}
+impl fmt::Debug for PeerInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.id.short(), self.addr)
+    }
+}
+
+/// An Ed25519 key pair with its self-signed certificate.
+#[derive(Clone)]
+pub struct Identity {
+    pkcs8: Vec<u8>,
+    id: NodeId,
+    cert: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Identity({})", self.id.short())
+    }
+}
+
+impl Identity {
+    /// A fresh random identity.
+    ///
+    /// # Errors
+    /// [`TransportError::Certificate`] if key or certificate generation fails.
+    pub fn generate() -> Result<Self, TransportError> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+        Self::from_key(key)
+    }
+
+    /// An identity from a PKCS#8 DER Ed25519 private key.
+    ///
+    /// # Errors
+    /// [`TransportError::InvalidKey`] if the bytes are not an Ed25519 PKCS#8 key.
+    pub fn from_pkcs8(der: &[u8]) -> Result<Self, TransportError> {
+        let key = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der.to_vec().into(), &rcgen::PKCS_ED25519)
+            .map_err(|e| TransportError::InvalidKey(e.to_string()))?;
+        Self::from_key(key)
+    }
+
+    fn from_key(key: rcgen::KeyPair) -> Result<Self, TransportError> {
+        let raw = key.public_key_raw();
+        let id: [u8; 32] =
+            raw.try_into().map_err(|_| TransportError::InvalidKey(format!("public key is {} bytes", raw.len())))?;
+        let cert = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()])?.self_signed(&key)?;
+        Ok(Self { pkcs8: key.serialize_der(), id: NodeId(id), cert: cert.der().clone() })
+    }
+
+    /// Load the PKCS#8 key at `path`, or create one there (mode 0600 on Unix) if the file
+    /// does not exist.
+    ///
+    /// # Errors
+    /// I/O errors, or [`TransportError::InvalidKey`] for a file that is not a key.
+    pub fn load_or_create(path: &Path) -> Result<Self, TransportError> {
+        match std::fs::read(path) {
+            Ok(der) => Self::from_pkcs8(&der),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let id = Self::generate()?;
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let mut opts = std::fs::OpenOptions::new();
+                opts.write(true).create_new(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+                std::io::Write::write_all(&mut opts.open(path)?, &id.pkcs8)?;
+                Ok(id)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The node id (public key).
+    pub fn node_id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The private key, PKCS#8 DER.
+    pub fn pkcs8_der(&self) -> &[u8] {
+        &self.pkcs8
+    }
+
+    /// The self-signed certificate, DER.
+    pub fn certificate(&self) -> &rustls::pki_types::CertificateDer<'static> {
+        &self.cert
+    }
+}
+
+/// Transport tuning. Plain data with defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TransportConfig {
+    /// QUIC keep-alive interval. The protocol's own heartbeats keep active links busy;
+    /// this keeps idle transient links (shuffle replies) from timing out early.
+    pub keep_alive: Duration,
+    /// QUIC idle timeout (quinn's default is 30 s; membership detects failures sooner).
+    pub idle_timeout: Duration,
+    /// Largest frame accepted or sent, bytes. Larger frames close the connection.
+    pub max_frame_size: usize,
+    /// How long a handshake plus Hello exchange may take.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            keep_alive: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(10),
+            max_frame_size: 1 << 20,
+            handshake_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl TransportConfig {
+    pub(crate) fn quinn(&self) -> Result<quinn::TransportConfig, TransportError> {
+        let mut t = quinn::TransportConfig::default();
+        t.keep_alive_interval(Some(self.keep_alive));
+        t.max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(self.idle_timeout).map_err(|e| TransportError::Config(e.to_string()))?,
+        ));
+        t.max_concurrent_bidi_streams(0u32.into());
+        t.max_concurrent_uni_streams(4u32.into());
+        Ok(t)
+    }
+}
+
+/// First frame on every stream: who the sender says it is beyond its TLS key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Cluster name; peers of another cluster are refused.
+    pub cluster: String,
+    /// The address the sender advertises for dialing it back.
+    pub addr: SocketAddr,
+}
+
+/// Application close codes used on plumcast connections.
+pub mod close_code {
+    /// Graceful close (leave, idle).
+    pub const NORMAL: u32 = 0;
+    /// A duplicate connection between the same two nodes was retired.
+    pub const DUPLICATE: u32 = 1;
+    /// Malformed, oversized or unknown frame.
+    pub const PROTOCOL: u32 = 2;
+    /// The peer belongs to another cluster.
+    pub const WRONG_CLUSTER: u32 = 3;
+    /// The peer was declared failed or misbehaving.
+    pub const FAILED: u32 = 4;
+}
+
+/// Encode `value` as one frame: 4-byte big-endian length, then postcard.
+///
+/// # Errors
+/// [`TransportError::Frame`] if serialization fails.
+pub fn encode_frame<T: Serialize>(value: &T) -> Result<Bytes, TransportError> {
+    let body = postcard::to_stdvec(value)?;
+    let mut b = BytesMut::with_capacity(4 + body.len());
+    b.put_u32(body.len() as u32);
+    b.put_slice(&body);
+    Ok(b.freeze())
+}
+
+/// Decode a frame body (without the length prefix).
+///
+/// # Errors
+/// [`TransportError::Frame`] for malformed bytes or an unknown message.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, TransportError> {
+    Ok(postcard::from_bytes(body)?)
+}
+
+/// The decoder for incoming frames, refusing frames longer than `max_frame_size`.
+pub fn frame_codec(max_frame_size: usize) -> tokio_util::codec::LengthDelimitedCodec {
+    tokio_util::codec::LengthDelimitedCodec::builder().length_field_length(4).max_frame_length(max_frame_size).new_codec()
+}
+
+/// Bind a quinn endpoint on `addr` serving and dialing as `identity`.
+/// Returns the endpoint and the fault switch of its socket.
+///
+/// # Errors
+/// Socket or TLS configuration errors.
+pub fn bind(
+    addr: SocketAddr,
+    identity: &Identity,
+    config: &TransportConfig,
+) -> Result<(quinn::Endpoint, Arc<Faults>), TransportError> {
+    let std_socket = std::net::UdpSocket::bind(addr)?;
+    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+    let inner = runtime.wrap_udp_socket(std_socket)?;
+    let faults = Arc::new(Faults::default());
+    let socket = Arc::new(FaultySocket::new(inner, faults.clone()));
+    let server = server_config(identity, config)?;
+    let mut endpoint =
+        quinn::Endpoint::new_with_abstract_socket(quinn::EndpointConfig::default(), Some(server), socket, runtime)?;
+    endpoint.set_default_client_config(client_config(identity, None, config)?);
+    Ok((endpoint, faults))
+}

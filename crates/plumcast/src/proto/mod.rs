@@ -109,6 +109,8 @@ pub enum Input<P: Peer> {
         /// The peer.
         peer: P,
     },
+    /// None of the bootstrap addresses could be reached: retry later with backoff.
+    JoinFailed,
     /// Leave gracefully.
     Leave,
 }
@@ -221,6 +223,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
             }
             Input::ConnectionLost { peer } => self.membership_input(now, membership::Input::ConnectionLost { peer }),
             Input::Misbehaved { peer } => self.membership_input(now, membership::Input::Misbehaved { peer }),
+            Input::JoinFailed => self.membership_input(now, membership::Input::JoinFailed),
             Input::Leave => self.membership_input(now, membership::Input::Leave),
         }
         self.out.drain(..)

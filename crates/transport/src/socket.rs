@@ -1,0 +1,122 @@
+//! A UDP socket wrapper for fault injection: black hole (crash) and random loss.
+
+use std::fmt;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, UdpPoller};
+
+/// Switches shared with a [`FaultySocket`].
+#[derive(Debug, Default)]
+pub struct Faults {
+    black_hole: AtomicBool,
+    loss_per_million: AtomicU32,
+    rng: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl Faults {
+    /// From now on drop every datagram in both directions, silently: to the rest of the
+    /// cluster the node vanishes as if its machine lost power.
+    pub fn black_hole(&self) {
+        self.black_hole.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the socket is black-holed.
+    pub fn is_black_holed(&self) -> bool {
+        self.black_hole.load(Ordering::SeqCst)
+    }
+
+    /// Drop this fraction (0.0–1.0) of outgoing datagrams at random.
+    pub fn set_loss(&self, fraction: f64) {
+        let v = (fraction.clamp(0.0, 1.0) * 1e6) as u32;
+        self.loss_per_million.store(v, Ordering::SeqCst);
+    }
+
+    /// Datagrams dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn drop_outgoing(&self) -> bool {
+        if self.is_black_holed() {
+            return true;
+        }
+        let loss = self.loss_per_million.load(Ordering::Relaxed);
+        if loss == 0 {
+            return false;
+        }
+        // SplitMix64 step on a shared counter: cheap, good enough for test loss.
+        let mut z = self.rng.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z % 1_000_000) < loss as u64
+    }
+}
+
+/// An [`AsyncUdpSocket`] that forwards to the real socket unless its [`Faults`] say drop.
+pub struct FaultySocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    faults: Arc<Faults>,
+}
+
+impl FaultySocket {
+    /// Wrap `inner`.
+    pub fn new(inner: Arc<dyn AsyncUdpSocket>, faults: Arc<Faults>) -> Self {
+        Self { inner, faults }
+    }
+}
+
+impl fmt::Debug for FaultySocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FaultySocket").field("faults", &self.faults).finish()
+    }
+}
+
+impl AsyncUdpSocket for FaultySocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        if self.faults.drop_outgoing() {
+            self.faults.dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.inner.try_send(transmit)
+    }
+
+    fn poll_recv(&self, cx: &mut Context, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> Poll<io::Result<usize>> {
+        loop {
+            match self.inner.poll_recv(cx, bufs, meta) {
+                Poll::Ready(Ok(n)) if self.faults.is_black_holed() => {
+                    self.faults.dropped.fetch_add(n as u64, Ordering::Relaxed);
+                    continue;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
