@@ -7,7 +7,15 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "net")]
+mod node;
 pub mod proto;
+
+#[cfg(feature = "net")]
+pub use node::{
+    Delivered, Error, Event, Events, Faults, Identity, MessageHandler, NetStats, Node, NodeBuilder, NodeConfig, NodeId,
+    NodeStats, PeerInfo, TransportConfig, TransportError,
+};
 
 pub use bytes::Bytes;
 pub use proto::{DownReason, MessageId};

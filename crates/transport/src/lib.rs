@@ -29,7 +29,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use socket::{FaultySocket, Faults};
+pub use socket::{Faults, FaultySocket};
 pub use tls::{client_config, peer_node_id, server_config};
 
 /// ALPN protocol id of plumcast's wire protocol, version 1.
@@ -295,7 +295,10 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, TransportError
 
 /// The decoder for incoming frames, refusing frames longer than `max_frame_size`.
 pub fn frame_codec(max_frame_size: usize) -> tokio_util::codec::LengthDelimitedCodec {
-    tokio_util::codec::LengthDelimitedCodec::builder().length_field_length(4).max_frame_length(max_frame_size).new_codec()
+    tokio_util::codec::LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .max_frame_length(max_frame_size)
+        .new_codec()
 }
 
 /// Bind a quinn endpoint on `addr` serving and dialing as `identity`.

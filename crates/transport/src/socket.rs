@@ -92,7 +92,12 @@ impl AsyncUdpSocket for FaultySocket {
         self.inner.try_send(transmit)
     }
 
-    fn poll_recv(&self, cx: &mut Context, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> Poll<io::Result<usize>> {
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
         loop {
             match self.inner.poll_recv(cx, bufs, meta) {
                 Poll::Ready(Ok(n)) if self.faults.is_black_holed() => {

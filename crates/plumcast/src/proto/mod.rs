@@ -213,7 +213,8 @@ impl<P: Peer, R: RngCore> State<P, R> {
             }
             Input::Message { from, message: Message::Broadcast(message) } => {
                 self.membership.heard(now, &from);
-                let out: Vec<_> = self.broadcast.handle(now, broadcast::Input::Message { from: from.id(), message }).collect();
+                let out: Vec<_> =
+                    self.broadcast.handle(now, broadcast::Input::Message { from: from.id(), message }).collect();
                 self.absorb_broadcast(out);
             }
             Input::Timer(Timer::Membership(t)) => self.membership_input(now, membership::Input::Timer(t)),

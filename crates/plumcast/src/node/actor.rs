@@ -1,0 +1,609 @@
+//! The node actor: owns `proto::State`, the connection table and the timers.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use plumcast_transport::{Hello, Identity, NodeId, PeerInfo, client_config, close_code, encode_frame};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::conn::{self, ConnCtx, Dial, NetEvent, Refusal};
+use super::{BroadcastCmd, Control, Delivered, Event, NetStats, NodeConfig, NodeStats};
+use crate::proto::{self, broadcast};
+
+type Proto = proto::State<PeerInfo, ChaCha8Rng>;
+type Timer = proto::Timer<PeerInfo>;
+
+/// A duplicate connection stays open this long after it lost the tie-break, so frames
+/// already in flight on it arrive (both sides have seen the winner by then).
+const RETIRE_GRACE: Duration = Duration::from_secs(5);
+/// Period of the housekeeping sweep (retired and idle connections).
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
+
+pub(crate) struct Parts {
+    pub config: NodeConfig,
+    pub identity: Identity,
+    pub me: PeerInfo,
+    pub incarnation: u64,
+    pub seed: u64,
+    pub endpoint: quinn::Endpoint,
+    pub bcast_rx: mpsc::Receiver<BroadcastCmd>,
+    pub ctl_rx: mpsc::Receiver<Control>,
+    pub app_tx: mpsc::Sender<Event>,
+    pub neighbors_tx: watch::Sender<usize>,
+}
+
+struct Link {
+    conn_id: u64,
+    conn: quinn::Connection,
+    tx: mpsc::UnboundedSender<Bytes>,
+    depth: Arc<AtomicUsize>,
+    dialed_by_me: bool,
+    last_active: Instant,
+}
+
+struct Pending {
+    frames: Vec<Bytes>,
+}
+
+pub(crate) struct Actor {
+    config: NodeConfig,
+    identity: Identity,
+    me: PeerInfo,
+    proto: Proto,
+    endpoint: quinn::Endpoint,
+    bcast_rx: mpsc::Receiver<BroadcastCmd>,
+    ctl_rx: mpsc::Receiver<Control>,
+    app_tx: mpsc::Sender<Event>,
+    neighbors_tx: watch::Sender<usize>,
+    net_tx: mpsc::Sender<NetEvent>,
+    net_rx: mpsc::Receiver<NetEvent>,
+    tasks: JoinSet<()>,
+    links: HashMap<NodeId, Link>,
+    retired: HashMap<u64, (quinn::Connection, Instant)>,
+    dialing: HashMap<NodeId, Pending>,
+    bootstrap_inflight: usize,
+    timers: BinaryHeap<Reverse<(Instant, u64, Timer)>>,
+    timer_seq: u64,
+    next_conn_id: u64,
+    backlog: VecDeque<Event>,
+    congested: bool,
+    drained: Arc<Notify>,
+    writers_done: usize,
+    stats: NetStats,
+}
+
+impl Actor {
+    pub(crate) fn new(p: Parts) -> Self {
+        let rng = ChaCha8Rng::seed_from_u64(p.seed);
+        let proto = proto::State::new(p.me, p.incarnation, p.config.protocol.clone(), rng);
+        let (net_tx, net_rx) = mpsc::channel(1024);
+        Self {
+            config: p.config,
+            identity: p.identity,
+            me: p.me,
+            proto,
+            endpoint: p.endpoint,
+            bcast_rx: p.bcast_rx,
+            ctl_rx: p.ctl_rx,
+            app_tx: p.app_tx,
+            neighbors_tx: p.neighbors_tx,
+            net_tx,
+            net_rx,
+            tasks: JoinSet::new(),
+            links: HashMap::new(),
+            retired: HashMap::new(),
+            dialing: HashMap::new(),
+            bootstrap_inflight: 0,
+            timers: BinaryHeap::new(),
+            timer_seq: 0,
+            next_conn_id: 0,
+            backlog: VecDeque::new(),
+            congested: false,
+            drained: Arc::new(Notify::new()),
+            writers_done: 0,
+            stats: NetStats::default(),
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        info!(addr = %self.me.addr, id = %self.me.id, "node listening");
+        self.dial_bootstrap().await;
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next_timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+            let far = Instant::now() + Duration::from_secs(3600);
+            let accept_broadcasts = !self.congested;
+            tokio::select! {
+                biased;
+                ctl = self.ctl_rx.recv() => match ctl {
+                    Some(Control::Shutdown(reply)) => {
+                        self.leave().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(c) => self.on_control(c),
+                    None => {
+                        // Every Node handle was dropped: leave without anyone waiting.
+                        self.leave().await;
+                        return;
+                    }
+                },
+                Some(ev) = self.net_rx.recv() => self.on_net(ev),
+                () = tokio::time::sleep_until(next_timer.unwrap_or(far)), if next_timer.is_some() => self.fire_timers(),
+                Some(cmd) = self.bcast_rx.recv(), if accept_broadcasts => self.on_broadcast(cmd),
+                () = self.drained.notified(), if self.congested => self.recheck_congestion(),
+                Some(incoming) = self.endpoint.accept() => self.accept(incoming),
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                _ = sweep.tick() => self.sweep(),
+            }
+            self.flush_app().await;
+        }
+    }
+
+    /// Hand queued events to the application, waiting while its queue is full: this is
+    /// where a slow application pushes back on the whole node.
+    async fn flush_app(&mut self) {
+        while let Some(ev) = self.backlog.pop_front() {
+            self.stats.app_events += 1;
+            if self.app_tx.send(ev).await.is_err() {
+                // The application dropped its stream: nobody to deliver to.
+                self.backlog.clear();
+            }
+        }
+    }
+
+    fn on_control(&mut self, c: Control) {
+        match c {
+            Control::Neighbors(reply) => {
+                let _ = reply.send(self.proto.membership().active_view().to_vec());
+            }
+            Control::Stats(reply) => {
+                let _ = reply.send(self.snapshot());
+            }
+            Control::Shutdown(_) => {}
+        }
+    }
+
+    fn snapshot(&self) -> NodeStats {
+        let m = self.proto.membership();
+        let b = self.proto.broadcast_state();
+        let mut net = self.stats.clone();
+        net.unroutable = self.proto.unroutable();
+        NodeStats {
+            active_view: m.active_view().to_vec(),
+            passive_view: m.passive_view().to_vec(),
+            eager: b.eager_peers().len(),
+            lazy: b.lazy_peers().len(),
+            membership: m.stats().clone(),
+            broadcast: b.stats().clone(),
+            net,
+        }
+    }
+
+    fn on_broadcast(&mut self, cmd: BroadcastCmd) {
+        self.stats.broadcasts += 1;
+        let now = std_now();
+        let (id, out) = self.proto.broadcast(now, cmd.payload);
+        let out: Vec<_> = out.collect();
+        self.perform(out);
+        let _ = cmd.reply.send(id);
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, _, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, _, timer))) = self.timers.pop() else { break };
+            let out: Vec<_> = self.proto.handle(std_now(), proto::Input::Timer(timer)).collect();
+            self.perform(out);
+        }
+    }
+
+    fn input(&mut self, input: proto::Input<PeerInfo>) {
+        let out: Vec<_> = self.proto.handle(std_now(), input).collect();
+        self.perform(out);
+    }
+
+    /// Carry out the protocol's outputs, in order.
+    fn perform(&mut self, out: Vec<proto::Output<PeerInfo>>) {
+        for o in out {
+            match o {
+                proto::Output::Send { to, message } => self.send(to, &message),
+                proto::Output::Disconnect { peer } => self.close_link(peer.id, close_code::FAILED, "declared failed"),
+                proto::Output::Timer { at, timer } => {
+                    self.timer_seq += 1;
+                    self.timers.push(Reverse((Instant::from_std(at), self.timer_seq, timer)));
+                }
+                proto::Output::Rejoin => {
+                    if self.bootstrap_inflight == 0 && !self.config.bootstrap.is_empty() {
+                        info!("both views empty: retrying the bootstrap addresses");
+                        let addrs = self.config.bootstrap.clone();
+                        self.spawn_bootstrap(addrs);
+                    }
+                }
+                proto::Output::Event(e) => self.on_event(e),
+            }
+        }
+    }
+
+    fn on_event(&mut self, e: proto::Event<PeerInfo>) {
+        let ev = match e {
+            proto::Event::NeighborUp(p) => {
+                debug!(peer = ?p, "neighbor up");
+                self.neighbors_tx.send_replace(self.proto.membership().active_view().len());
+                Event::NeighborUp(p)
+            }
+            proto::Event::NeighborDown { peer, reason } => {
+                debug!(peer = ?peer, reason = reason.as_str(), "neighbor down");
+                self.neighbors_tx.send_replace(self.proto.membership().active_view().len());
+                Event::NeighborDown { peer, reason }
+            }
+            proto::Event::Delivered(d) => Event::Delivered(Delivered {
+                id: d.id,
+                origin: d.envelope.origin,
+                incarnation: d.envelope.incarnation,
+                seq: d.envelope.seq,
+                hops: d.hops,
+                payload: d.envelope.payload,
+            }),
+        };
+        self.backlog.push_back(ev);
+    }
+
+    fn send(&mut self, to: PeerInfo, message: &proto::Message<PeerInfo>) {
+        if to.id == self.me.id {
+            return;
+        }
+        let is_ihave = matches!(message, proto::Message::Broadcast(broadcast::Message::IHave(_)));
+        if is_ihave
+            && self
+                .links
+                .get(&to.id)
+                .is_some_and(|l| l.depth.load(Ordering::Relaxed) > self.config.peer_queue_soft_limit)
+        {
+            self.stats.ihave_shed += 1;
+            return;
+        }
+        let frame = match encode_frame(message) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(error = %e, "cannot encode a frame");
+                return;
+            }
+        };
+        self.stats.frames_sent += 1;
+        self.stats.bytes_sent += frame.len() as u64;
+        if let Some(link) = self.links.get_mut(&to.id) {
+            let depth = link.depth.fetch_add(1, Ordering::Relaxed) + 1;
+            link.last_active = Instant::now();
+            if link.tx.send(frame).is_err() {
+                link.depth.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+            if depth > self.config.peer_queue_hard_limit {
+                warn!(peer = ?to, depth, "peer cannot keep up: disconnecting it");
+                self.stats.slow_peer_disconnects += 1;
+                self.close_link(to.id, close_code::FAILED, "too slow");
+                self.input(proto::Input::ConnectionLost { peer: to });
+            } else if depth > self.config.peer_queue_soft_limit && !self.congested {
+                self.congested = true;
+                self.stats.backpressure_events += 1;
+            }
+            return;
+        }
+        match self.dialing.get_mut(&to.id) {
+            Some(p) => {
+                if p.frames.len() < self.config.peer_queue_soft_limit {
+                    p.frames.push(frame);
+                } else {
+                    self.stats.frames_undeliverable += 1;
+                }
+            }
+            None => {
+                self.dialing.insert(to.id, Pending { frames: vec![frame] });
+                self.dial(Some(to), to.addr);
+            }
+        }
+    }
+
+    fn recheck_congestion(&mut self) {
+        let low = self.config.peer_queue_soft_limit / 2;
+        self.congested = self.links.values().any(|l| l.depth.load(Ordering::Relaxed) > low);
+    }
+
+    fn hello(&self) -> Hello {
+        Hello { cluster: self.config.cluster.clone(), addr: self.me.addr }
+    }
+
+    fn ctx(&mut self, dial: Option<Dial>) -> ConnCtx {
+        self.next_conn_id += 1;
+        ConnCtx {
+            conn_id: self.next_conn_id,
+            net_tx: self.net_tx.clone(),
+            hello: self.hello(),
+            max_frame: self.config.transport.max_frame_size,
+            handshake_timeout: self.config.transport.handshake_timeout,
+            drained: self.drained.clone(),
+            dial,
+        }
+    }
+
+    fn dial(&mut self, expected: Option<PeerInfo>, addr: SocketAddr) {
+        let ctx = self.ctx(Some(Dial { expected, addr }));
+        let cfg = match client_config(&self.identity, expected.map(|p| p.id), &self.config.transport) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "client config");
+                return;
+            }
+        };
+        match self.endpoint.connect_with(cfg, addr, plumcast_transport::SERVER_NAME) {
+            Ok(connecting) => {
+                self.tasks.spawn(conn::run(connecting, ctx));
+            }
+            Err(e) => {
+                let net_tx = self.net_tx.clone();
+                let reason = e.to_string();
+                self.tasks.spawn(async move {
+                    let _ = net_tx.send(NetEvent::DialFailed { expected, addr, reason }).await;
+                });
+            }
+        }
+    }
+
+    fn accept(&mut self, incoming: quinn::Incoming) {
+        let ctx = self.ctx(None);
+        match incoming.accept() {
+            Ok(connecting) => {
+                self.tasks.spawn(conn::run(connecting, ctx));
+            }
+            Err(e) => {
+                self.stats.handshake_failures += 1;
+                debug!(error = %e, "incoming connection failed");
+            }
+        }
+    }
+
+    async fn dial_bootstrap(&mut self) {
+        let addrs = self.config.bootstrap.clone();
+        if !addrs.is_empty() {
+            self.spawn_bootstrap(addrs);
+        }
+    }
+
+    /// Resolve and dial every bootstrap contact (no expected id: accept the one proven).
+    fn spawn_bootstrap(&mut self, contacts: Vec<String>) {
+        for contact in contacts {
+            self.bootstrap_inflight += 1;
+            match contact.parse::<SocketAddr>() {
+                Ok(addr) => self.dial(None, addr),
+                Err(_) => {
+                    let net_tx = self.net_tx.clone();
+                    let ipv4 = self.me.addr.is_ipv4();
+                    self.tasks.spawn(async move {
+                        let resolved = tokio::net::lookup_host(contact.as_str()).await;
+                        let addr = resolved.ok().and_then(|mut it| it.find(|a| a.is_ipv4() == ipv4));
+                        let _ = net_tx.send(NetEvent::Resolved { contact, addr }).await;
+                    });
+                }
+            }
+        }
+    }
+
+    fn on_net(&mut self, ev: NetEvent) {
+        match ev {
+            NetEvent::Up { peer, conn_id, conn, tx, depth, dialed_by_me, bootstrap } => {
+                self.on_up(peer, conn_id, conn, tx, depth, dialed_by_me, bootstrap)
+            }
+            NetEvent::Message { from, conn_id, message } => {
+                self.stats.frames_received += 1;
+                if let Some(l) = self.links.get_mut(&from.id).filter(|l| l.conn_id == conn_id) {
+                    l.last_active = Instant::now();
+                }
+                self.input(proto::Input::Message { from, message });
+            }
+            NetEvent::Down { peer, conn_id, reason } => {
+                if self.retired.remove(&conn_id).is_some() {
+                    return;
+                }
+                if self.links.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
+                    debug!(peer = %peer.short(), %reason, "connection lost");
+                    let link = self.links.remove(&peer);
+                    let info =
+                        PeerInfo { id: peer, addr: link.map(|l| l.conn.remote_address()).unwrap_or(self.me.addr) };
+                    self.input(proto::Input::ConnectionLost { peer: info });
+                }
+            }
+            NetEvent::Refused { peer, conn_id, kind, reason } => {
+                match kind {
+                    Refusal::Handshake => self.stats.handshake_failures += 1,
+                    Refusal::WrongCluster => self.stats.cluster_mismatches += 1,
+                    Refusal::Malformed => self.stats.malformed_frames += 1,
+                    Refusal::Oversized => self.stats.oversized_frames += 1,
+                }
+                warn!(peer = ?peer, ?kind, %reason, "connection refused");
+                if let Some(p) = peer {
+                    if self.links.get(&p.id).is_some_and(|l| l.conn_id == conn_id) {
+                        self.links.remove(&p.id);
+                    }
+                    if kind != Refusal::Handshake {
+                        self.input(proto::Input::Misbehaved { peer: p });
+                    }
+                }
+            }
+            NetEvent::Resolved { contact, addr } => match addr {
+                // The in-flight bootstrap count carries over to the dial.
+                Some(addr) => self.dial(None, addr),
+                None => self.on_net(NetEvent::DialFailed {
+                    expected: None,
+                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    reason: format!("cannot resolve {contact}"),
+                }),
+            },
+            NetEvent::DialFailed { expected, addr, reason } => {
+                self.stats.dial_failures += 1;
+                match expected {
+                    Some(p) => {
+                        debug!(peer = ?p, %reason, "dial failed");
+                        if let Some(pending) = self.dialing.remove(&p.id) {
+                            self.stats.frames_undeliverable += pending.frames.len() as u64;
+                        }
+                        self.input(proto::Input::ConnectionLost { peer: p });
+                    }
+                    None => {
+                        warn!(%addr, %reason, "bootstrap contact unreachable");
+                        self.bootstrap_inflight = self.bootstrap_inflight.saturating_sub(1);
+                        if self.bootstrap_inflight == 0 {
+                            self.input(proto::Input::JoinFailed);
+                        }
+                    }
+                }
+            }
+            NetEvent::WriterDone => self.writers_done += 1,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_up(
+        &mut self,
+        peer: PeerInfo,
+        conn_id: u64,
+        conn: quinn::Connection,
+        tx: mpsc::UnboundedSender<Bytes>,
+        depth: Arc<AtomicUsize>,
+        dialed_by_me: bool,
+        bootstrap: bool,
+    ) {
+        if bootstrap {
+            self.bootstrap_inflight = self.bootstrap_inflight.saturating_sub(1);
+        }
+        if peer.id == self.me.id {
+            conn.close(close_code::NORMAL.into(), b"self");
+            return;
+        }
+        if dialed_by_me {
+            self.stats.connections_dialed += 1;
+        } else {
+            self.stats.connections_accepted += 1;
+        }
+        let new = Link { conn_id, conn, tx, depth, dialed_by_me, last_active: Instant::now() };
+        // Simultaneous dials: keep the connection dialed by the smaller NodeId, on both
+        // sides; the loser stays open for a grace period so frames in flight arrive.
+        let new_wins = match self.links.get(&peer.id) {
+            None => true,
+            Some(old) if old.dialed_by_me == new.dialed_by_me => true,
+            Some(_) => {
+                let smaller_is_me = self.me.id < peer.id;
+                new.dialed_by_me == smaller_is_me
+            }
+        };
+        let loser = if new_wins { self.links.insert(peer.id, new) } else { Some(new) };
+        if let Some(l) = loser {
+            self.stats.connections_retired += 1;
+            self.retired.insert(l.conn_id, (l.conn, Instant::now() + RETIRE_GRACE));
+        }
+        if let Some(p) = self.dialing.remove(&peer.id) {
+            for f in p.frames {
+                self.push_frame(peer.id, f);
+            }
+        }
+        if bootstrap {
+            self.input(proto::Input::Join { contact: peer });
+        }
+    }
+
+    fn push_frame(&mut self, peer: NodeId, frame: Bytes) {
+        if let Some(l) = self.links.get(&peer) {
+            l.depth.fetch_add(1, Ordering::Relaxed);
+            if l.tx.send(frame).is_err() {
+                l.depth.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn close_link(&mut self, peer: NodeId, code: u32, reason: &str) {
+        if let Some(l) = self.links.remove(&peer) {
+            l.conn.close(code.into(), reason.as_bytes());
+        }
+    }
+
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        self.retired.retain(|_, (conn, at)| {
+            if *at <= now {
+                conn.close(close_code::DUPLICATE.into(), b"duplicate");
+                false
+            } else {
+                true
+            }
+        });
+        let m = self.proto.membership();
+        let idle: Vec<NodeId> = self
+            .links
+            .iter()
+            .filter(|(id, l)| {
+                let p = PeerInfo { id: **id, addr: self.me.addr };
+                !m.is_active(&p)
+                    && !m.pending().any(|q| q.id == **id)
+                    && now.duration_since(l.last_active) > self.config.idle_link_timeout
+                    && l.depth.load(Ordering::Relaxed) == 0
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in idle {
+            self.stats.connections_idle_closed += 1;
+            self.close_link(id, close_code::NORMAL, "idle");
+        }
+        if self.congested {
+            self.recheck_congestion();
+        }
+    }
+
+    /// Graceful leave: Disconnect to the neighbours, flush, close, drain tasks.
+    async fn leave(&mut self) {
+        self.input(proto::Input::Leave);
+        self.flush_app().await;
+        let links: Vec<Link> = self.links.drain().map(|(_, l)| l).collect();
+        let expect = links.len();
+        // Dropping the queues lets each writer finish its stream after the last frame.
+        let conns: Vec<quinn::Connection> = links.into_iter().map(|l| l.conn).collect();
+        let deadline = Instant::now() + self.config.shutdown_linger;
+        self.writers_done = 0;
+        while self.writers_done < expect {
+            tokio::select! {
+                Some(ev) = self.net_rx.recv() => {
+                    if let NetEvent::WriterDone = ev { self.writers_done += 1 }
+                }
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        for c in conns {
+            c.close(close_code::NORMAL.into(), b"leave");
+        }
+        for (_, (c, _)) in self.retired.drain() {
+            c.close(close_code::NORMAL.into(), b"leave");
+        }
+        self.endpoint.close(close_code::NORMAL.into(), b"leave");
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        info!("node left");
+    }
+}
+
+fn std_now() -> std::time::Instant {
+    Instant::now().into_std()
+}

@@ -1,0 +1,556 @@
+//! The `Node`: [`proto`](crate::proto) driven by one tokio actor over QUIC.
+//!
+//! One actor task owns the protocol state, the connection table and the timers; each
+//! connection has one task that reads frames (decoding them off the actor) and writes the
+//! frames the actor queued for it. The actor never awaits a per-peer queue; the only thing
+//! it awaits is the application sink, so a slow application slows reading from peers and
+//! QUIC flow control pushes back to the senders, which then stop accepting broadcasts.
+
+mod actor;
+mod conn;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use plumcast_transport::{Faults, Identity, NodeId, PeerInfo, TransportConfig, TransportError};
+
+use crate::proto::{self, DownReason, MessageId};
+
+impl proto::Peer for PeerInfo {
+    type Id = NodeId;
+    fn id(&self) -> NodeId {
+        self.id
+    }
+}
+
+/// Errors of the [`Node`] API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The payload is larger than [`NodeConfig::max_payload_size`]; nothing was sent.
+    #[error("payload of {size} bytes exceeds the maximum of {max} bytes")]
+    PayloadTooLarge {
+        /// The payload's size, bytes.
+        size: usize,
+        /// The configured maximum, bytes.
+        max: usize,
+    },
+    /// `try_broadcast` found the broadcast queue full; retry later or use `broadcast`.
+    #[error("the node is busy: its broadcast queue is full")]
+    Busy,
+    /// The node has shut down or crashed.
+    #[error("the node has stopped")]
+    Stopped,
+    /// A wait ran out of time.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The transport could not be set up (socket, TLS, identity).
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// A bootstrap name could not be resolved or the configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// A broadcast delivered to this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivered {
+    /// Message id (hash over origin, incarnation, seq and payload).
+    pub id: MessageId,
+    /// The node that broadcast it.
+    pub origin: NodeId,
+    /// The origin's incarnation (its start time, ms since the Unix epoch).
+    pub incarnation: u64,
+    /// Sequence number within that incarnation, from 1.
+    pub seq: u64,
+    /// Hops travelled: 1 when received straight from the origin.
+    pub hops: u32,
+    /// The application bytes.
+    pub payload: Bytes,
+}
+
+/// What the node tells the application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A broadcast was delivered (exactly once per message).
+    Delivered(Delivered),
+    /// A peer entered the active view.
+    NeighborUp(PeerInfo),
+    /// A peer left the active view.
+    NeighborDown {
+        /// The peer.
+        peer: PeerInfo,
+        /// Why.
+        reason: DownReason,
+    },
+}
+
+/// Application callbacks. They run on one dedicated thread, in delivery order; a slow
+/// handler slows the cluster's senders down (backpressure) and loses nothing.
+pub trait MessageHandler: Send + 'static {
+    /// A broadcast from another node (or our own with `deliver_own`).
+    fn on_message(&mut self, message: &Delivered);
+    /// A peer entered the active view. Default: nothing.
+    fn on_neighbor_up(&mut self, _peer: &PeerInfo) {}
+    /// A peer left the active view. Default: nothing.
+    fn on_neighbor_down(&mut self, _peer: &PeerInfo, _reason: DownReason) {}
+}
+
+/// The event stream, for applications that prefer pulling to a [`MessageHandler`].
+/// Bounded ([`NodeConfig::app_queue`]): while it is full the node stops reading from its
+/// peers; nothing is dropped. Dropping it discards further events.
+#[derive(Debug)]
+pub struct Events {
+    rx: mpsc::Receiver<Event>,
+}
+
+impl Events {
+    /// The next event, or `None` once the node has stopped and all events were read.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// The next event if one is ready.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        self.rx.try_recv().ok()
+    }
+}
+
+/// Node configuration. Plain data with `#[serde(default)]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeConfig {
+    /// UDP address to bind. Default `127.0.0.1:0` (an ephemeral loopback port).
+    pub bind: SocketAddr,
+    /// Address other nodes should dial; default: the bound address.
+    pub advertise: Option<SocketAddr>,
+    /// Bootstrap contacts, `IP:PORT` or `HOST:PORT`. Empty: this node starts a cluster.
+    pub bootstrap: Vec<String>,
+    /// Cluster name, exchanged in the handshake: nodes of other clusters are refused.
+    pub cluster: String,
+    /// Protocol parameters (presets: `proto::Config::{lan, wan, local}`).
+    pub protocol: proto::Config,
+    /// QUIC parameters.
+    pub transport: TransportConfig,
+    /// Largest payload accepted by `broadcast`, bytes. Default 64 KiB.
+    pub max_payload_size: usize,
+    /// Broadcasts queued towards the actor before `broadcast` waits / `try_broadcast`
+    /// returns `Busy`.
+    pub broadcast_queue: usize,
+    /// Events queued towards the application before the node stops reading from peers.
+    pub app_queue: usize,
+    /// Frames queued for one peer above which the node stops accepting new broadcasts
+    /// (backpressure) and sheds IHave announcements to that peer (counted).
+    pub peer_queue_soft_limit: usize,
+    /// Frames queued for one peer above which the peer is disconnected as too slow
+    /// (counted; HyParView replaces it). Gossip payloads are never shed.
+    pub peer_queue_hard_limit: usize,
+    /// How long `shutdown` waits for queued frames to be acknowledged.
+    pub shutdown_linger: Duration,
+    /// A connection to a peer in neither view, idle this long, is closed.
+    pub idle_link_timeout: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
+            bootstrap: Vec::new(),
+            cluster: "plumcast".to_string(),
+            protocol: proto::Config::lan(),
+            transport: TransportConfig::default(),
+            max_payload_size: 64 << 10,
+            broadcast_queue: 1024,
+            app_queue: 4096,
+            peer_queue_soft_limit: 4096,
+            peer_queue_hard_limit: 1 << 18,
+            shutdown_linger: Duration::from_secs(2),
+            idle_link_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Builds a [`Node`].
+///
+/// ```no_run
+/// # async fn f() -> Result<(), plumcast::Error> {
+/// let (node, mut events) = plumcast::Node::builder()
+///     .bind("127.0.0.1:7000".parse().unwrap())
+///     .bootstrap("127.0.0.1:7001")
+///     .spawn()
+///     .await?;
+/// node.broadcast(&b"hello"[..]).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Default)]
+pub struct NodeBuilder {
+    config: NodeConfig,
+    identity: Option<Identity>,
+    rng_seed: Option<u64>,
+}
+
+impl NodeBuilder {
+    /// Start from a whole configuration.
+    pub fn config(mut self, config: NodeConfig) -> Self {
+        self.config = config;
+        self
+    }
+    /// UDP address to bind.
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.config.bind = addr;
+        self
+    }
+    /// Address to advertise to other nodes.
+    pub fn advertise(mut self, addr: SocketAddr) -> Self {
+        self.config.advertise = Some(addr);
+        self
+    }
+    /// Add a bootstrap contact (`IP:PORT` or `HOST:PORT`).
+    pub fn bootstrap(mut self, contact: impl Into<String>) -> Self {
+        self.config.bootstrap.push(contact.into());
+        self
+    }
+    /// Cluster name.
+    pub fn cluster(mut self, name: impl Into<String>) -> Self {
+        self.config.cluster = name.into();
+        self
+    }
+    /// Protocol parameters.
+    pub fn protocol(mut self, protocol: proto::Config) -> Self {
+        self.config.protocol = protocol;
+        self
+    }
+    /// Largest payload, bytes.
+    pub fn max_payload_size(mut self, bytes: usize) -> Self {
+        self.config.max_payload_size = bytes;
+        self
+    }
+    /// Use this identity (default: a fresh one).
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+    /// Load the identity from a PKCS#8 key file, creating it if absent.
+    ///
+    /// # Errors
+    /// [`Error::Transport`] if the file exists but is not a key, or cannot be written.
+    pub fn identity_file(mut self, path: &Path) -> Result<Self, Error> {
+        self.identity = Some(Identity::load_or_create(path)?);
+        Ok(self)
+    }
+    /// Seed the protocol RNG (deterministic choices; tests). Default: from the OS.
+    pub fn rng_seed(mut self, seed: u64) -> Self {
+        self.rng_seed = Some(seed);
+        self
+    }
+
+    /// Start the node; events come through the returned stream.
+    ///
+    /// # Errors
+    /// [`Error::Transport`] if the socket cannot be bound or TLS set up;
+    /// [`Error::Config`] for an invalid configuration.
+    pub async fn spawn(self) -> Result<(Node, Events), Error> {
+        let (node, rx) = self.start().await?;
+        Ok((node, Events { rx }))
+    }
+
+    /// Start the node, calling `handler` on a dedicated thread for every event.
+    ///
+    /// # Errors
+    /// As [`NodeBuilder::spawn`].
+    pub async fn spawn_with_handler<H: MessageHandler>(self, mut handler: H) -> Result<Node, Error> {
+        let (mut node, mut rx) = self.start().await?;
+        let thread = std::thread::Builder::new()
+            .name(format!("plumcast-handler-{}", node.id().short()))
+            .spawn(move || {
+                while let Some(ev) = rx.blocking_recv() {
+                    match ev {
+                        Event::Delivered(m) => handler.on_message(&m),
+                        Event::NeighborUp(p) => handler.on_neighbor_up(&p),
+                        Event::NeighborDown { peer, reason } => handler.on_neighbor_down(&peer, reason),
+                    }
+                }
+            })
+            .map_err(|e| Error::Config(format!("cannot start the handler thread: {e}")))?;
+        node.handler_thread = Some(thread);
+        Ok(node)
+    }
+
+    async fn start(self) -> Result<(Node, mpsc::Receiver<Event>), Error> {
+        let config = self.config;
+        if config.cluster.is_empty() {
+            return Err(Error::Config("the cluster name is empty".into()));
+        }
+        if config.max_payload_size + 1024 > config.transport.max_frame_size {
+            return Err(Error::Config(format!(
+                "max_payload_size {} does not fit in max_frame_size {} (leave 1 KiB for headers)",
+                config.max_payload_size, config.transport.max_frame_size
+            )));
+        }
+        let identity = match self.identity {
+            Some(i) => i,
+            None => Identity::generate()?,
+        };
+        let (endpoint, faults) = plumcast_transport::bind(config.bind, &identity, &config.transport)?;
+        let local = endpoint.local_addr().map_err(TransportError::Io)?;
+        let me = PeerInfo { id: identity.node_id(), addr: config.advertise.unwrap_or(local) };
+        let incarnation = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let seed = self.rng_seed.unwrap_or_else(|| rand::RngCore::next_u64(&mut rand::rngs::OsRng));
+        let (bcast_tx, bcast_rx) = mpsc::channel(config.broadcast_queue.max(1));
+        let (ctl_tx, ctl_rx) = mpsc::channel(64);
+        let (app_tx, app_rx) = mpsc::channel(config.app_queue.max(1));
+        let (neighbors_tx, neighbors_rx) = watch::channel(0usize);
+        let max_payload = config.max_payload_size;
+        let actor = actor::Actor::new(actor::Parts {
+            config,
+            identity,
+            me,
+            incarnation,
+            seed,
+            endpoint,
+            bcast_rx,
+            ctl_rx,
+            app_tx,
+            neighbors_tx,
+        });
+        let span = tracing::info_span!("node", node = %me.id.short());
+        let task = tokio::spawn(tracing::Instrument::instrument(actor.run(), span));
+        let node = Node {
+            me,
+            incarnation,
+            max_payload,
+            bcast_tx,
+            ctl_tx,
+            neighbors_rx,
+            faults,
+            task: Some(task),
+            handler_thread: None,
+        };
+        Ok((node, app_rx))
+    }
+}
+
+/// Counters and views of a running node (see [`Node::stats`]).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NodeStats {
+    /// The active view.
+    pub active_view: Vec<PeerInfo>,
+    /// The passive view.
+    pub passive_view: Vec<PeerInfo>,
+    /// Eager (tree) neighbours.
+    pub eager: usize,
+    /// Lazy neighbours.
+    pub lazy: usize,
+    /// HyParView counters.
+    pub membership: proto::membership::Stats,
+    /// Plumtree counters.
+    pub broadcast: proto::broadcast::Stats,
+    /// Transport and actor counters.
+    pub net: NetStats,
+}
+
+/// Transport and actor counters: every drop, shed and refusal shows here.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NetStats {
+    /// Frames queued for sending.
+    pub frames_sent: u64,
+    /// Bytes of those frames (with length prefixes).
+    pub bytes_sent: u64,
+    /// Frames received and decoded.
+    pub frames_received: u64,
+    /// Outgoing connections established.
+    pub connections_dialed: u64,
+    /// Incoming connections established.
+    pub connections_accepted: u64,
+    /// Duplicate connections retired (simultaneous dials).
+    pub connections_retired: u64,
+    /// Idle transient connections closed.
+    pub connections_idle_closed: u64,
+    /// Dials that failed (unreachable, handshake refused, id mismatch).
+    pub dial_failures: u64,
+    /// Handshakes refused or failed on either side (including id mismatches).
+    pub handshake_failures: u64,
+    /// Peers refused because they belong to another cluster.
+    pub cluster_mismatches: u64,
+    /// Connections closed for a malformed frame or unknown message.
+    pub malformed_frames: u64,
+    /// Connections closed for a frame above the maximum size.
+    pub oversized_frames: u64,
+    /// IHave frames shed to a congested peer.
+    pub ihave_shed: u64,
+    /// Peers disconnected because their send queue passed the hard limit.
+    pub slow_peer_disconnects: u64,
+    /// Frames dropped because their destination could not be dialed.
+    pub frames_undeliverable: u64,
+    /// Plumtree frames for a peer that was no longer a neighbour.
+    pub unroutable: u64,
+    /// Times the actor stopped accepting broadcasts because a peer queue was full.
+    pub backpressure_events: u64,
+    /// Broadcasts accepted from the application.
+    pub broadcasts: u64,
+    /// Events handed to the application.
+    pub app_events: u64,
+}
+
+pub(crate) enum Control {
+    Neighbors(oneshot::Sender<Vec<PeerInfo>>),
+    Stats(oneshot::Sender<NodeStats>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+pub(crate) struct BroadcastCmd {
+    payload: Bytes,
+    reply: oneshot::Sender<MessageId>,
+}
+
+/// A running plumcast node.
+///
+/// Dropping a `Node` without [`Node::shutdown`] still leaves gracefully (Disconnect to the
+/// neighbours) in the background, but nothing waits for it: queued frames may be lost and
+/// the handler thread may still be running when `drop` returns. Call `shutdown` to flush.
+#[derive(Debug)]
+pub struct Node {
+    me: PeerInfo,
+    incarnation: u64,
+    max_payload: usize,
+    bcast_tx: mpsc::Sender<BroadcastCmd>,
+    ctl_tx: mpsc::Sender<Control>,
+    neighbors_rx: watch::Receiver<usize>,
+    faults: Arc<Faults>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    handler_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Node {
+    /// A builder with default configuration.
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::default()
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.me.id
+    }
+
+    /// The address other nodes dial.
+    pub fn addr(&self) -> SocketAddr {
+        self.me.addr
+    }
+
+    /// Id and address.
+    pub fn info(&self) -> PeerInfo {
+        self.me
+    }
+
+    /// This node's incarnation (start time, ms since the Unix epoch).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// Broadcast `payload` to every live node; waits while the node is congested
+    /// (backpressure). Returns the message id once the message is on its way.
+    ///
+    /// # Errors
+    /// [`Error::PayloadTooLarge`], or [`Error::Stopped`] if the node has stopped.
+    pub async fn broadcast(&self, payload: impl Into<Bytes>) -> Result<MessageId, Error> {
+        let payload = self.check(payload.into())?;
+        let (reply, rx) = oneshot::channel();
+        self.bcast_tx.send(BroadcastCmd { payload, reply }).await.map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Like [`Node::broadcast`], but returns [`Error::Busy`] at once instead of waiting
+    /// for queue capacity.
+    ///
+    /// # Errors
+    /// [`Error::Busy`], [`Error::PayloadTooLarge`], [`Error::Stopped`].
+    pub async fn try_broadcast(&self, payload: impl Into<Bytes>) -> Result<MessageId, Error> {
+        let payload = self.check(payload.into())?;
+        let (reply, rx) = oneshot::channel();
+        self.bcast_tx.try_send(BroadcastCmd { payload, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Error::Busy,
+            mpsc::error::TrySendError::Closed(_) => Error::Stopped,
+        })?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    fn check(&self, payload: Bytes) -> Result<Bytes, Error> {
+        if payload.len() > self.max_payload {
+            return Err(Error::PayloadTooLarge { size: payload.len(), max: self.max_payload });
+        }
+        Ok(payload)
+    }
+
+    /// The active view.
+    ///
+    /// # Errors
+    /// [`Error::Stopped`].
+    pub async fn neighbors(&self) -> Result<Vec<PeerInfo>, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.ctl_tx.send(Control::Neighbors(tx)).await.map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Wait until the active view holds at least `n` peers.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after `timeout`; [`Error::Stopped`].
+    pub async fn wait_for_neighbors(&self, n: usize, timeout: Duration) -> Result<Vec<PeerInfo>, Error> {
+        let mut rx = self.neighbors_rx.clone();
+        match tokio::time::timeout(timeout, rx.wait_for(|k| *k >= n)).await {
+            Ok(Ok(_)) => self.neighbors().await,
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout(timeout)),
+        }
+    }
+
+    /// Views and counters.
+    ///
+    /// # Errors
+    /// [`Error::Stopped`].
+    pub async fn stats(&self) -> Result<NodeStats, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.ctl_tx.send(Control::Stats(tx)).await.map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Leave gracefully: Disconnect to every neighbour, flush queued frames (bounded by
+    /// [`NodeConfig::shutdown_linger`]), close the endpoint, drain all tasks and let the
+    /// handler finish the events already delivered.
+    ///
+    /// # Errors
+    /// [`Error::Stopped`] if the node had already stopped.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.ctl_tx.send(Control::Shutdown(tx)).await.is_ok();
+        let acked = sent && rx.await.is_ok();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        if let Some(t) = self.handler_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        if acked { Ok(()) } else { Err(Error::Stopped) }
+    }
+
+    /// Crash abruptly, for tests and the demo: the socket is black-holed (no
+    /// CONNECTION_CLOSE reaches anyone) and every task is aborted. Peers notice only
+    /// through their failure detectors.
+    pub fn crash(mut self) {
+        self.faults.black_hole();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    /// The fault switches of this node's socket (loss, black hole), for tests.
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+}
