@@ -12,7 +12,9 @@ async fn twenty_nodes_every_node_broadcasts_exactly_once_then_survive_25pct_cras
     let _g = SERIAL.lock().await;
     init_tracing();
     let mut nodes = cluster(20).await;
+    let t = std::time::Instant::now();
     wait_until(Duration::from_secs(20), "overlay formed and symmetric", || overlay_ready(&nodes)).await;
+    eprintln!("overlay formed in {:?}", t.elapsed());
 
     let mut sent = Vec::new();
     for n in &nodes {
@@ -24,6 +26,8 @@ async fn twenty_nodes_every_node_broadcasts_exactly_once_then_survive_25pct_cras
     })
     .await;
 
+    eprintln!("delivered in {:?}", t.elapsed());
+    let t = std::time::Instant::now();
     // Crash 5 of 20 abruptly (no CONNECTION_CLOSE), including the bootstrap node.
     for i in [0, 3, 7, 11, 15].into_iter().rev() {
         nodes.remove(i).node.crash();
@@ -39,6 +43,7 @@ async fn twenty_nodes_every_node_broadcasts_exactly_once_then_survive_25pct_cras
         overlay_ready(&nodes).await
     })
     .await;
+    eprintln!("healed in {:?}", t.elapsed());
     let mut after = Vec::new();
     for n in &nodes {
         after.push((n.node.id(), n.node.broadcast(&b"after the crash"[..]).await.unwrap()));
@@ -48,6 +53,21 @@ async fn twenty_nodes_every_node_broadcasts_exactly_once_then_survive_25pct_cras
     })
     .await;
     for n in nodes {
+        let t = std::time::Instant::now();
         n.node.shutdown().await.unwrap();
+        eprintln!("shutdown in {:?}", t.elapsed());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_prompt() {
+    let _g = SERIAL.lock().await;
+    init_tracing();
+    let nodes = cluster(2).await;
+    wait_until(Duration::from_secs(10), "overlay", || overlay_ready(&nodes)).await;
+    for n in nodes {
+        let t = std::time::Instant::now();
+        n.node.shutdown().await.unwrap();
+        eprintln!("shutdown in {:?}", t.elapsed());
     }
 }

@@ -78,7 +78,7 @@ pub(crate) struct Actor {
     backlog: VecDeque<Event>,
     congested: bool,
     drained: Arc<Notify>,
-    writers_done: usize,
+    left_to: Vec<NodeId>,
     stats: NetStats,
 }
 
@@ -110,7 +110,7 @@ impl Actor {
             backlog: VecDeque::new(),
             congested: false,
             drained: Arc::new(Notify::new()),
-            writers_done: 0,
+            left_to: Vec::new(),
             stats: NetStats::default(),
         }
     }
@@ -434,7 +434,11 @@ impl Actor {
                     Refusal::Malformed => self.stats.malformed_frames += 1,
                     Refusal::Oversized => self.stats.oversized_frames += 1,
                 }
-                warn!(peer = ?peer, ?kind, %reason, "connection refused");
+                if kind == Refusal::Handshake {
+                    debug!(peer = ?peer, %reason, "handshake failed");
+                } else {
+                    warn!(peer = ?peer, ?kind, %reason, "connection refused");
+                }
                 if let Some(p) = peer {
                     if self.links.get(&p.id).is_some_and(|l| l.conn_id == conn_id) {
                         self.links.remove(&p.id);
@@ -472,7 +476,7 @@ impl Actor {
                     }
                 }
             }
-            NetEvent::WriterDone => self.writers_done += 1,
+            NetEvent::WriterDone { .. } => {}
         }
     }
 
@@ -574,22 +578,27 @@ impl Actor {
 
     /// Graceful leave: Disconnect to the neighbours, flush, close, drain tasks.
     async fn leave(&mut self) {
+        self.left_to = self.proto.membership().active_view().iter().map(|p| p.id).collect();
         self.input(proto::Input::Leave);
         self.flush_app().await;
-        let links: Vec<Link> = self.links.drain().map(|(_, l)| l).collect();
-        let expect = links.len();
+        // Wait for the writers of active links (they carry our Disconnect); transient
+        // links may point at dead peers and would only burn the linger.
+        let links: Vec<(NodeId, Link)> = self.links.drain().collect();
+        let mut waiting: Vec<u64> =
+            links.iter().filter(|(id, _)| self.left_to.contains(id)).map(|(_, l)| l.conn_id).collect();
         // Dropping the queues lets each writer finish its stream after the last frame.
-        let conns: Vec<quinn::Connection> = links.into_iter().map(|l| l.conn).collect();
+        let conns: Vec<quinn::Connection> = links.into_iter().map(|(_, l)| l.conn).collect();
         let deadline = Instant::now() + self.config.shutdown_linger;
-        self.writers_done = 0;
-        while self.writers_done < expect {
+        while !waiting.is_empty() {
             tokio::select! {
-                Some(ev) = self.net_rx.recv() => {
-                    if let NetEvent::WriterDone = ev { self.writers_done += 1 }
-                }
+                Some(ev) = self.net_rx.recv() => match ev {
+                    NetEvent::WriterDone { conn_id } | NetEvent::Down { conn_id, .. } => waiting.retain(|c| *c != conn_id),
+                    _ => {}
+                },
                 () = tokio::time::sleep_until(deadline) => break,
             }
         }
+        debug!(unflushed = waiting.len(), "leave: writers flushed");
         for c in conns {
             c.close(close_code::NORMAL.into(), b"leave");
         }
@@ -597,7 +606,7 @@ impl Actor {
             c.close(close_code::NORMAL.into(), b"leave");
         }
         self.endpoint.close(close_code::NORMAL.into(), b"leave");
-        let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(Duration::from_millis(100), self.endpoint.wait_idle()).await;
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
         info!("node left");

@@ -59,7 +59,9 @@ pub(crate) enum NetEvent {
         contact: String,
         addr: Option<SocketAddr>,
     },
-    WriterDone,
+    WriterDone {
+        conn_id: u64,
+    },
 }
 
 pub(crate) struct ConnCtx {
@@ -138,7 +140,7 @@ pub(crate) async fn run(
     if net_tx.send(up).await.is_err() {
         return;
     }
-    let writer = write_frames(send, rx, depth, drained, net_tx.clone());
+    let writer = write_frames(send, rx, depth, drained, net_tx.clone(), conn_id);
     tokio::pin!(writer);
     let mut writer_done = false;
     let reason = loop {
@@ -186,6 +188,7 @@ async fn write_frames(
     depth: Arc<AtomicUsize>,
     drained: Arc<Notify>,
     net_tx: mpsc::Sender<NetEvent>,
+    conn_id: u64,
 ) {
     let mut batch = BytesMut::new();
     while let Some(first) = rx.recv().await {
@@ -208,7 +211,7 @@ async fn write_frames(
             while let Some(_f) = rx.recv().await {
                 depth.fetch_sub(1, Ordering::Relaxed);
             }
-            let _ = net_tx.send(NetEvent::WriterDone).await;
+            let _ = net_tx.send(NetEvent::WriterDone { conn_id }).await;
             return;
         }
         if depth.fetch_sub(n, Ordering::Relaxed) == n {
@@ -216,6 +219,8 @@ async fn write_frames(
         }
     }
     let _ = send.finish();
-    let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
-    let _ = net_tx.send(NetEvent::WriterDone).await;
+    let t = std::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+    tracing::debug!(elapsed = ?t.elapsed(), result = ?r, "writer finished");
+    let _ = net_tx.send(NetEvent::WriterDone { conn_id }).await;
 }
