@@ -1,1 +1,133 @@
-//! placeholder
+//! Bad input over real QUIC: a raw client speaks garbage to a node. Each case closes that
+//! one connection with a logged reason and a counter, and the node keeps serving others.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use plumcast::{Identity, NodeStats};
+use plumcast_transport::{Hello, TransportConfig, bind, client_config, encode_frame};
+
+/// Connect to `target` as a fresh identity, send `hello` then `raw` bytes, and return the
+/// connection (kept open so the node is the one closing it).
+async fn raw_client(target: std::net::SocketAddr, hello: &Hello, raw: &[u8]) -> quinn::Connection {
+    let identity = Identity::generate().unwrap();
+    let (endpoint, _faults) = bind("127.0.0.1:0".parse().unwrap(), &identity, &TransportConfig::default()).unwrap();
+    let conn = endpoint.connect(target, plumcast_transport::SERVER_NAME).unwrap().await.unwrap();
+    let mut send = conn.open_uni().await.unwrap();
+    send.write_all(&encode_frame(hello).unwrap()).await.unwrap();
+    send.write_all(raw).await.unwrap();
+    conn
+}
+
+fn hello(cluster: &str) -> Hello {
+    Hello { cluster: cluster.into(), addr: "127.0.0.1:9".parse().unwrap() }
+}
+
+async fn stats(n: &TestNode) -> NodeStats {
+    n.node.stats().await.unwrap()
+}
+
+/// After the bad connection, a normal node still joins and a broadcast goes through.
+async fn still_serves(nodes: &mut Vec<TestNode>) {
+    let contact = nodes[0].node.addr();
+    nodes.push(start(Some(contact), 99 + nodes.len() as u64).await);
+    wait_until(Duration::from_secs(10), "overlay with the new node", || overlay_ready(nodes)).await;
+    let origin = nodes[0].node.id();
+    let id = nodes[0].node.broadcast(&b"still here"[..]).await.unwrap();
+    wait_until(Duration::from_secs(10), "delivery after bad input", || async {
+        delivered(nodes, origin, id) == (nodes.len() - 1, false)
+    })
+    .await;
+}
+
+async fn closed_by_node(conn: &quinn::Connection) -> String {
+    match tokio::time::timeout(Duration::from_secs(10), conn.closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(c)) => String::from_utf8_lossy(&c.reason).into_owned(),
+        Ok(other) => format!("{other}"),
+        Err(_) => panic!("the node did not close the connection"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frame_closes_only_that_connection() {
+    let _g = SERIAL.lock().await;
+    init_tracing();
+    let mut nodes = cluster(2).await;
+    // Variant 1 (Broadcast), variant 0 (Gossip), then a truncated varint.
+    let conn = raw_client(nodes[0].node.addr(), &hello("plumcast"), &[0, 0, 0, 4, 1, 0, 0xff, 0xff]).await;
+    assert_eq!(closed_by_node(&conn).await, "malformed frame");
+    wait_until(Duration::from_secs(5), "malformed counter", || async {
+        stats(&nodes[0]).await.net.malformed_frames == 1
+    })
+    .await;
+    still_serves(&mut nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_message_closes_only_that_connection() {
+    let _g = SERIAL.lock().await;
+    init_tracing();
+    let mut nodes = cluster(2).await;
+    // Top-level variant 7 does not exist.
+    let conn = raw_client(nodes[0].node.addr(), &hello("plumcast"), &[0, 0, 0, 1, 7]).await;
+    assert_eq!(closed_by_node(&conn).await, "malformed frame");
+    wait_until(Duration::from_secs(5), "malformed counter", || async {
+        stats(&nodes[0]).await.net.malformed_frames == 1
+    })
+    .await;
+    still_serves(&mut nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frame_closes_only_that_connection() {
+    let _g = SERIAL.lock().await;
+    init_tracing();
+    let mut nodes = cluster(2).await;
+    let conn = raw_client(nodes[0].node.addr(), &hello("plumcast"), &[0x7f, 0xff, 0xff, 0xff, 1, 2, 3]).await;
+    assert_eq!(closed_by_node(&conn).await, "frame too large");
+    wait_until(Duration::from_secs(5), "oversized counter", || async {
+        stats(&nodes[0]).await.net.oversized_frames == 1
+    })
+    .await;
+    still_serves(&mut nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_cluster_is_refused() {
+    let _g = SERIAL.lock().await;
+    init_tracing();
+    let mut nodes = cluster(2).await;
+    let conn = raw_client(nodes[0].node.addr(), &hello("other-cluster"), &[]).await;
+    assert_eq!(closed_by_node(&conn).await, "wrong cluster");
+    wait_until(Duration::from_secs(5), "cluster counter", || async {
+        stats(&nodes[0]).await.net.cluster_mismatches == 1
+    })
+    .await;
+    still_serves(&mut nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_id_mismatch_is_rejected_in_the_handshake() {
+    let _g = SERIAL.lock().await;
+    init_tracing();
+    let mut nodes = cluster(2).await;
+    let identity = Identity::generate().unwrap();
+    let config = TransportConfig::default();
+    let (endpoint, _faults) = bind("127.0.0.1:0".parse().unwrap(), &identity, &config).unwrap();
+    // Expect some other node's id at node 0's address: hearsay that lies.
+    let wrong = nodes[1].node.id();
+    let cfg = client_config(&identity, Some(wrong), &config).unwrap();
+    let err = endpoint.connect_with(cfg, nodes[0].node.addr(), plumcast_transport::SERVER_NAME).unwrap().await;
+    let err = err.expect_err("the handshake must fail");
+    assert!(format!("{err}").contains("mismatch") || format!("{err}").contains("certificate"), "{err}");
+    // The right id is accepted.
+    let cfg = client_config(&identity, Some(nodes[0].node.id()), &config).unwrap();
+    endpoint.connect_with(cfg, nodes[0].node.addr(), plumcast_transport::SERVER_NAME).unwrap().await.unwrap();
+    wait_until(Duration::from_secs(5), "handshake failure counted", || async {
+        stats(&nodes[0]).await.net.handshake_failures >= 1
+    })
+    .await;
+    still_serves(&mut nodes).await;
+}

@@ -121,6 +121,11 @@ impl Actor {
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Due timers first: a steady stream of peer frames must not starve heartbeats
+            // and failure detection (the select below is biased towards peer input).
+            if self.timers.peek().is_some_and(|Reverse((at, _, _))| *at <= Instant::now()) {
+                self.fire_timers();
+            }
             let next_timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
             let far = Instant::now() + Duration::from_secs(3600);
             let accept_broadcasts = !self.congested;
