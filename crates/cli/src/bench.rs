@@ -1,0 +1,172 @@
+//! `plumcast bench`: the peer-bench contract (../shared/peer-bench/README.md). N nodes in
+//! one process, each with its own QUIC endpoint on 127.0.0.1, joined through node 0; one
+//! JSON line on stdout (and a human table with `--table`).
+
+use std::process::ExitCode;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use plumcast::proto;
+use serde_json::json;
+
+use crate::cluster::{HEADER, LocalCluster, Pick, cpu_secs, payload, pct_ms, rss_bytes};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Node 0 sends every message.
+    Single,
+    /// A random node sends each message.
+    Random,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Nodes in the cluster.
+    #[arg(long, default_value_t = 20)]
+    nodes: usize,
+    /// Measured broadcasts.
+    #[arg(long, default_value_t = 1000)]
+    messages: usize,
+    /// Payload size, bytes (at least 16).
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// Who sends.
+    #[arg(long, value_enum, default_value = "single")]
+    mode: Mode,
+    /// Broadcasts per second; 0 = as fast as the node accepts them.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Unmeasured broadcasts from node 0 before measuring.
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
+    /// Sender-choice seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Also print a human-readable table.
+    #[arg(long)]
+    table: bool,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(a.nodes >= 2, "--nodes must be at least 2");
+    anyhow::ensure!(a.size >= HEADER, "--size must be at least {HEADER}");
+    anyhow::ensure!(a.messages >= 1 && a.messages < u32::MAX as usize, "--messages out of range");
+    let (n, m) = (a.nodes, a.messages);
+    let cluster = LocalCluster::start(n, m, proto::Config::lan(), a.seed).await?;
+    let rec = cluster.rec.clone();
+    let formed = cluster.wait_formed(Duration::from_secs(1), Duration::from_secs(60)).await;
+    let formed_s = rec.t0.elapsed().as_secs_f64();
+    let nodes: Vec<&plumcast::Node> = cluster.nodes.iter().flatten().collect();
+
+    if a.warmup > 0 {
+        for w in 0..a.warmup {
+            nodes[0].broadcast(payload(w as u32, 0, 0, true, a.size)).await?;
+        }
+        let want = (a.warmup * (n - 1)) as u64;
+        let end = Instant::now() + Duration::from_secs(20);
+        while rec.warm_delivered.load(Relaxed) < want && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let before = cluster.stats().await;
+    let data_before: u64 = before.iter().map(|s| s.broadcast.gossip_received).sum();
+    let ctrl_before: u64 = before.iter().map(|s| s.net.frames_sent).sum();
+
+    let mut pick = Pick::new(a.seed);
+    let mut sent_ns = vec![0u64; m];
+    let cpu0 = cpu_secs();
+    let start_ns = rec.now_ns();
+    let start = Instant::now();
+    for seq in 0..m {
+        if a.rate > 0.0 {
+            tokio::time::sleep_until((start + Duration::from_secs_f64(seq as f64 / a.rate)).into()).await;
+        }
+        let origin = if a.mode == Mode::Random { pick.below(n) } else { 0 };
+        sent_ns[seq] = rec.now_ns();
+        rec.got[seq].fetch_add(1, Relaxed); // the origin "has" its own message
+        nodes[origin].broadcast(payload(seq as u32, sent_ns[seq], origin as u16, false, a.size)).await?;
+    }
+    let send_s = start.elapsed().as_secs_f64();
+    let expected = (m * (n - 1)) as u64;
+    let (mut last, mut progress) = (0, Instant::now());
+    let complete = loop {
+        let d = rec.delivered.load(Relaxed);
+        if d >= expected {
+            break true;
+        }
+        if d != last {
+            (last, progress) = (d, Instant::now());
+        } else if progress.elapsed() > Duration::from_secs(5) {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let end_ns = rec.last_ns.iter().map(|x| x.load(Relaxed)).max().unwrap_or(0);
+    let total_s = end_ns.saturating_sub(start_ns) as f64 / 1e9;
+    let wall_s = start.elapsed().as_secs_f64();
+    let cpu_s = cpu_secs() - cpu0;
+    let rss = rss_bytes();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let after = cluster.stats().await;
+    let data_recv: u64 = after.iter().map(|s| s.broadcast.gossip_received).sum::<u64>() - data_before;
+    let frames: u64 = after.iter().map(|s| s.net.frames_sent).sum::<u64>() - ctrl_before;
+    let delivered = rec.delivered.load(Relaxed);
+    let samples = rec.all_samples();
+    let mut lat: Vec<u64> = samples.iter().map(|s| s.latency_ns).collect();
+    lat.sort_unstable();
+    let max_hops = samples.iter().map(|s| s.hops).max().unwrap_or(0);
+    let avg_hops = samples.iter().map(|s| s.hops as f64).sum::<f64>() / samples.len().max(1) as f64;
+    let mut full: Vec<u64> = (0..m)
+        .filter(|s| rec.got[*s].load(Relaxed) as usize == n)
+        .map(|s| rec.last_ns[s].load(Relaxed).saturating_sub(sent_ns[s]))
+        .collect();
+    full.sort_unstable();
+    let rmr = if delivered > 0 { data_recv as f64 / delivered as f64 - 1.0 } else { f64::NAN };
+    let span = total_s.max(send_s).max(1e-9);
+    let row = json!({
+        "impl": concat!("plumcast ", env!("CARGO_PKG_VERSION")),
+        "nodes": n, "messages": m, "size": a.size,
+        "mode": if a.mode == Mode::Random { "random" } else { "single" },
+        "rate": a.rate, "warmup": a.warmup,
+        "formed": formed, "formed_s": round3(formed_s),
+        "complete": complete && rec.duplicates.load(Relaxed) == 0,
+        "delivered": delivered, "expected": expected,
+        "duplicates": rec.duplicates.load(Relaxed),
+        "msgs_fully_delivered": full.len(),
+        "lat_p50_ms": round3(pct_ms(&lat, 0.50)), "lat_p99_ms": round3(pct_ms(&lat, 0.99)),
+        "lat_max_ms": round3(pct_ms(&lat, 1.0)),
+        "all_nodes_p50_ms": round3(pct_ms(&full, 0.50)), "all_nodes_p99_ms": round3(pct_ms(&full, 0.99)),
+        "send_s": round3(send_s), "total_s": round3(total_s),
+        "bcast_per_s": round1(m as f64 / span), "deliveries_per_s": round1(delivered as f64 / span),
+        "data_recv": data_recv, "rmr": round3(rmr), "frames_sent": frames,
+        "avg_hops": round3(avg_hops), "max_hops": max_hops,
+        "cpu_s": round3(cpu_s), "cpu_util": round3(cpu_s / wall_s.max(1e-9)),
+        "cpu_us_per_delivery": round3(cpu_s * 1e6 / delivered.max(1) as f64),
+        "rss_bytes": rss, "rss_per_node_bytes": rss / n as u64,
+    });
+    println!("{row}");
+    if a.table {
+        println!("| metric | value |\n|---|---|");
+        for k in [
+            "nodes", "messages", "mode", "rate", "complete", "delivered", "expected", "deliveries_per_s", "lat_p50_ms",
+            "lat_p99_ms", "all_nodes_p99_ms", "rmr", "avg_hops", "max_hops", "cpu_util", "cpu_us_per_delivery",
+            "rss_per_node_bytes",
+        ] {
+            println!("| {k} | {} |", row[k]);
+        }
+    }
+    drop(nodes);
+    let mut cluster = cluster;
+    cluster.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn round3(x: f64) -> f64 {
+    if x.is_finite() { (x * 1e3).round() / 1e3 } else { -1.0 }
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}

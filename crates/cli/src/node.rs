@@ -1,0 +1,140 @@
+//! `plumcast node`: one node as a process, stdin → broadcast, deliveries → stdout.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use base64::Engine;
+use plumcast::{Event, Node, proto};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// Protocol presets.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Preset {
+    /// LAN: paper view sizes, failure detection in about 0.65 s.
+    Lan,
+    /// WAN: slower heartbeats and timers.
+    Wan,
+    /// Many nodes on one machine.
+    Local,
+}
+
+impl Preset {
+    pub fn config(self) -> proto::Config {
+        match self {
+            Self::Lan => proto::Config::lan(),
+            Self::Wan => proto::Config::wan(),
+            Self::Local => proto::Config::local(),
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// UDP address to listen on.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    bind: SocketAddr,
+    /// Contact to join through: IP:PORT or HOST:PORT. Repeatable.
+    #[arg(long)]
+    bootstrap: Vec<String>,
+    /// Address other nodes should dial (default: the bound address).
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+    /// PKCS#8 key file; created if missing. Default: a fresh identity each run.
+    #[arg(long)]
+    identity: Option<PathBuf>,
+    /// Cluster name: nodes of other clusters are refused.
+    #[arg(long, default_value = "plumcast")]
+    cluster: String,
+    /// One JSON object per stdout line.
+    #[arg(long)]
+    json: bool,
+    /// Protocol preset.
+    #[arg(long, value_enum, default_value = "lan")]
+    preset: Preset,
+    /// How long to wait for the first neighbour before broadcasting stdin, seconds.
+    #[arg(long, default_value_t = 10)]
+    wait_neighbor_secs: u64,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let mut b = Node::builder().bind(a.bind).cluster(a.cluster).protocol(a.preset.config());
+    for c in a.bootstrap.iter() {
+        b = b.bootstrap(c.clone());
+    }
+    if let Some(adv) = a.advertise {
+        b = b.advertise(adv);
+    }
+    if let Some(path) = &a.identity {
+        b = b.identity_file(path).with_context(|| format!("identity file {}", path.display()))?;
+    }
+    let (node, mut events) = b.spawn().await.context("starting the node")?;
+    let json = a.json;
+    if json {
+        println!("{}", json!({"event": "listening", "addr": node.addr().to_string(), "id": node.id().to_hex()}));
+    } else {
+        eprintln!("listening on {} as {}", node.addr(), node.id());
+    }
+    let printer = tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            print_event(&ev, json);
+        }
+    });
+    if !a.bootstrap.is_empty() {
+        if let Err(e) = node.wait_for_neighbors(1, Duration::from_secs(a.wait_neighbor_secs)).await {
+            tracing::warn!("no neighbour yet ({e}); broadcasting anyway");
+        }
+    }
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            line = lines.next_line() => match line {
+                Ok(Some(line)) => {
+                    if let Err(e) = node.broadcast(line.into_bytes()).await {
+                        tracing::error!("broadcast failed: {e}");
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!("reading stdin: {e}");
+                    break;
+                }
+            },
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+    }
+    node.shutdown().await.context("shutting down")?;
+    let _ = printer.await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_event(ev: &Event, json: bool) {
+    match (ev, json) {
+        (Event::Delivered(d), true) => {
+            let mut o = json!({"event": "delivered", "id": d.id.to_hex(), "origin": d.origin.to_hex(), "hops": d.hops});
+            match std::str::from_utf8(&d.payload) {
+                Ok(s) => o["payload"] = json!(s),
+                Err(_) => o["payload_b64"] = json!(base64::engine::general_purpose::STANDARD.encode(&d.payload)),
+            }
+            println!("{o}");
+        }
+        (Event::Delivered(d), false) => {
+            println!("{}: {}", d.origin.short(), String::from_utf8_lossy(&d.payload));
+        }
+        (Event::NeighborUp(p), true) => println!("{}", json!({"event": "neighbor_up", "peer": hex(&p.id.0)})),
+        (Event::NeighborDown { peer, reason }, true) => {
+            println!("{}", json!({"event": "neighbor_down", "peer": hex(&peer.id.0), "reason": reason.as_str()}))
+        }
+        (Event::NeighborUp(p), false) => eprintln!("neighbor up: {p:?}"),
+        (Event::NeighborDown { peer, reason }, false) => eprintln!("neighbor down: {peer:?} ({})", reason.as_str()),
+    }
+}
