@@ -150,8 +150,22 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     if a.table {
         println!("| metric | value |\n|---|---|");
         for k in [
-            "nodes", "messages", "mode", "rate", "complete", "delivered", "expected", "deliveries_per_s", "lat_p50_ms",
-            "lat_p99_ms", "all_nodes_p99_ms", "rmr", "avg_hops", "max_hops", "cpu_util", "cpu_us_per_delivery",
+            "nodes",
+            "messages",
+            "mode",
+            "rate",
+            "complete",
+            "delivered",
+            "expected",
+            "deliveries_per_s",
+            "lat_p50_ms",
+            "lat_p99_ms",
+            "all_nodes_p99_ms",
+            "rmr",
+            "avg_hops",
+            "max_hops",
+            "cpu_util",
+            "cpu_us_per_delivery",
             "rss_per_node_bytes",
         ] {
             println!("| {k} | {} |", row[k]);

@@ -143,7 +143,8 @@ impl LocalCluster {
         let mut ids = Vec::with_capacity(n);
         let mut contact = None;
         for i in 0..n {
-            let mut b = Node::builder().protocol(config.clone()).rng_seed(seed.wrapping_mul(1000).wrapping_add(i as u64));
+            let mut b =
+                Node::builder().protocol(config.clone()).rng_seed(seed.wrapping_mul(1000).wrapping_add(i as u64));
             if let Some(c) = contact {
                 b = b.bootstrap(format!("{c}"));
             }

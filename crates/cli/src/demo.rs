@@ -82,10 +82,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(a.seed));
     let mut victims: Vec<usize> = order.into_iter().take(k).collect();
     victims.sort_unstable();
-    let names: Vec<String> = victims
-        .iter()
-        .map(|i| format!("{i}{}", if *i == 0 { " (bootstrap)" } else { "" }))
-        .collect();
+    let names: Vec<String> =
+        victims.iter().map(|i| format!("{i}{}", if *i == 0 { " (bootstrap)" } else { "" })).collect();
     bar.println(format!("crashing {k} of {n} nodes abruptly: {}", names.join(", ")));
     for i in &victims {
         if let Some(node) = cluster.nodes[*i].take() {
@@ -149,7 +147,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let samples = rec.all_samples();
     let survivors = cluster.live();
     println!("plumcast demo: {n} nodes on 127.0.0.1 (QUIC), seed {}, {k} crashed abruptly\n", a.seed);
-    println!("| phase | broadcasts | receivers | delivery ratio | duplicates | latency p50 ms | p99 ms | LDH mean | LDH max |");
+    println!(
+        "| phase | broadcasts | receivers | delivery ratio | duplicates | latency p50 ms | p99 ms | LDH mean | LDH max |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut after_ok = false;
     for (pi, p) in phases.iter().enumerate() {
@@ -197,8 +197,14 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let views: Vec<usize> = cluster.views().await.iter().map(|(_, v)| v.len()).collect();
     println!();
     println!("| metric | value |\n|---|---|");
-    println!("| time to heal (no dead peer in any active view, survivors connected) | {:.0} ms |", heal_time.as_secs_f64() * 1e3);
-    println!("| RMR before the crash (includes the tree forming) | {:.3} |", rmr(&[], &stats_before, delivered_in(&phases[0])));
+    println!(
+        "| time to heal (no dead peer in any active view, survivors connected) | {:.0} ms |",
+        heal_time.as_secs_f64() * 1e3
+    );
+    println!(
+        "| RMR before the crash (includes the tree forming) | {:.3} |",
+        rmr(&[], &stats_before, delivered_in(&phases[0]))
+    );
     println!("| RMR after healing (survivors) | {:.3} |", rmr(&stats_mid, &stats_end, delivered_in(&phases[2])));
     println!(
         "| active-view sizes of survivors (min / mean / max) | {} / {:.1} / {} |",
@@ -235,9 +241,11 @@ async fn wait_delivered(cluster: &LocalCluster, p: &Phase, timeout: Duration) {
     let end = Instant::now() + timeout;
     while Instant::now() < end {
         let live = cluster.live();
-        let done = p.seqs.clone().enumerate().all(|(k, seq)| {
-            live.iter().filter(|r| **r != p.origins[k]).all(|r| cluster.rec.count(*r, seq) >= 1)
-        });
+        let done = p
+            .seqs
+            .clone()
+            .enumerate()
+            .all(|(k, seq)| live.iter().filter(|r| **r != p.origins[k]).all(|r| cluster.rec.count(*r, seq) >= 1));
         if done {
             return;
         }
