@@ -78,14 +78,14 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let cpu0 = cpu_secs();
     let start_ns = rec.now_ns();
     let start = Instant::now();
-    for seq in 0..m {
+    for (seq, sent) in sent_ns.iter_mut().enumerate() {
         if a.rate > 0.0 {
             tokio::time::sleep_until((start + Duration::from_secs_f64(seq as f64 / a.rate)).into()).await;
         }
         let origin = if a.mode == Mode::Random { pick.below(n) } else { 0 };
-        sent_ns[seq] = rec.now_ns();
+        *sent = rec.now_ns();
         rec.got[seq].fetch_add(1, Relaxed); // the origin "has" its own message
-        nodes[origin].broadcast(payload(seq as u32, sent_ns[seq], origin as u16, false, a.size)).await?;
+        nodes[origin].broadcast(payload(seq as u32, *sent, origin as u16, false, a.size)).await?;
     }
     let send_s = start.elapsed().as_secs_f64();
     let expected = (m * (n - 1)) as u64;
