@@ -19,3 +19,8 @@ pub use node::{
 
 pub use bytes::Bytes;
 pub use proto::{DownReason, MessageId};
+
+/// The README's code blocks, compiled as doctests so the example there stays true.
+#[cfg(all(doctest, feature = "net"))]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
