@@ -311,14 +311,14 @@ pub struct Stats {
     pub dedupe_window_overflows: u64,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct OriginSeen {
     incarnation: u64,
     watermark: u64,
     above: BTreeSet<u64>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Cached<P> {
     envelope: Envelope<P>,
     /// The round we forward with (0 for our own messages).
@@ -326,7 +326,7 @@ struct Cached<P> {
     parent: Option<P>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Missing<P> {
     since: Instant,
     announcers: VecDeque<P>,
@@ -335,6 +335,7 @@ struct Missing<P> {
 }
 
 /// The Plumtree state of one node.
+#[derive(Clone)]
 pub struct State<P> {
     me: P,
     incarnation: u64,
@@ -405,6 +406,12 @@ impl<P: PeerId> State<P> {
     /// Missing-message records in use.
     pub fn missing_len(&self) -> usize {
         self.missing.len()
+    }
+
+    /// Switch between Plumtree and eager flooding (the simulator's baseline). Takes effect
+    /// for the next message; the eager and lazy sets are kept.
+    pub fn set_mode(&mut self, mode: Mode) {
+        self.config.mode = mode;
     }
 
     /// This node's incarnation.

@@ -371,6 +371,7 @@ struct Pending {
 }
 
 /// The HyParView state of one node. See the crate docs for the driving contract.
+#[derive(Clone)]
 pub struct State<P, R> {
     me: P,
     config: Config,
@@ -455,9 +456,27 @@ impl<P: Peer, R: RngCore> State<P, R> {
 
     /// Record that something arrived from `peer` at `now` (any frame counts as a
     /// heartbeat for the φ-accrual detector). Cheap; call it for every frame.
-    pub fn heard(&mut self, now: Instant, peer: &P) {
-        if let Some(d) = self.detectors.get_mut(peer) {
-            d.heard(now);
+    ///
+    /// Returns whether `peer` is an active neighbour or a pending one. Traffic that only
+    /// flows along active links (heartbeats, ForwardJoin, Shuffle, Plumtree messages) from
+    /// a peer that is neither means the peer still lists us: the host should feed that
+    /// message as an [`Input::Message`] so the state can answer `Disconnect`.
+    pub fn heard(&mut self, now: Instant, peer: &P) -> bool {
+        match self.detectors.get_mut(peer) {
+            Some(d) => {
+                d.heard(now);
+                true
+            }
+            None => self.pending.contains_key(peer),
+        }
+    }
+
+    /// A peer that sent link traffic although it is not our neighbour: tell it, so that
+    /// active views stay symmetric (it then moves us to its passive view and refills).
+    fn reject_stranger(&mut self, from: &P) {
+        if !self.active.contains(from) && !self.pending.contains_key(from) {
+            self.out.push(Output::Send { to: from.clone(), message: Message::Disconnect { alive: true } });
+            self.add_passive(from.clone());
         }
     }
 
@@ -540,6 +559,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
             }
             Message::ForwardJoin { joiner, ttl } => {
                 self.stats.forward_joins_received += 1;
+                self.reject_stranger(&from);
                 if joiner == self.me {
                     return;
                 }
@@ -603,6 +623,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
                 self.fill_active(now);
             }
             Message::Shuffle { origin, ttl, nodes } => {
+                self.reject_stranger(&from);
                 if origin == self.me {
                     return;
                 }
@@ -624,7 +645,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
                 let nodes: Vec<P> = nodes.into_iter().take(self.shuffle_len()).collect();
                 self.integrate(nodes, &sent);
             }
-            Message::Heartbeat => {}
+            Message::Heartbeat => self.reject_stranger(&from),
         }
     }
 

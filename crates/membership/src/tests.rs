@@ -173,6 +173,21 @@ fn shuffle_timer_sends_self_ka_kp() {
 }
 
 #[test]
+fn link_traffic_from_a_non_neighbor_is_answered_with_disconnect() {
+    let now = Instant::now();
+    let mut a = node(1);
+    let out = msg(&mut a, now, 7, Message::Heartbeat);
+    assert_eq!(sends(&out), vec![(7, Message::Disconnect { alive: true })]);
+    assert!(a.passive_view().contains(&7));
+    // A neighbour's heartbeat is just a heartbeat.
+    msg(&mut a, now, 2, Message::Join);
+    assert!(sends(&msg(&mut a, now, 2, Message::Heartbeat)).is_empty());
+    // `heard` tells the host which peers are strangers.
+    assert!(a.heard(now, &2));
+    assert!(!a.heard(now, &9));
+}
+
+#[test]
 fn phi_detects_silence_within_one_second_and_not_before() {
     let t0 = Instant::now();
     let mut a = node(1);

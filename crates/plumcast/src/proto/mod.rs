@@ -160,6 +160,7 @@ pub enum Output<P: Peer> {
 }
 
 /// One node's protocol state: HyParView + Plumtree.
+#[derive(Clone)]
 pub struct State<P: Peer, R> {
     membership: membership::State<P, R>,
     broadcast: broadcast::State<P::Id>,
@@ -191,6 +192,11 @@ impl<P: Peer, R: RngCore> State<P, R> {
         &self.broadcast
     }
 
+    /// Switch the broadcast mode (Plumtree or eager flooding) for the next messages.
+    pub fn set_broadcast_mode(&mut self, mode: Mode) {
+        self.broadcast.set_mode(mode);
+    }
+
     /// Plumtree messages addressed to a peer that was no longer a neighbour (dropped).
     pub fn unroutable(&self) -> u64 {
         self.unroutable
@@ -212,7 +218,12 @@ impl<P: Peer, R: RngCore> State<P, R> {
                 self.membership_input(now, membership::Input::Message { from, message })
             }
             Input::Message { from, message: Message::Broadcast(message) } => {
-                self.membership.heard(now, &from);
+                if !self.membership.heard(now, &from) {
+                    // Plumtree traffic from a peer that is not our neighbour: it still
+                    // lists us, so answer like a stray heartbeat (Disconnect).
+                    let stray = membership::Message::Heartbeat;
+                    self.membership_input(now, membership::Input::Message { from: from.clone(), message: stray });
+                }
                 let out: Vec<_> =
                     self.broadcast.handle(now, broadcast::Input::Message { from: from.id(), message }).collect();
                 self.absorb_broadcast(out);

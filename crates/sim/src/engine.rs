@@ -1,0 +1,637 @@
+//! The discrete-event engine: virtual time, links, crashes, partitions, and the real
+//! `plumcast::proto::State` of every node.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use plumcast::proto::{self, broadcast, membership};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// The protocol state the simulator drives: the shipped code, with `u32` peers.
+pub type NodeState = proto::State<u32, ChaCha8Rng>;
+
+/// Per-link one-way latency.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Latency {
+    /// The same delay on every message, ms.
+    Static {
+        /// Delay, ms.
+        ms: f64,
+    },
+    /// Uniformly drawn per message between `min_ms` and `max_ms`.
+    Uniform {
+        /// Smallest delay, ms.
+        min_ms: f64,
+        /// Largest delay, ms.
+        max_ms: f64,
+    },
+}
+
+/// How a node learns that a connection is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Detector {
+    /// As TCP in PeerSim (the papers' setting): a send to a dead or unreachable peer fails
+    /// at once, and that is the only way a failure is noticed.
+    Paper,
+    /// As the shipped node: sends to a dead peer vanish silently; every node with the dead
+    /// peer in its active view is told after the φ-accrual detection delay drawn from its
+    /// configuration (mean interval + acceptable pause + a few σ, plus up to one heartbeat
+    /// period of check granularity).
+    Shipped,
+}
+
+impl Detector {
+    /// `paper` or `shipped`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Paper => "paper",
+            Self::Shipped => "shipped",
+        }
+    }
+}
+
+/// Simulator parameters.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Protocol configuration of every node (see [`sim_protocol`]).
+    pub protocol: proto::Config,
+    /// Link latency.
+    pub latency: Latency,
+    /// Probability that a message is lost (0–1). The shipped node runs over QUIC, which
+    /// retransmits; loss here models a lossy datagram network without retransmission.
+    pub loss: f64,
+    /// Failure-detection model.
+    pub detector: Detector,
+    /// Optional uplink bandwidth per node, bytes per ms: a node's sends queue behind each
+    /// other (message size estimated from its payload plus 64 bytes of headers).
+    pub uplink_bytes_per_ms: Option<f64>,
+    /// Seed of the simulator's own RNG (latency, loss, choices); node RNGs derive from it.
+    pub seed: u64,
+    /// Payload size of simulated broadcasts, bytes.
+    pub payload_size: usize,
+}
+
+/// The protocol configuration used in simulations: the LAN preset, with heartbeats
+/// switched off (a period of 10⁶ s). Failure detection is modelled by [`Detector`]
+/// instead: simulating 100 ms heartbeats on 50,000 links would dominate the event count.
+pub fn sim_protocol() -> proto::Config {
+    let mut c = proto::Config::lan();
+    c.membership.heartbeat_interval = Duration::from_secs(1_000_000);
+    c
+}
+
+impl SimConfig {
+    /// Paper-like defaults: static 10 ms links, no loss, the paper detector.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            protocol: sim_protocol(),
+            latency: Latency::Static { ms: 10.0 },
+            loss: 0.0,
+            detector: Detector::Paper,
+            uplink_bytes_per_ms: None,
+            seed,
+            payload_size: 16,
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Ev {
+    Deliver { from: u32, to: u32, to_inc: u32, msg: proto::Message<u32> },
+    Timer { node: u32, inc: u32, timer: proto::Timer<u32> },
+    Lost { node: u32, inc: u32, peer: u32 },
+    Join { node: u32, inc: u32, contact: u32 },
+}
+
+#[derive(Clone)]
+struct Scheduled {
+    at: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, o: &Self) -> Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+#[derive(Clone)]
+struct Slot {
+    state: Option<Box<NodeState>>,
+    inc: u32,
+}
+
+/// What happened to one broadcast.
+#[derive(Clone, Debug)]
+pub struct Track {
+    /// The origin.
+    pub origin: u32,
+    /// Virtual send time, µs.
+    pub sent_at: u64,
+    /// Live nodes other than the origin when it was sent.
+    pub expected: u32,
+    /// Nodes that delivered it (each once).
+    pub delivered: u32,
+    /// Deliveries beyond the first per node (must stay 0).
+    pub duplicates: u32,
+    /// Largest hop count among deliveries (LDH).
+    pub ldh: u32,
+    /// Payload (Gossip) messages sent for it.
+    pub payload_msgs: u64,
+    /// Virtual time of the last delivery, µs.
+    pub last_delivery_at: u64,
+    seen: Vec<u64>,
+}
+
+/// Global counters.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Counters {
+    /// Events processed.
+    pub events: u64,
+    /// Messages delivered to a node.
+    pub messages: u64,
+    /// Messages dropped by loss.
+    pub lost: u64,
+    /// Messages sent to a dead or partitioned peer.
+    pub undeliverable: u64,
+    /// IHave announcements sent.
+    pub announcements: u64,
+    /// IHave frames sent.
+    pub ihave_frames: u64,
+    /// Graft messages sent.
+    pub grafts: u64,
+    /// Prune messages sent.
+    pub prunes: u64,
+    /// Membership messages sent.
+    pub membership_msgs: u64,
+}
+
+/// A simulated cluster. `Clone` forks the whole world (used to run several failure
+/// levels from one stabilised overlay).
+#[derive(Clone)]
+pub struct Sim {
+    cfg: SimConfig,
+    base: Instant,
+    now: u64,
+    seq: u64,
+    rng: ChaCha8Rng,
+    nodes: Vec<Slot>,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    group: Vec<u8>,
+    uplink_free: Vec<u64>,
+    /// While true, Shuffle timers are deferred (the papers' "no membership cycle").
+    pub shuffle_paused: bool,
+    tracks: HashMap<(u32, u64), Track>,
+    counters: Counters,
+    buf: Vec<proto::Output<u32>>,
+    bootstrap: u32,
+}
+
+impl Sim {
+    /// An empty simulation with room for `n` nodes (none started).
+    pub fn new(n: usize, cfg: SimConfig) -> Self {
+        let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        Self {
+            base: Instant::now(),
+            now: 0,
+            seq: 0,
+            rng,
+            nodes: (0..n).map(|_| Slot { state: None, inc: 0 }).collect(),
+            queue: BinaryHeap::new(),
+            group: vec![0; n],
+            uplink_free: vec![0; n],
+            shuffle_paused: false,
+            tracks: HashMap::new(),
+            counters: Counters::default(),
+            buf: Vec::new(),
+            bootstrap: 0,
+            cfg,
+        }
+    }
+
+    /// Number of node slots.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether there are no node slots.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Virtual time now, µs.
+    pub fn now_us(&self) -> u64 {
+        self.now
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SimConfig {
+        &self.cfg
+    }
+
+    /// Global counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Whether node `i` is running.
+    pub fn is_alive(&self, i: u32) -> bool {
+        self.nodes.get(i as usize).is_some_and(|s| s.state.is_some())
+    }
+
+    /// The running nodes.
+    pub fn live(&self) -> Vec<u32> {
+        (0..self.nodes.len() as u32).filter(|i| self.is_alive(*i)).collect()
+    }
+
+    /// The protocol state of node `i`, if running.
+    pub fn state(&self, i: u32) -> Option<&NodeState> {
+        self.nodes.get(i as usize).and_then(|s| s.state.as_deref())
+    }
+
+    /// Switch every node (and nodes started later) to Plumtree or eager flooding.
+    pub fn set_broadcast_mode(&mut self, mode: proto::Mode) {
+        self.cfg.protocol.broadcast.mode = mode;
+        for s in self.nodes.iter_mut().filter_map(|s| s.state.as_mut()) {
+            s.set_broadcast_mode(mode);
+        }
+    }
+
+    /// The node that rejoining nodes contact first.
+    pub fn set_bootstrap(&mut self, i: u32) {
+        self.bootstrap = i;
+    }
+
+    fn instant(&self) -> Instant {
+        self.base + Duration::from_micros(self.now)
+    }
+
+    fn schedule(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled { at, seq: self.seq, ev }));
+    }
+
+    /// Start node `i` (fresh state, next incarnation) and join it through `contact`
+    /// (`None`: it is the first node).
+    pub fn start(&mut self, i: u32, contact: Option<u32>) {
+        let slot = &mut self.nodes[i as usize];
+        slot.inc += 1;
+        let inc = slot.inc;
+        let rng = ChaCha8Rng::seed_from_u64(self.cfg.seed ^ (u64::from(i) << 20) ^ u64::from(inc));
+        slot.state = Some(Box::new(proto::State::new(i, u64::from(inc), self.cfg.protocol.clone(), rng)));
+        if let Some(c) = contact {
+            self.schedule(self.now, Ev::Join { node: i, inc, contact: c });
+        } else {
+            // Arm the periodic timers of a first node.
+            self.input(i, proto::Input::JoinFailed);
+        }
+    }
+
+    /// Crash node `i` abruptly. With [`Detector::Shipped`], every live node that has it
+    /// in its active view learns it after the detection delay.
+    pub fn crash(&mut self, i: u32) {
+        self.crash_many(&[i]);
+    }
+
+    /// Crash several nodes at the same instant.
+    pub fn crash_many(&mut self, victims: &[u32]) {
+        for &v in victims {
+            if let Some(slot) = self.nodes.get_mut(v as usize) {
+                slot.state = None;
+            }
+        }
+        if self.cfg.detector == Detector::Shipped {
+            self.notify_lost_links(|sim, a, b| !sim.is_alive(b) && sim.is_alive(a));
+        }
+    }
+
+    /// Split the nodes into groups (`group[i]`); messages between groups are dropped.
+    pub fn partition(&mut self, group: Vec<u8>) {
+        self.group = group;
+        if self.cfg.detector == Detector::Shipped {
+            self.notify_lost_links(|sim, a, b| sim.group[a as usize] != sim.group[b as usize]);
+        }
+    }
+
+    /// Heal every partition.
+    pub fn heal(&mut self) {
+        self.group = vec![0; self.nodes.len()];
+    }
+
+    fn notify_lost_links(&mut self, broken: impl Fn(&Sim, u32, u32) -> bool) {
+        let mut lost = Vec::new();
+        for a in self.live() {
+            if let Some(s) = self.state(a) {
+                for &b in s.membership().active_view() {
+                    if broken(self, a, b) {
+                        lost.push((a, b));
+                    }
+                }
+            }
+        }
+        for (a, b) in lost {
+            let delay = self.detection_delay_us();
+            let inc = self.nodes[a as usize].inc;
+            self.schedule(self.now + delay, Ev::Lost { node: a, inc, peer: b });
+        }
+    }
+
+    /// The shipped detector's delay: the mean inter-arrival (one heartbeat period of the
+    /// LAN preset, 100 ms) plus the acceptable pause plus ≈5.6 σ (σ at its floor), where φ
+    /// crosses 8, plus up to one heartbeat period until the next check.
+    fn detection_delay_us(&mut self) -> u64 {
+        let m = &self.cfg.protocol.membership;
+        let period = Duration::from_millis(100);
+        let base = period + m.phi_acceptable_pause + m.phi_min_std_dev.mul_f64(5.6);
+        let jitter = self.rng.gen_range(0..=period.as_micros() as u64);
+        base.as_micros() as u64 + jitter
+    }
+
+    fn latency_us(&mut self) -> u64 {
+        let ms = match self.cfg.latency {
+            Latency::Static { ms } => ms,
+            Latency::Uniform { min_ms, max_ms } => {
+                if max_ms > min_ms {
+                    self.rng.gen_range(min_ms..max_ms)
+                } else {
+                    min_ms
+                }
+            }
+        };
+        (ms * 1000.0).max(1.0) as u64
+    }
+
+    /// Broadcast from node `i`; returns the message key `(origin, seq)`.
+    pub fn broadcast(&mut self, i: u32) -> Option<(u32, u64)> {
+        let now = self.instant();
+        let payload = Bytes::from(vec![0u8; self.cfg.payload_size]);
+        let expected = self.live().len().saturating_sub(1) as u32;
+        let n = self.nodes.len();
+        let slot = self.nodes.get_mut(i as usize)?;
+        let state = slot.state.as_mut()?;
+        let mut buf = std::mem::take(&mut self.buf);
+        let (_, out) = state.broadcast(now, payload);
+        buf.extend(out);
+        let seq = state.broadcast_state().stats().broadcasts;
+        self.tracks.insert(
+            (i, seq),
+            Track {
+                origin: i,
+                sent_at: self.now,
+                expected,
+                delivered: 0,
+                duplicates: 0,
+                ldh: 0,
+                payload_msgs: 0,
+                last_delivery_at: self.now,
+                seen: vec![0; n.div_ceil(64)],
+            },
+        );
+        self.apply(i, &mut buf);
+        self.buf = buf;
+        Some((i, seq))
+    }
+
+    /// The record of a broadcast.
+    pub fn track(&self, key: (u32, u64)) -> Option<&Track> {
+        self.tracks.get(&key)
+    }
+
+    /// Forget broadcast records (bounded memory in long runs).
+    pub fn clear_tracks(&mut self) {
+        self.tracks.clear();
+    }
+
+    fn input(&mut self, i: u32, input: proto::Input<u32>) {
+        let now = self.instant();
+        let Some(state) = self.nodes.get_mut(i as usize).and_then(|s| s.state.as_mut()) else { return };
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.extend(state.handle(now, input));
+        self.apply(i, &mut buf);
+        self.buf = buf;
+    }
+
+    fn apply(&mut self, i: u32, buf: &mut Vec<proto::Output<u32>>) {
+        let inc = self.nodes[i as usize].inc;
+        for o in buf.drain(..) {
+            match o {
+                proto::Output::Send { to, message } => self.send(i, to, message),
+                proto::Output::Disconnect { peer } => {
+                    // Closing a connection reaches the other side.
+                    if self.is_alive(peer) && self.group[peer as usize] == self.group[i as usize] {
+                        let at = self.now + self.latency_us();
+                        let pinc = self.nodes[peer as usize].inc;
+                        self.schedule(at, Ev::Lost { node: peer, inc: pinc, peer: i });
+                    }
+                }
+                proto::Output::Timer { at, timer } => {
+                    let at = at.saturating_duration_since(self.base).as_micros() as u64;
+                    self.schedule(at.max(self.now), Ev::Timer { node: i, inc, timer });
+                }
+                proto::Output::Rejoin => {
+                    let contact = if self.is_alive(self.bootstrap) && self.bootstrap != i {
+                        self.bootstrap
+                    } else {
+                        let live = self.live();
+                        live[self.rng.gen_range(0..live.len())]
+                    };
+                    self.schedule(self.now, Ev::Join { node: i, inc, contact });
+                }
+                proto::Output::Event(proto::Event::Delivered(d)) => {
+                    let key = (d.envelope.origin, d.envelope.seq);
+                    if let Some(t) = self.tracks.get_mut(&key) {
+                        let (w, b) = (i as usize / 64, i as usize % 64);
+                        if t.seen[w] & (1 << b) != 0 {
+                            t.duplicates += 1;
+                        } else {
+                            t.seen[w] |= 1 << b;
+                            t.delivered += 1;
+                            t.ldh = t.ldh.max(d.hops);
+                            t.last_delivery_at = self.now;
+                        }
+                    }
+                }
+                proto::Output::Event(_) => {}
+            }
+        }
+    }
+
+    fn send(&mut self, from: u32, to: u32, msg: proto::Message<u32>) {
+        match &msg {
+            proto::Message::Broadcast(broadcast::Message::Gossip { envelope, .. }) => {
+                if let Some(t) = self.tracks.get_mut(&(envelope.origin, envelope.seq)) {
+                    t.payload_msgs += 1;
+                }
+            }
+            proto::Message::Broadcast(broadcast::Message::IHave(a)) => {
+                self.counters.ihave_frames += 1;
+                self.counters.announcements += a.len() as u64;
+            }
+            proto::Message::Broadcast(broadcast::Message::Graft { .. }) => self.counters.grafts += 1,
+            proto::Message::Broadcast(broadcast::Message::Prune) => self.counters.prunes += 1,
+            proto::Message::Membership(_) => self.counters.membership_msgs += 1,
+        }
+        let reachable = self.is_alive(to) && self.group[to as usize] == self.group[from as usize];
+        if !reachable {
+            self.counters.undeliverable += 1;
+            if self.cfg.detector == Detector::Paper {
+                let inc = self.nodes[from as usize].inc;
+                self.schedule(self.now, Ev::Lost { node: from, inc, peer: to });
+            }
+            return;
+        }
+        if self.cfg.loss > 0.0 && self.rng.gen_bool(self.cfg.loss.min(1.0)) {
+            self.counters.lost += 1;
+            return;
+        }
+        let mut at = self.now + self.latency_us();
+        if let Some(rate) = self.cfg.uplink_bytes_per_ms {
+            let size = match &msg {
+                proto::Message::Broadcast(broadcast::Message::Gossip { envelope, .. }) => envelope.payload.len() + 64,
+                _ => 64,
+            };
+            let tx_us = (size as f64 / rate * 1000.0) as u64;
+            let free = self.uplink_free[from as usize].max(self.now) + tx_us;
+            self.uplink_free[from as usize] = free;
+            at += free - self.now;
+        }
+        let to_inc = self.nodes[to as usize].inc;
+        self.schedule(at, Ev::Deliver { from, to, to_inc, msg });
+    }
+
+    /// Process one event. Returns false when the queue is empty.
+    pub fn step(&mut self) -> bool {
+        let Some(Reverse(s)) = self.queue.pop() else { return false };
+        self.now = self.now.max(s.at);
+        self.counters.events += 1;
+        match s.ev {
+            Ev::Deliver { from, to, to_inc, msg } => {
+                if self.nodes[to as usize].inc == to_inc && self.group[to as usize] == self.group[from as usize] {
+                    self.counters.messages += 1;
+                    self.input(to, proto::Input::Message { from, message: msg });
+                }
+            }
+            Ev::Timer { node, inc, timer } => {
+                if self.nodes[node as usize].inc != inc {
+                    return true;
+                }
+                if self.shuffle_paused && timer == proto::Timer::Membership(membership::Timer::Shuffle) {
+                    let at = self.now + self.cfg.protocol.membership.shuffle_interval.as_micros() as u64;
+                    self.schedule(at, Ev::Timer { node, inc, timer });
+                    return true;
+                }
+                self.input(node, proto::Input::Timer(timer));
+            }
+            Ev::Lost { node, inc, peer } => {
+                if self.nodes[node as usize].inc == inc {
+                    self.input(node, proto::Input::ConnectionLost { peer });
+                }
+            }
+            Ev::Join { node, inc, contact } => {
+                if self.nodes[node as usize].inc == inc {
+                    self.input(node, proto::Input::Join { contact });
+                }
+            }
+        }
+        true
+    }
+
+    /// Run every event due at or before `t_us`, then set the clock to `t_us`.
+    pub fn run_until(&mut self, t_us: u64) {
+        while self.queue.peek().is_some_and(|Reverse(s)| s.at <= t_us) {
+            self.step();
+        }
+        self.now = self.now.max(t_us);
+    }
+
+    /// Run for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        self.run_until(self.now + d.as_micros() as u64);
+    }
+
+    /// Check the per-node invariants; `Err` names the first violation.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for i in self.live() {
+            let Some(s) = self.state(i) else { continue };
+            let m = s.membership();
+            let c = m.config();
+            if m.active_view().len() > c.active_view_capacity {
+                return Err(format!("node {i}: active view {} > {}", m.active_view().len(), c.active_view_capacity));
+            }
+            if m.passive_view().len() > c.passive_view_capacity {
+                return Err(format!("node {i}: passive view over capacity"));
+            }
+            if m.active_view().contains(&i) || m.passive_view().contains(&i) {
+                return Err(format!("node {i}: itself in a view"));
+            }
+            if m.active_view().iter().any(|p| m.passive_view().contains(p)) {
+                return Err(format!("node {i}: active ∩ passive ≠ ∅"));
+            }
+            let b = s.broadcast_state();
+            let bc = b.config();
+            let (count, bytes) = b.cache_len();
+            if count > bc.cache_max_messages || bytes > bc.cache_max_bytes || b.missing_len() > bc.max_missing {
+                return Err(format!("node {i}: cache or missing map over its bound"));
+            }
+            if !b.eager_peers().is_disjoint(b.lazy_peers()) {
+                return Err(format!("node {i}: eager ∩ lazy ≠ ∅"));
+            }
+        }
+        Ok(())
+    }
+
+    /// At quiescence: active views symmetric among live nodes, and eager links symmetric.
+    pub fn check_symmetry(&self) -> Result<(), String> {
+        for i in self.live() {
+            let Some(s) = self.state(i) else { continue };
+            for &p in s.membership().active_view() {
+                if let Some(o) = self.state(p) {
+                    if !o.membership().is_active(&i) {
+                        return Err(format!("node {i} has {p} active, not vice versa"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Live nodes' active-view adjacency (undirected, live peers only).
+    pub fn adjacency(&self) -> Vec<Vec<u32>> {
+        let mut adj = vec![Vec::new(); self.nodes.len()];
+        for i in self.live() {
+            if let Some(s) = self.state(i) {
+                for &p in s.membership().active_view() {
+                    if self.is_alive(p) {
+                        adj[i as usize].push(p);
+                        if !self.state(p).is_some_and(|o| o.membership().is_active(&i)) {
+                            adj[p as usize].push(i);
+                        }
+                    }
+                }
+            }
+        }
+        for a in adj.iter_mut() {
+            a.sort_unstable();
+            a.dedup();
+        }
+        adj
+    }
+}

@@ -1,0 +1,641 @@
+//! Scenarios: TOML descriptions of an experiment, and the code that runs each kind.
+
+use std::time::Duration;
+
+use plumcast::proto::Mode;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Detector, Latency, Sim, SimConfig};
+use crate::overlay::overlay_stats;
+
+/// What a scenario measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// HyParView paper Fig. 2 / Fig. 4: fail f% at once, mean reliability over the next
+    /// broadcasts (no membership round in between), and healing rounds.
+    Failures,
+    /// Plumtree paper Fig. 2 / Table 1: stable overlay, RMR, LDH, control messages.
+    Stable,
+    /// Plumtree paper Fig. 6: reliability of the first broadcast after f% fail at once,
+    /// and eventual delivery of broadcasts sent during the failure window.
+    MassiveFailure,
+    /// Constant churn: crashes (and as many fresh joins) every round.
+    Churn,
+    /// Many nodes join through one contact at the same moment.
+    ConcurrentJoin,
+    /// Split in two, heal, measure the time back to one component.
+    PartitionHeal,
+}
+
+/// Broadcast mode of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunMode {
+    /// Plumtree, one sender (node 0 of the live nodes).
+    PlumtreeSingle,
+    /// Plumtree, a random live sender per broadcast.
+    PlumtreeMulti,
+    /// Eager flooding, random senders: the papers' baseline.
+    Flood,
+}
+
+impl RunMode {
+    /// Name used in tables and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PlumtreeSingle => "plumtree-single",
+            Self::PlumtreeMulti => "plumtree-multi",
+            Self::Flood => "flood",
+        }
+    }
+}
+
+fn d_seeds() -> Vec<u64> {
+    vec![1, 2, 3, 4]
+}
+fn d_detectors() -> Vec<Detector> {
+    vec![Detector::Paper]
+}
+fn d_modes() -> Vec<RunMode> {
+    vec![RunMode::PlumtreeMulti]
+}
+fn d_latency() -> Latency {
+    Latency::Static { ms: 10.0 }
+}
+fn d_stabilize() -> u32 {
+    50
+}
+fn d_gap() -> u64 {
+    400
+}
+
+/// A scenario file (`crates/sim/scenarios/*.toml`). Fields a kind does not use are ignored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Name, as in the table.
+    pub name: String,
+    /// What it measures.
+    pub kind: Kind,
+    /// One line for humans.
+    #[serde(default)]
+    pub description: String,
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Seeds; every figure is a mean over them, the worst seed reported too.
+    #[serde(default = "d_seeds")]
+    pub seeds: Vec<u64>,
+    /// Failure-detection models to run.
+    #[serde(default = "d_detectors")]
+    pub detectors: Vec<Detector>,
+    /// Broadcast modes to run.
+    #[serde(default = "d_modes")]
+    pub modes: Vec<RunMode>,
+    /// Link latency.
+    #[serde(default = "d_latency")]
+    pub latency: Latency,
+    /// Message loss probability.
+    #[serde(default)]
+    pub loss: f64,
+    /// Membership rounds (shuffle periods) after the joins, before measuring (paper: 50).
+    #[serde(default = "d_stabilize")]
+    pub stabilize_rounds: u32,
+    /// Failure percentages (failures, massive-failure).
+    #[serde(default)]
+    pub fail_pcts: Vec<f64>,
+    /// Measured broadcasts (per failure level, or in all).
+    #[serde(default)]
+    pub broadcasts: usize,
+    /// Unmeasured broadcasts first (stable).
+    #[serde(default)]
+    pub warmup: usize,
+    /// Virtual time between broadcasts, ms.
+    #[serde(default = "d_gap")]
+    pub broadcast_gap_ms: u64,
+    /// Plumtree optimisation threshold override (rounds); absent keeps the default.
+    #[serde(default)]
+    pub optimization_threshold: Option<u32>,
+    /// Churn: crashes per round (each replaced by a fresh join).
+    #[serde(default)]
+    pub churn_per_round: usize,
+    /// Churn / partition: rounds to run.
+    #[serde(default)]
+    pub rounds: usize,
+    /// Churn: broadcasts per round.
+    #[serde(default)]
+    pub broadcasts_per_round: usize,
+    /// Partition: how long the two halves stay apart, ms.
+    #[serde(default)]
+    pub partition_ms: u64,
+}
+
+/// The embedded scenarios, by name.
+pub const EMBEDDED: &[(&str, &str)] = &[
+    ("hyparview-failures", include_str!("../scenarios/hyparview-failures.toml")),
+    ("plumtree-stable", include_str!("../scenarios/plumtree-stable.toml")),
+    ("plumtree-massive-failure", include_str!("../scenarios/plumtree-massive-failure.toml")),
+    ("churn", include_str!("../scenarios/churn.toml")),
+    ("concurrent-join", include_str!("../scenarios/concurrent-join.toml")),
+    ("partition-heal", include_str!("../scenarios/partition-heal.toml")),
+];
+
+/// Errors loading a scenario.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// Neither an embedded name nor a readable file.
+    #[error("no embedded scenario named {0:?} and no such file")]
+    NotFound(String),
+    /// The TOML is invalid.
+    #[error("invalid scenario: {0}")]
+    Invalid(#[from] toml::de::Error),
+    /// The file could not be read.
+    #[error("cannot read the scenario: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Scenario {
+    /// An embedded scenario by name, or a TOML file by path.
+    ///
+    /// # Errors
+    /// [`ScenarioError`] if neither exists or the TOML is invalid.
+    pub fn load(name_or_path: &str) -> Result<Self, ScenarioError> {
+        if let Some((_, text)) = EMBEDDED.iter().find(|(n, _)| *n == name_or_path) {
+            return Ok(toml::from_str(text)?);
+        }
+        let path = std::path::Path::new(name_or_path);
+        if !path.exists() {
+            return Err(ScenarioError::NotFound(name_or_path.to_string()));
+        }
+        Ok(toml::from_str(&std::fs::read_to_string(path)?)?)
+    }
+}
+
+/// One result row. Keys are named after the metrics; absent ones do not apply.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Row {
+    /// Scenario name.
+    pub scenario: String,
+    /// Broadcast mode.
+    pub mode: String,
+    /// Detector model.
+    pub detector: String,
+    /// Nodes at the start.
+    pub nodes: usize,
+    /// Seed.
+    pub seed: u64,
+    /// Percent of nodes failed (or churned per round).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_pct: Option<f64>,
+    /// Mean fraction of live nodes that delivered (0–1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reliability: Option<f64>,
+    /// Fraction delivered in the end (after repairs) of broadcasts sent during a failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eventual_reliability: Option<f64>,
+    /// Reliability of the first broadcast after the failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_reliability: Option<f64>,
+    /// Mean RMR (payload messages only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rmr: Option<f64>,
+    /// Fraction of broadcasts (from the 3rd on) with RMR exactly 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rmr_zero_share: Option<f64>,
+    /// Mean last delivery hop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ldh: Option<f64>,
+    /// Control messages (IHave frames, Graft, Prune) per broadcast.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_per_bcast: Option<f64>,
+    /// Payload messages per broadcast.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_per_bcast: Option<f64>,
+    /// Mean virtual latency to the last delivery, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    /// Membership rounds until reliability is back to 100%.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healing_rounds: Option<u32>,
+    /// Connected components of the active-view overlay at the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub components: Option<usize>,
+    /// Asymmetric active links at the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub asymmetric_links: Option<usize>,
+    /// Components while partitioned (partition-heal).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub components_during: Option<usize>,
+    /// Virtual ms until one component again (partition-heal).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heal_ms: Option<f64>,
+    /// Mean clustering coefficient (stable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clustering: Option<f64>,
+    /// Mean shortest path (stable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub avg_shortest_path: Option<f64>,
+    /// Share of nodes with in-degree exactly 5 (stable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_degree_5_share: Option<f64>,
+    /// Duplicate deliveries seen (must be 0).
+    pub duplicates: u64,
+    /// Events processed.
+    pub events: u64,
+    /// Wall-clock seconds for this row.
+    pub wall_s: f64,
+}
+
+/// Progress callback: (done, total, label).
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64, &str);
+
+/// Build an overlay of `n` nodes: joins one at a time through a random earlier node
+/// (100 ms apart), then `rounds` membership rounds.
+pub fn build_overlay(n: usize, cfg: SimConfig, rounds: u32) -> Sim {
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed);
+    let shuffle = cfg.protocol.membership.shuffle_interval;
+    let mut sim = Sim::new(n, cfg);
+    sim.start(0, None);
+    for i in 1..n as u32 {
+        let contact = rng.gen_range(0..i);
+        sim.start(i, Some(contact));
+        sim.run_for(Duration::from_millis(100));
+    }
+    sim.run_for(shuffle * rounds);
+    sim
+}
+
+fn sim_config(s: &Scenario, seed: u64, detector: Detector) -> SimConfig {
+    let mut cfg = SimConfig::new(seed);
+    cfg.latency = s.latency;
+    cfg.loss = s.loss;
+    cfg.detector = detector;
+    if let Some(t) = s.optimization_threshold {
+        cfg.protocol.broadcast.optimization_threshold = Some(t);
+    }
+    cfg
+}
+
+fn set_mode(sim: &mut Sim, mode: RunMode) {
+    let m = if mode == RunMode::Flood { Mode::Flood } else { Mode::Plumtree };
+    sim.set_broadcast_mode(m);
+}
+
+fn pick_sender(sim: &Sim, mode: RunMode, rng: &mut ChaCha8Rng) -> Option<u32> {
+    let live = sim.live();
+    if live.is_empty() {
+        return None;
+    }
+    Some(if mode == RunMode::PlumtreeSingle { live[0] } else { live[rng.gen_range(0..live.len())] })
+}
+
+/// Result of one measured broadcast.
+struct Shot {
+    reliability: f64,
+    rmr: f64,
+    ldh: u32,
+    payload: u64,
+    latency_ms: f64,
+    duplicates: u32,
+}
+
+fn shoot(sim: &mut Sim, origin: u32, gap: Duration) -> Option<Shot> {
+    let key = sim.broadcast(origin)?;
+    sim.run_for(gap);
+    let t = sim.track(key)?;
+    let expected = t.expected.max(1) as f64;
+    let rmr = if t.delivered == 0 { 0.0 } else { t.payload_msgs as f64 / t.delivered as f64 - 1.0 };
+    Some(Shot {
+        reliability: (t.delivered as f64 / expected).min(1.0),
+        rmr,
+        ldh: t.ldh,
+        payload: t.payload_msgs,
+        latency_ms: (t.last_delivery_at - t.sent_at) as f64 / 1000.0,
+        duplicates: t.duplicates,
+    })
+}
+
+fn crash_fraction(sim: &mut Sim, pct: f64, rng: &mut ChaCha8Rng) -> Vec<u32> {
+    let mut live = sim.live();
+    live.shuffle(rng);
+    let k = ((live.len() as f64) * pct / 100.0).round() as usize;
+    let victims: Vec<u32> = live.into_iter().take(k).collect();
+    sim.crash_many(&victims);
+    victims
+}
+
+/// Run every (detector, mode, seed, level) of a scenario. `nodes` overrides the size.
+pub fn run(s: &Scenario, progress: Progress<'_>) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let total = (s.detectors.len() * s.modes.len() * s.seeds.len()) as u64;
+    let mut done = 0;
+    for &detector in &s.detectors {
+        for &seed in &s.seeds {
+            // One stabilised overlay per (detector, seed), forked per mode and level.
+            let t0 = std::time::Instant::now();
+            let base = if s.kind == Kind::ConcurrentJoin {
+                None
+            } else {
+                progress(done, total, &format!("{} seed {seed}: building {} nodes", s.name, s.nodes));
+                Some(build_overlay(s.nodes, sim_config(s, seed, detector), s.stabilize_rounds))
+            };
+            let build_s = t0.elapsed().as_secs_f64();
+            for &mode in &s.modes {
+                progress(done, total, &format!("{} {} {} seed {seed}", s.name, mode.as_str(), detector.as_str()));
+                let mut head = Row {
+                    scenario: s.name.clone(),
+                    mode: mode.as_str().into(),
+                    detector: detector.as_str().into(),
+                    nodes: s.nodes,
+                    seed,
+                    ..Row::default()
+                };
+                head.wall_s = build_s;
+                let new = match s.kind {
+                    Kind::Failures => failures(s, base.clone(), mode, head, seed),
+                    Kind::Stable => stable(s, base.clone(), mode, head, seed),
+                    Kind::MassiveFailure => massive_failure(s, base.clone(), mode, head, seed),
+                    Kind::Churn => churn(s, base.clone(), mode, head, seed),
+                    Kind::ConcurrentJoin => concurrent_join(s, detector, head, seed),
+                    Kind::PartitionHeal => partition_heal(s, base.clone(), head, seed),
+                };
+                rows.extend(new);
+                done += 1;
+            }
+        }
+    }
+    progress(total, total, "done");
+    rows
+}
+
+fn finish(mut row: Row, sim: &Sim, t0: std::time::Instant) -> Row {
+    row.events = sim.counters().events;
+    row.wall_s += t0.elapsed().as_secs_f64();
+    row
+}
+
+fn failures(s: &Scenario, base: Option<Sim>, mode: RunMode, head: Row, seed: u64) -> Vec<Row> {
+    let Some(base) = base else { return vec![] };
+    let mut rows = Vec::new();
+    let gap = Duration::from_millis(s.broadcast_gap_ms);
+    for &pct in &s.fail_pcts {
+        let t0 = std::time::Instant::now();
+        let mut sim = base.clone();
+        set_mode(&mut sim, mode);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (pct * 1000.0) as u64);
+        crash_fraction(&mut sim, pct, &mut rng);
+        // Healing rounds (Fig. 4) on a fork: rounds with shuffles until 10 broadcasts
+        // in a row reach every live node.
+        let mut heal = sim.clone();
+        let mut healing_rounds = None;
+        for r in 0..=20u32 {
+            let ok = (0..10).all(|_| {
+                pick_sender(&heal, mode, &mut rng)
+                    .and_then(|o| shoot(&mut heal, o, gap))
+                    .is_some_and(|x| x.reliability >= 1.0)
+            });
+            if ok {
+                healing_rounds = Some(r);
+                break;
+            }
+            heal.run_for(s_shuffle(&heal));
+        }
+        // Reliability (Fig. 2): no membership round in between, reactive repairs run.
+        sim.shuffle_paused = true;
+        let (mut rel, mut dups, mut k) = (0.0, 0u64, 0);
+        for _ in 0..s.broadcasts {
+            let Some(o) = pick_sender(&sim, mode, &mut rng) else { break };
+            if let Some(x) = shoot(&mut sim, o, gap) {
+                rel += x.reliability;
+                dups += u64::from(x.duplicates);
+                k += 1;
+            }
+            sim.clear_tracks();
+        }
+        let mut row = head.clone();
+        row.failed_pct = Some(pct);
+        row.reliability = Some(rel / k.max(1) as f64);
+        row.healing_rounds = healing_rounds;
+        row.duplicates = dups;
+        row.components = Some(overlay_stats(&sim, seed).components);
+        rows.push(finish(row, &sim, t0));
+    }
+    rows
+}
+
+fn s_shuffle(sim: &Sim) -> Duration {
+    sim.config().protocol.membership.shuffle_interval
+}
+
+fn stable(s: &Scenario, base: Option<Sim>, mode: RunMode, mut row: Row, seed: u64) -> Vec<Row> {
+    let Some(mut sim) = base else { return vec![] };
+    let t0 = std::time::Instant::now();
+    set_mode(&mut sim, mode);
+    let gap = Duration::from_millis(s.broadcast_gap_ms);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xb0);
+    for _ in 0..s.warmup {
+        if let Some(o) = pick_sender(&sim, mode, &mut rng) {
+            shoot(&mut sim, o, gap);
+        }
+    }
+    let before = sim.counters().clone();
+    let mut shots = Vec::new();
+    for _ in 0..s.broadcasts {
+        let Some(o) = pick_sender(&sim, mode, &mut rng) else { break };
+        if let Some(x) = shoot(&mut sim, o, gap) {
+            shots.push(x);
+        }
+        sim.clear_tracks();
+    }
+    let c = sim.counters();
+    let control = (c.ihave_frames + c.grafts + c.prunes) - (before.ihave_frames + before.grafts + before.prunes);
+    let k = shots.len().max(1) as f64;
+    row.reliability = Some(shots.iter().map(|x| x.reliability).sum::<f64>() / k);
+    row.rmr = Some(shots.iter().map(|x| x.rmr).sum::<f64>() / k);
+    let tail: Vec<&Shot> = shots.iter().skip(2).collect();
+    row.rmr_zero_share = Some(tail.iter().filter(|x| x.rmr.abs() < 1e-9).count() as f64 / tail.len().max(1) as f64);
+    row.ldh = Some(shots.iter().map(|x| x.ldh as f64).sum::<f64>() / k);
+    row.payload_per_bcast = Some(shots.iter().map(|x| x.payload as f64).sum::<f64>() / k);
+    row.control_per_bcast = Some(control as f64 / k);
+    row.latency_ms = Some(shots.iter().map(|x| x.latency_ms).sum::<f64>() / k);
+    row.duplicates = shots.iter().map(|x| u64::from(x.duplicates)).sum();
+    let o = overlay_stats(&sim, seed);
+    row.components = Some(o.components);
+    row.clustering = Some(o.clustering);
+    row.avg_shortest_path = Some(o.avg_shortest_path);
+    row.in_degree_5_share = Some(o.in_degree_hist.get(5).copied().unwrap_or(0) as f64 / o.nodes.max(1) as f64);
+    row.asymmetric_links = Some(o.asymmetric_links);
+    vec![finish(row, &sim, t0)]
+}
+
+fn massive_failure(s: &Scenario, base: Option<Sim>, mode: RunMode, head: Row, seed: u64) -> Vec<Row> {
+    let Some(base) = base else { return vec![] };
+    let gap = Duration::from_millis(s.broadcast_gap_ms);
+    let mut rows = Vec::new();
+    for &pct in &s.fail_pcts {
+        let t0 = std::time::Instant::now();
+        let mut sim = base.clone();
+        set_mode(&mut sim, mode);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xfa11 ^ (pct * 1000.0) as u64);
+        // Warm the tree first (RMR settles after a few broadcasts).
+        for _ in 0..5 {
+            if let Some(o) = pick_sender(&sim, mode, &mut rng) {
+                shoot(&mut sim, o, gap);
+            }
+        }
+        crash_fraction(&mut sim, pct, &mut rng);
+        // Broadcasts sent during the failure window: all at once, right after the crash.
+        let mut keys = Vec::new();
+        for _ in 0..s.broadcasts.max(1) {
+            if let Some(o) = pick_sender(&sim, mode, &mut rng) {
+                if let Some(k) = sim.broadcast(o) {
+                    keys.push(k);
+                }
+            }
+            sim.run_for(Duration::from_millis(1));
+        }
+        sim.run_for(gap);
+        let rel = |sim: &Sim, k| {
+            sim.track(k).map(|t| (t.delivered as f64 / t.expected.max(1) as f64).min(1.0)).unwrap_or(0.0)
+        };
+        let first = keys.first().map(|k| rel(&sim, *k)).unwrap_or(0.0);
+        // Eventual: let repairs run for 3 membership rounds.
+        sim.run_for(s_shuffle(&sim) * 3);
+        let eventual = keys.iter().map(|k| rel(&sim, *k)).sum::<f64>() / keys.len().max(1) as f64;
+        let mut row = head.clone();
+        row.failed_pct = Some(pct);
+        row.first_reliability = Some(first);
+        row.eventual_reliability = Some(eventual);
+        row.duplicates = keys.iter().filter_map(|k| sim.track(*k)).map(|t| u64::from(t.duplicates)).sum();
+        // Reliability is back within how many rounds?
+        let mut r_back = None;
+        for r in 0..=10u32 {
+            let ok = (0..5).all(|_| {
+                pick_sender(&sim, mode, &mut rng)
+                    .and_then(|o| shoot(&mut sim, o, gap))
+                    .is_some_and(|x| x.reliability >= 1.0)
+            });
+            if ok {
+                r_back = Some(r);
+                break;
+            }
+            sim.run_for(s_shuffle(&sim));
+        }
+        row.healing_rounds = r_back;
+        rows.push(finish(row, &sim, t0));
+    }
+    rows
+}
+
+fn churn(s: &Scenario, base: Option<Sim>, mode: RunMode, mut row: Row, seed: u64) -> Vec<Row> {
+    let Some(mut sim) = base else { return vec![] };
+    let t0 = std::time::Instant::now();
+    set_mode(&mut sim, mode);
+    let gap = Duration::from_millis(s.broadcast_gap_ms);
+    let round = s_shuffle(&sim);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xc4);
+    let mut shots = Vec::new();
+    for _ in 0..s.rounds {
+        let mut live = sim.live();
+        live.shuffle(&mut rng);
+        let victims: Vec<u32> = live.iter().copied().take(s.churn_per_round).collect();
+        sim.crash_many(&victims);
+        // Each crashed slot comes back as a fresh node joining through a random live one.
+        let live = sim.live();
+        for v in victims {
+            let contact = live[rng.gen_range(0..live.len())];
+            sim.start(v, Some(contact));
+        }
+        let mut used = Duration::ZERO;
+        for _ in 0..s.broadcasts_per_round {
+            if let Some(o) = pick_sender(&sim, mode, &mut rng) {
+                if let Some(x) = shoot(&mut sim, o, gap) {
+                    shots.push(x);
+                }
+                used += gap;
+            }
+            sim.clear_tracks();
+        }
+        if round > used {
+            sim.run_for(round - used);
+        }
+    }
+    let k = shots.len().max(1) as f64;
+    row.failed_pct = Some(100.0 * s.churn_per_round as f64 / s.nodes as f64);
+    row.reliability = Some(shots.iter().map(|x| x.reliability).sum::<f64>() / k);
+    row.rmr = Some(shots.iter().map(|x| x.rmr).sum::<f64>() / k);
+    row.ldh = Some(shots.iter().map(|x| x.ldh as f64).sum::<f64>() / k);
+    row.duplicates = shots.iter().map(|x| u64::from(x.duplicates)).sum();
+    row.components = Some(overlay_stats(&sim, seed).components);
+    vec![finish(row, &sim, t0)]
+}
+
+fn concurrent_join(s: &Scenario, detector: Detector, mut row: Row, seed: u64) -> Vec<Row> {
+    let t0 = std::time::Instant::now();
+    let cfg = sim_config(s, seed, detector);
+    let shuffle = cfg.protocol.membership.shuffle_interval;
+    let mut sim = Sim::new(s.nodes, cfg);
+    sim.start(0, None);
+    for i in 1..s.nodes as u32 {
+        sim.start(i, Some(0));
+    }
+    sim.run_for(shuffle * s.stabilize_rounds.max(1));
+    let o = overlay_stats(&sim, seed);
+    row.components = Some(o.components);
+    row.asymmetric_links = Some(o.asymmetric_links);
+    // Everyone delivers?
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let gap = Duration::from_millis(s.broadcast_gap_ms);
+    let mut rel = 0.0;
+    for _ in 0..s.broadcasts.max(1) {
+        if let Some(x) = pick_sender(&sim, RunMode::PlumtreeMulti, &mut rng).and_then(|o| shoot(&mut sim, o, gap)) {
+            rel += x.reliability;
+            row.duplicates += u64::from(x.duplicates);
+        }
+    }
+    row.reliability = Some(rel / s.broadcasts.max(1) as f64);
+    vec![finish(row, &sim, t0)]
+}
+
+fn partition_heal(s: &Scenario, base: Option<Sim>, mut row: Row, seed: u64) -> Vec<Row> {
+    let Some(mut sim) = base else { return vec![] };
+    let t0 = std::time::Instant::now();
+    let n = sim.len();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x9a);
+    let mut ids: Vec<usize> = (0..n).collect();
+    ids.shuffle(&mut rng);
+    let mut group = vec![0u8; n];
+    for i in ids.into_iter().take(n / 2) {
+        group[i] = 1;
+    }
+    sim.partition(group);
+    sim.run_for(Duration::from_millis(s.partition_ms));
+    let during = overlay_stats(&sim, seed).components;
+    sim.heal();
+    let start = sim.now_us();
+    let step = Duration::from_millis(500);
+    let limit = s_shuffle(&sim) * s.rounds.max(1) as u32;
+    let mut healed = None;
+    while Duration::from_micros(sim.now_us() - start) <= limit {
+        if overlay_stats(&sim, seed).components == 1 {
+            healed = Some((sim.now_us() - start) as f64 / 1000.0);
+            break;
+        }
+        sim.run_for(step);
+    }
+    row.heal_ms = healed;
+    row.components = Some(overlay_stats(&sim, seed).components);
+    row.components_during = Some(during);
+    let gap = Duration::from_millis(s.broadcast_gap_ms);
+    let mut rel = 0.0;
+    for _ in 0..s.broadcasts.max(1) {
+        if let Some(x) = pick_sender(&sim, RunMode::PlumtreeMulti, &mut rng).and_then(|o| shoot(&mut sim, o, gap)) {
+            rel += x.reliability;
+        }
+    }
+    row.reliability = Some(rel / s.broadcasts.max(1) as f64);
+    vec![finish(row, &sim, t0)]
+}

@@ -1,0 +1,142 @@
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn small(n: usize, seed: u64, detector: Detector) -> Sim {
+    let mut cfg = SimConfig::new(seed);
+    cfg.detector = detector;
+    build_overlay(n, cfg, 10)
+}
+
+fn metrics(sim: &mut Sim, k: usize, seed: u64) -> Vec<(f64, f64, u32)> {
+    let live = sim.live();
+    let mut out = Vec::new();
+    for j in 0..k {
+        let o = live[(j * 7 + seed as usize) % live.len()];
+        let key = sim.broadcast(o).unwrap();
+        sim.run_for(Duration::from_millis(400));
+        let t = sim.track(key).unwrap();
+        out.push((
+            t.delivered as f64 / t.expected as f64,
+            t.payload_msgs as f64 / t.delivered.max(1) as f64 - 1.0,
+            t.ldh,
+        ));
+    }
+    out
+}
+
+#[test]
+fn same_seed_same_metrics() {
+    let mut a = small(200, 9, Detector::Paper);
+    let mut b = small(200, 9, Detector::Paper);
+    assert_eq!(metrics(&mut a, 10, 1), metrics(&mut b, 10, 1));
+    assert_eq!(a.counters().events, b.counters().events);
+}
+
+#[test]
+fn stable_500_single_sender_is_reliable_with_low_rmr() {
+    let mut sim = small(500, 3, Detector::Paper);
+    sim.check_invariants().unwrap();
+    sim.check_symmetry().unwrap();
+    let live = sim.live();
+    let mut rmr = Vec::new();
+    for _ in 0..30 {
+        let key = sim.broadcast(live[0]).unwrap();
+        sim.run_for(Duration::from_millis(400));
+        let t = sim.track(key).unwrap();
+        assert_eq!(t.delivered, t.expected, "reliability 100%");
+        assert_eq!(t.duplicates, 0);
+        rmr.push(t.payload_msgs as f64 / t.delivered as f64 - 1.0);
+    }
+    let after_warmup = &rmr[5..];
+    let mean = after_warmup.iter().sum::<f64>() / after_warmup.len() as f64;
+    assert!(mean < 0.05, "RMR after warm-up {mean} ({rmr:?})");
+}
+
+#[test]
+fn half_of_the_nodes_failing_heals_to_full_reliability() {
+    for detector in [Detector::Paper, Detector::Shipped] {
+        let mut sim = small(500, 5, detector);
+        let mut live = sim.live();
+        live.truncate(250);
+        sim.crash_many(&live);
+        // A few membership rounds of repair.
+        sim.run_for(Duration::from_secs(30));
+        sim.check_invariants().unwrap();
+        let m = metrics(&mut sim, 10, 2);
+        assert!(m.iter().all(|(r, _, _)| *r >= 1.0), "{detector:?}: {m:?}");
+        assert_eq!(overlay_stats(&sim, 1).components, 1);
+    }
+}
+
+#[test]
+fn embedded_scenarios_parse() {
+    for (name, _) in scenario::EMBEDDED {
+        let s = Scenario::load(name).unwrap();
+        assert_eq!(&s.name, name);
+    }
+}
+
+#[test]
+fn small_scenarios_run_end_to_end() {
+    for name in ["plumtree-stable", "concurrent-join", "partition-heal"] {
+        let mut s = Scenario::load(name).unwrap();
+        s.nodes = 100;
+        s.seeds = vec![1];
+        s.broadcasts = s.broadcasts.min(5);
+        s.stabilize_rounds = s.stabilize_rounds.min(3);
+        let rows = scenario::run(&s, &mut |_, _, _| {});
+        assert!(!rows.is_empty(), "{name}");
+        assert!(rows.iter().all(|r| r.duplicates == 0), "{name}: {rows:?}");
+        let t = report::table(&rows);
+        assert!(t.lines().count() >= 3);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, max_shrink_time: 10_000, ..ProptestConfig::default() })]
+
+    /// Invariants hold after every step over random crashes, restarts, partitions and
+    /// broadcasts; every broadcast reaches every live node of a connected overlay once.
+    #[test]
+    fn invariants_hold_under_random_operations(
+        seed in 0u64..10_000,
+        ops in proptest::collection::vec((0u8..5, 0u32..40), 1..25),
+        shipped in any::<bool>(),
+    ) {
+        let detector = if shipped { Detector::Shipped } else { Detector::Paper };
+        let mut cfg = SimConfig::new(seed);
+        cfg.detector = detector;
+        cfg.latency = Latency::Uniform { min_ms: 1.0, max_ms: 30.0 };
+        let mut sim = build_overlay(40, cfg, 3);
+        for (op, x) in ops {
+            match op {
+                0 => sim.crash(x),
+                1 => if !sim.is_alive(x) { let c = sim.live().first().copied(); sim.start(x, c) },
+                2 => { let g = (0..40).map(|i| u8::from(i % 3 == (x % 3) as usize)).collect(); sim.partition(g); }
+                3 => sim.heal(),
+                _ => { if let Some(o) = sim.live().first().copied() { sim.broadcast(o); } }
+            }
+            for _ in 0..2000 {
+                if !sim.step() { break; }
+                if let Err(e) = sim.check_invariants() {
+                    return Err(TestCaseError::fail(format!("seed {seed}: {e}")));
+                }
+            }
+        }
+        sim.heal();
+        sim.run_for(Duration::from_secs(60));
+        prop_assert!(sim.check_invariants().is_ok());
+        prop_assert!(sim.check_symmetry().is_ok(), "seed {}: {:?}", seed, sim.check_symmetry());
+        if overlay_stats(&sim, 1).components == 1 {
+            let live = sim.live();
+            let key = sim.broadcast(live[0]).unwrap();
+            sim.run_for(Duration::from_secs(2));
+            let t = sim.track(key).unwrap();
+            prop_assert_eq!(t.delivered, t.expected, "seed {}", seed);
+            prop_assert_eq!(t.duplicates, 0);
+        }
+    }
+}
