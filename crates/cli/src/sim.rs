@@ -1,0 +1,155 @@
+//! `plumcast sim`: run a simulator scenario (embedded name or TOML path).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use plumcast_sim::{Detector, Scenario, SimConfig, build_overlay, report, scenario};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Embedded scenario name (hyparview-failures, plumtree-stable, plumtree-massive-failure,
+    /// churn, concurrent-join, partition-heal) or a path to a TOML file.
+    scenario: Option<String>,
+    /// Comma-separated seeds (overrides the scenario's).
+    #[arg(long, value_delimiter = ',')]
+    seeds: Option<Vec<u64>>,
+    /// Number of nodes (overrides the scenario's).
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// Measured broadcasts (overrides the scenario's).
+    #[arg(long)]
+    broadcasts: Option<usize>,
+    /// Detector models, comma-separated: paper, shipped (overrides the scenario's).
+    #[arg(long, value_delimiter = ',')]
+    detectors: Option<Vec<String>>,
+    /// Where to write CSV and plots (default: a folder under the system temp dir).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// One JSON object per row on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Speed benchmark instead of a scenario: n = 10,000 with 1,000 broadcasts, and
+    /// n = 100,000 with 100 broadcasts (events/s, wall time, peak RSS).
+    #[arg(long)]
+    bench: bool,
+    /// With --bench: only the 10,000-node run.
+    #[arg(long)]
+    quick: bool,
+    /// List the embedded scenarios.
+    #[arg(long)]
+    list: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    if a.list {
+        for (name, text) in scenario::EMBEDDED {
+            let s: Scenario = Scenario::load(name)?;
+            let _ = text;
+            println!("{name:26} {}", s.description);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if a.bench {
+        return bench(a.quick);
+    }
+    let name = a.scenario.as_deref().context("name a scenario (see --list) or use --bench")?;
+    let mut s = Scenario::load(name)?;
+    if let Some(seeds) = a.seeds {
+        s.seeds = seeds;
+    }
+    if let Some(n) = a.nodes {
+        s.nodes = n;
+    }
+    if let Some(b) = a.broadcasts {
+        s.broadcasts = b;
+    }
+    if let Some(d) = a.detectors {
+        s.detectors = d
+            .iter()
+            .map(|x| match x.as_str() {
+                "paper" => Ok(Detector::Paper),
+                "shipped" => Ok(Detector::Shipped),
+                other => Err(anyhow::anyhow!("unknown detector {other:?} (paper, shipped)")),
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    let out = a.out.unwrap_or_else(|| std::env::temp_dir().join("plumcast-sim").join(&s.name));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let bar = ProgressBar::new(1);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} runs  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let rows = scenario::run(&s, &mut |done, total, label| {
+        bar.set_length(total);
+        bar.set_position(done);
+        bar.set_message(label.to_string());
+    });
+    bar.finish_and_clear();
+    if a.json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else {
+        println!("{} ({} nodes, seeds {:?}): {}\n", s.name, s.nodes, s.seeds, s.description);
+        print!("{}", report::table(&rows));
+    }
+    let csv = out.join(format!("{}.csv", s.name));
+    std::fs::write(&csv, report::csv(&rows))?;
+    let svg = out.join(format!("{}.svg", s.name));
+    let plotted = report::plot(&s, &rows, &svg).map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+    eprintln!("wrote {}{}", csv.display(), if plotted { format!(" and {}", svg.display()) } else { String::new() });
+    Ok(ExitCode::SUCCESS)
+}
+
+fn peak_rss_bytes() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+fn bench(quick: bool) -> anyhow::Result<ExitCode> {
+    let runs: &[(usize, usize)] = if quick { &[(10_000, 1_000)] } else { &[(10_000, 1_000), (100_000, 100)] };
+    println!(
+        "| nodes | broadcasts | build s | broadcast phase s | total s | events | events/s | reliability | peak RSS MiB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for &(n, b) in runs {
+        let t0 = Instant::now();
+        let mut sim = build_overlay(n, SimConfig::new(1), 10);
+        let build = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let e0 = sim.counters().events;
+        let live = sim.live();
+        let mut rel = 0.0;
+        for k in 0..b {
+            let o = live[(k * 7919) % live.len()];
+            if let Some(key) = sim.broadcast(o) {
+                sim.run_for(Duration::from_millis(400));
+                if let Some(t) = sim.track(key) {
+                    rel += t.delivered as f64 / t.expected.max(1) as f64;
+                }
+            }
+            sim.clear_tracks();
+        }
+        let phase = t1.elapsed().as_secs_f64();
+        let total = t0.elapsed().as_secs_f64();
+        let events = sim.counters().events;
+        println!(
+            "| {n} | {b} | {build:.1} | {phase:.1} | {total:.1} | {events} | {:.0} | {:.4}% | {:.0} |",
+            events as f64 / total,
+            rel / b as f64 * 100.0,
+            peak_rss_bytes() as f64 / (1 << 20) as f64
+        );
+        let _ = e0;
+    }
+    Ok(ExitCode::SUCCESS)
+}
