@@ -25,6 +25,7 @@ use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 /// What a peer or origin id must be (the node uses `NodeId`, the simulator `u32`).
@@ -74,11 +75,23 @@ impl<P: PeerId> Envelope<P> {
     /// The [`MessageId`] of this envelope (recomputed on receipt, never trusted).
     pub fn id(&self) -> MessageId {
         let mut h = blake3::Hasher::new();
-        // Encoding a tuple of plain ids cannot fail; fall back to Debug just in case.
-        match postcard::to_stdvec(&(&self.origin, self.incarnation, self.seq)) {
-            Ok(head) => h.update(&head),
-            Err(_) => h.update(format!("{:?}/{}/{}", self.origin, self.incarnation, self.seq).as_bytes()),
-        };
+        // The header fits a stack buffer for any id up to ~100 bytes (no allocation on the
+        // hot path); larger ids fall back to a Vec, and a failed encoding to Debug.
+        let mut buf = [0u8; 128];
+        let head = (&self.origin, self.incarnation, self.seq);
+        match postcard::to_slice(&head, &mut buf) {
+            Ok(b) => {
+                h.update(b);
+            }
+            Err(_) => match postcard::to_stdvec(&head) {
+                Ok(v) => {
+                    h.update(&v);
+                }
+                Err(_) => {
+                    h.update(format!("{:?}/{}/{}", self.origin, self.incarnation, self.seq).as_bytes());
+                }
+            },
+        }
         h.update(&self.payload);
         MessageId(*h.finalize().as_bytes())
     }
@@ -115,9 +128,27 @@ pub enum Message<P> {
     Graft {
         /// The missing message, or `None` for a tree-optimisation graft.
         id: Option<MessageId>,
+        /// Whose tree the link joins ([`Tree::PerOrigin`]; ignored with a shared tree).
+        origin: P,
     },
     /// Make the link lazy (paper Alg. 1, `PRUNE`).
-    Prune,
+    Prune {
+        /// Whose tree the link leaves ([`Tree::PerOrigin`]; ignored with a shared tree).
+        origin: P,
+    },
+}
+
+/// Which spanning tree a link belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Tree {
+    /// One tree for all senders, as in the paper. A link pruned for one sender is lazy
+    /// for every sender; with many concurrent senders, prunes on two edges of one cycle
+    /// can split the tree, and repairs wait on Graft timers.
+    Shared,
+    /// One tree per origin (as riak_core's Plumtree): eager/lazy state is kept per origin,
+    /// a new origin starts with every neighbour eager. Costs a small map per active origin
+    /// (bounded by [`Config::max_trees`]).
+    PerOrigin,
 }
 
 /// How payloads spread.
@@ -136,6 +167,12 @@ pub enum Mode {
 pub struct Config {
     /// Spreading mode. Default [`Mode::Plumtree`].
     pub mode: Mode,
+    /// One shared tree (the paper) or one tree per origin. Default: per origin, which
+    /// measured faster for random senders (docs/performance.md).
+    pub tree: Tree,
+    /// Most per-origin trees kept; the least recently used is forgotten beyond it (its
+    /// links turn eager again; counted in [`Stats::trees_evicted`]).
+    pub max_trees: usize,
     /// Timer 1: wait after the first IHave for a missing payload before grafting. The
     /// paper gives no number (§3.6); iroh-gossip uses 80 ms. LAN default 40 ms: loopback
     /// and LAN round trips are well under 1 ms, so the tree nearly always wins the race.
@@ -177,6 +214,8 @@ impl Config {
     pub fn lan() -> Self {
         Self {
             mode: Mode::Plumtree,
+            tree: Tree::PerOrigin,
+            max_trees: 4096,
             graft_timeout_1: Duration::from_millis(40),
             graft_timeout_2: Duration::from_millis(20),
             ihave_batch_window: Duration::from_millis(5),
@@ -309,13 +348,17 @@ pub struct Stats {
     pub stale_incarnation: u64,
     /// Times an origin's dedupe window overflowed and its watermark was forced forward.
     pub dedupe_window_overflows: u64,
+    /// Per-origin trees forgotten because `max_trees` were in use.
+    pub trees_evicted: u64,
 }
 
+/// Exact dedupe state of one origin: every seq ≤ `watermark` was seen, plus those in
+/// `above` (boxed: absent in the common in-order case, keeping the entry at 24 bytes).
 #[derive(Clone, Debug)]
 struct OriginSeen {
     incarnation: u64,
     watermark: u64,
-    above: BTreeSet<u64>,
+    above: Option<Box<BTreeSet<u64>>>,
 }
 
 #[derive(Clone, Debug)]
@@ -328,6 +371,7 @@ struct Cached<P> {
 
 #[derive(Clone, Debug)]
 struct Missing<P> {
+    origin: P,
     since: Instant,
     announcers: VecDeque<P>,
     attempt: u32,
@@ -341,10 +385,16 @@ pub struct State<P> {
     incarnation: u64,
     next_seq: u64,
     config: Config,
-    eager: BTreeSet<P>,
-    lazy: BTreeSet<P>,
+    neighbors: BTreeSet<P>,
+    /// The shared tree's lazy links ([`Tree::Shared`]).
+    shared_lazy: BTreeSet<P>,
+    /// Per-origin lazy links and a last-use stamp ([`Tree::PerOrigin`]).
+    trees: HashMap<P, (Vec<P>, u64)>,
+    tree_clock: u64,
     seen: HashMap<P, OriginSeen>,
-    cache: HashMap<MessageId, Cached<P>>,
+    /// Keys are ids we computed ourselves, so a fast non-keyed hash is safe here; maps
+    /// keyed by peer-chosen values (origins, announced ids) keep SipHash.
+    cache: FxHashMap<MessageId, Cached<P>>,
     cache_order: VecDeque<(MessageId, Instant)>,
     cache_bytes: usize,
     missing: HashMap<MessageId, Missing<P>>,
@@ -363,13 +413,15 @@ impl<P: PeerId> State<P> {
             incarnation,
             next_seq: 1,
             config,
-            eager: BTreeSet::new(),
-            lazy: BTreeSet::new(),
-            seen: HashMap::new(),
-            cache: HashMap::new(),
+            neighbors: BTreeSet::new(),
+            shared_lazy: BTreeSet::new(),
+            trees: HashMap::new(),
+            tree_clock: 0,
+            seen: HashMap::default(),
+            cache: FxHashMap::default(),
             cache_order: VecDeque::new(),
             cache_bytes: 0,
-            missing: HashMap::new(),
+            missing: HashMap::default(),
             missing_order: VecDeque::new(),
             ihave_queue: BTreeMap::new(),
             ihave_armed: false,
@@ -378,14 +430,84 @@ impl<P: PeerId> State<P> {
         }
     }
 
-    /// Neighbours on the tree (payloads go here).
-    pub fn eager_peers(&self) -> &BTreeSet<P> {
-        &self.eager
+    /// Neighbours on the tree of `origin` (payloads from it go here); with a shared tree
+    /// the origin does not matter.
+    pub fn eager_peers_for(&self, origin: &P) -> BTreeSet<P> {
+        self.neighbors.iter().filter(|p| !self.is_lazy(origin, p)).cloned().collect()
     }
 
-    /// Neighbours off the tree (announcements go here).
-    pub fn lazy_peers(&self) -> &BTreeSet<P> {
-        &self.lazy
+    /// Neighbours off the tree of `origin` (announcements go here).
+    pub fn lazy_peers_for(&self, origin: &P) -> BTreeSet<P> {
+        self.neighbors.iter().filter(|p| self.is_lazy(origin, p)).cloned().collect()
+    }
+
+    /// Eager neighbours of our own broadcasts' tree (of the shared tree).
+    pub fn eager_peers(&self) -> BTreeSet<P> {
+        self.eager_peers_for(&self.me)
+    }
+
+    /// Lazy neighbours of our own broadcasts' tree (of the shared tree).
+    pub fn lazy_peers(&self) -> BTreeSet<P> {
+        self.lazy_peers_for(&self.me)
+    }
+
+    /// Neighbours (eager or lazy).
+    pub fn neighbors(&self) -> &BTreeSet<P> {
+        &self.neighbors
+    }
+
+    /// Per-origin trees held.
+    pub fn trees_len(&self) -> usize {
+        self.trees.len()
+    }
+
+    fn is_lazy(&self, origin: &P, p: &P) -> bool {
+        match self.config.tree {
+            Tree::Shared => self.shared_lazy.contains(p),
+            Tree::PerOrigin => self.trees.get(origin).is_some_and(|(l, _)| l.contains(p)),
+        }
+    }
+
+    /// Move `p` off the tree of `origin`.
+    fn set_lazy(&mut self, origin: &P, p: &P) {
+        if self.config.mode != Mode::Plumtree || !self.neighbors.contains(p) {
+            return;
+        }
+        match self.config.tree {
+            Tree::Shared => {
+                self.shared_lazy.insert(p.clone());
+            }
+            Tree::PerOrigin => {
+                self.tree_clock += 1;
+                let clock = self.tree_clock;
+                if !self.trees.contains_key(origin) && self.trees.len() >= self.config.max_trees {
+                    // Forget the least recently used tree (its links turn eager again).
+                    if let Some(old) = self.trees.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone()) {
+                        self.trees.remove(&old);
+                        self.stats.trees_evicted += 1;
+                    }
+                }
+                let (lazy, used) = self.trees.entry(origin.clone()).or_insert_with(|| (Vec::new(), clock));
+                *used = clock;
+                if !lazy.contains(p) {
+                    lazy.push(p.clone());
+                }
+            }
+        }
+    }
+
+    /// Put `p` on the tree of `origin`.
+    fn set_eager(&mut self, origin: &P, p: &P) {
+        match self.config.tree {
+            Tree::Shared => {
+                self.shared_lazy.remove(p);
+            }
+            Tree::PerOrigin => {
+                if let Some((lazy, _)) = self.trees.get_mut(origin) {
+                    lazy.retain(|q| q != p);
+                }
+            }
+        }
     }
 
     /// Counters.
@@ -412,6 +534,13 @@ impl<P: PeerId> State<P> {
     /// for the next message; the eager and lazy sets are kept.
     pub fn set_mode(&mut self, mode: Mode) {
         self.config.mode = mode;
+    }
+
+    /// Switch between one shared tree and per-origin trees. All links start eager again.
+    pub fn set_tree(&mut self, tree: Tree) {
+        self.config.tree = tree;
+        self.shared_lazy.clear();
+        self.trees.clear();
     }
 
     /// This node's incarnation.
@@ -449,13 +578,20 @@ impl<P: PeerId> State<P> {
             }
             Input::NeighborUp(p) => {
                 if p != self.me {
-                    self.lazy.remove(&p);
-                    self.eager.insert(p);
+                    // A new neighbour starts eager in every tree.
+                    self.shared_lazy.remove(&p);
+                    for (lazy, _) in self.trees.values_mut() {
+                        lazy.retain(|q| q != &p);
+                    }
+                    self.neighbors.insert(p);
                 }
             }
             Input::NeighborDown(p) => {
-                self.eager.remove(&p);
-                self.lazy.remove(&p);
+                self.neighbors.remove(&p);
+                self.shared_lazy.remove(&p);
+                for (lazy, _) in self.trees.values_mut() {
+                    lazy.retain(|q| q != &p);
+                }
                 self.ihave_queue.remove(&p);
                 for m in self.missing.values_mut() {
                     m.announcers.retain(|a| a != &p);
@@ -466,7 +602,7 @@ impl<P: PeerId> State<P> {
     }
 
     fn on_message(&mut self, now: Instant, from: P, message: Message<P>) {
-        if !self.eager.contains(&from) && !self.lazy.contains(&from) {
+        if !self.neighbors.contains(&from) {
             // Not a neighbour (yet, or any more): still take payloads and answer grafts,
             // but do not let it shape the tree.
             if let Message::Gossip { round, envelope } = message {
@@ -477,9 +613,9 @@ impl<P: PeerId> State<P> {
         match message {
             Message::Gossip { round, envelope } => self.on_gossip(now, Some(()), from, round, envelope),
             Message::IHave(anns) => self.on_ihave(now, from, anns),
-            Message::Graft { id } => {
+            Message::Graft { id, origin } => {
                 self.stats.grafts_received += 1;
-                self.make_eager(&from);
+                self.set_eager(&origin, &from);
                 if let Some(id) = id {
                     match self.cache.get(&id) {
                         Some(c) => {
@@ -491,11 +627,9 @@ impl<P: PeerId> State<P> {
                     }
                 }
             }
-            Message::Prune => {
+            Message::Prune { origin } => {
                 self.stats.prunes_received += 1;
-                if self.config.mode == Mode::Plumtree && self.eager.remove(&from) {
-                    self.lazy.insert(from);
-                }
+                self.set_lazy(&origin, &from);
             }
         }
     }
@@ -511,11 +645,9 @@ impl<P: PeerId> State<P> {
             Seen::Yes => {
                 self.stats.duplicates += 1;
                 if self.config.mode == Mode::Plumtree && neighbor.is_some() {
-                    if self.eager.remove(&from) {
-                        self.lazy.insert(from.clone());
-                    }
+                    self.set_lazy(&envelope.origin, &from);
                     self.stats.prunes_sent += 1;
-                    self.out.push(Output::Send { to: from, message: Message::Prune });
+                    self.out.push(Output::Send { to: from, message: Message::Prune { origin: envelope.origin } });
                 }
                 return;
             }
@@ -525,7 +657,7 @@ impl<P: PeerId> State<P> {
         self.missing.remove(&id);
         self.stats.delivered += 1;
         if neighbor.is_some() {
-            self.make_eager(&from);
+            self.set_eager(&envelope.origin, &from);
         }
         self.out.push(Output::Deliver(Delivery {
             id,
@@ -568,7 +700,13 @@ impl<P: PeerId> State<P> {
             }
             self.missing.insert(
                 a.id,
-                Missing { since: now, announcers: VecDeque::from([from.clone()]), attempt: 0, armed: true },
+                Missing {
+                    origin: a.origin.clone(),
+                    since: now,
+                    announcers: VecDeque::from([from.clone()]),
+                    attempt: 0,
+                    armed: true,
+                },
             );
             self.missing_order.push_back((a.id, now));
             self.out.push(Output::Timer {
@@ -596,12 +734,10 @@ impl<P: PeerId> State<P> {
         self.stats.optimizations += 1;
         self.stats.grafts_sent += 1;
         self.stats.prunes_sent += 1;
-        self.make_eager(from);
-        self.out.push(Output::Send { to: from.clone(), message: Message::Graft { id: None } });
-        if self.eager.remove(&parent) {
-            self.lazy.insert(parent.clone());
-        }
-        self.out.push(Output::Send { to: parent, message: Message::Prune });
+        self.set_eager(&a.origin, from);
+        self.out.push(Output::Send { to: from.clone(), message: Message::Graft { id: None, origin: a.origin.clone() } });
+        self.set_lazy(&a.origin, &parent);
+        self.out.push(Output::Send { to: parent, message: Message::Prune { origin: a.origin.clone() } });
     }
 
     fn on_graft_timer(&mut self, now: Instant, id: MessageId, attempt: u32) {
@@ -612,11 +748,12 @@ impl<P: PeerId> State<P> {
         match m.announcers.pop_front() {
             Some(p) => {
                 m.attempt += 1;
+                let origin = m.origin.clone();
                 let timer = Timer::Graft { id, attempt: m.attempt };
                 self.out.push(Output::Timer { at: now + self.config.graft_timeout_2, timer });
                 self.stats.grafts_sent += 1;
-                self.make_eager(&p);
-                self.out.push(Output::Send { to: p, message: Message::Graft { id: Some(id) } });
+                self.set_eager(&origin, &p);
+                self.out.push(Output::Send { to: p, message: Message::Graft { id: Some(id), origin } });
             }
             None => {
                 m.armed = false;
@@ -625,26 +762,26 @@ impl<P: PeerId> State<P> {
         }
     }
 
-    fn make_eager(&mut self, p: &P) {
-        self.lazy.remove(p);
-        self.eager.insert(p.clone());
-    }
-
     /// Eager push to the eager set (all neighbours when flooding), lazy push to the rest.
     fn push(&mut self, now: Instant, id: MessageId, envelope: &Envelope<P>, round: u32, except: Option<&P>) {
         let flood = self.config.mode == Mode::Flood;
-        for p in self.eager.iter().chain(self.lazy.iter().filter(|_| flood)) {
+        if let (Tree::PerOrigin, Some(t)) = (self.config.tree, self.trees.get_mut(&envelope.origin)) {
+            self.tree_clock += 1;
+            t.1 = self.tree_clock;
+        }
+        let mut lazy = Vec::new();
+        for p in &self.neighbors {
             if Some(p) == except {
+                continue;
+            }
+            if !flood && self.is_lazy(&envelope.origin, p) {
+                lazy.push(p.clone());
                 continue;
             }
             self.stats.gossip_sent += 1;
             self.out
                 .push(Output::Send { to: p.clone(), message: Message::Gossip { round, envelope: envelope.clone() } });
         }
-        if flood {
-            return;
-        }
-        let lazy: Vec<P> = self.lazy.iter().filter(|p| Some(*p) != except).cloned().collect();
         for p in lazy {
             let ann = Announcement {
                 id,
@@ -687,7 +824,7 @@ impl<P: PeerId> State<P> {
             Some(s) if e.incarnation < s.incarnation => Seen::Stale,
             Some(s) if e.incarnation > s.incarnation => Seen::No,
             Some(s) => {
-                if e.seq <= s.watermark || s.above.contains(&e.seq) {
+                if e.seq <= s.watermark || s.above.as_ref().is_some_and(|a| a.contains(&e.seq)) {
                     Seen::Yes
                 } else {
                     Seen::No
@@ -700,27 +837,36 @@ impl<P: PeerId> State<P> {
         let s = self.seen.entry(e.origin.clone()).or_insert(OriginSeen {
             incarnation: e.incarnation,
             watermark: 0,
-            above: BTreeSet::new(),
+            above: None,
         });
         if e.incarnation > s.incarnation {
-            *s = OriginSeen { incarnation: e.incarnation, watermark: 0, above: BTreeSet::new() };
+            *s = OriginSeen { incarnation: e.incarnation, watermark: 0, above: None };
         }
         if e.seq <= s.watermark {
             return;
         }
-        s.above.insert(e.seq);
-        while s.above.remove(&(s.watermark + 1)) {
+        if e.seq == s.watermark + 1 && s.above.is_none() {
+            // The common case: in order, nothing pending above.
+            s.watermark += 1;
+            return;
+        }
+        let above = s.above.get_or_insert_with(Default::default);
+        above.insert(e.seq);
+        while above.remove(&(s.watermark + 1)) {
             s.watermark += 1;
         }
-        while s.above.len() > self.config.dedupe_window {
+        while above.len() > self.config.dedupe_window {
             // Bounded memory: give up on the oldest gap. Counted, never silent.
-            if let Some(first) = s.above.pop_first() {
+            if let Some(first) = above.pop_first() {
                 s.watermark = first;
                 self.stats.dedupe_window_overflows += 1;
             }
-            while s.above.remove(&(s.watermark + 1)) {
+            while above.remove(&(s.watermark + 1)) {
                 s.watermark += 1;
             }
+        }
+        if above.is_empty() {
+            s.above = None;
         }
     }
 

@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use super::*;
 
 fn node(me: u32) -> State<u32> {
-    State::new(me, 1, Config { ihave_batch_window: Duration::ZERO, ..Config::lan() })
+    State::new(me, 1, Config { ihave_batch_window: Duration::ZERO, tree: Tree::Shared, ..Config::lan() })
 }
 
 fn sends(out: Vec<Output<u32>>) -> Vec<(u32, Message<u32>)> {
@@ -23,6 +23,38 @@ fn up(s: &mut State<u32>, peers: &[u32]) {
 
 fn env(origin: u32, seq: u64, payload: &'static [u8]) -> Envelope<u32> {
     Envelope { origin, incarnation: 1, seq, payload: Bytes::from_static(payload) }
+}
+
+#[test]
+fn per_origin_prune_leaves_other_origins_eager() {
+    let now = Instant::now();
+    let mut s = State::new(0u32, 1, Config { ihave_batch_window: Duration::ZERO, ..Config::lan() });
+    assert_eq!(s.config().tree, Tree::PerOrigin);
+    up(&mut s, &[1, 2]);
+    let _ = s.handle(now, Input::Message { from: 1, message: Message::Prune { origin: 7 } });
+    assert!(s.lazy_peers_for(&7).contains(&1));
+    assert!(s.eager_peers_for(&8).contains(&1), "another origin's tree is untouched");
+    assert!(s.eager_peers().contains(&1), "our own tree too");
+    // A payload from 7 goes eager to 2 only, IHave to 1.
+    let e = env(7, 1, b"x");
+    let out = sends(s.handle(now, Input::Message { from: 2, message: Message::Gossip { round: 0, envelope: e.clone() } }).collect());
+    assert!(out.iter().any(|(to, m)| *to == 1 && matches!(m, Message::IHave(_))), "{out:?}");
+    assert!(!out.iter().any(|(to, m)| *to == 1 && matches!(m, Message::Gossip { .. })));
+    // Graft for origin 7 puts 1 back on 7's tree.
+    let _ = s.handle(now, Input::Message { from: 1, message: Message::Graft { id: Some(e.id()), origin: 7 } });
+    assert!(s.eager_peers_for(&7).contains(&1));
+}
+
+#[test]
+fn per_origin_trees_are_bounded() {
+    let now = Instant::now();
+    let mut s = State::new(0u32, 1, Config { max_trees: 3, ..Config::lan() });
+    up(&mut s, &[1]);
+    for o in 10..20u32 {
+        let _ = s.handle(now, Input::Message { from: 1, message: Message::Prune { origin: o } });
+    }
+    assert_eq!(s.trees_len(), 3);
+    assert_eq!(s.stats().trees_evicted, 7);
 }
 
 #[test]
@@ -69,7 +101,7 @@ fn first_gossip_delivers_and_forwards_duplicate_prunes() {
     // The same message from 2: duplicate, Prune, 2 becomes lazy.
     let out: Vec<_> =
         s.handle(now, Input::Message { from: 2, message: Message::Gossip { round: 5, envelope: e } }).collect();
-    assert_eq!(sends(out), vec![(2, Message::Prune)]);
+    assert_eq!(sends(out), vec![(2, Message::Prune { origin: 9 })]);
     assert!(s.lazy_peers().contains(&2) && !s.eager_peers().contains(&2));
     assert_eq!(s.stats().duplicates, 1);
 }
@@ -79,7 +111,7 @@ fn lazy_peers_get_ihave_and_prune_makes_lazy() {
     let now = Instant::now();
     let mut s = node(0);
     up(&mut s, &[1, 2]);
-    let _ = s.handle(now, Input::Message { from: 2, message: Message::Prune });
+    let _ = s.handle(now, Input::Message { from: 2, message: Message::Prune { origin: 0 } });
     let (id, out) = s.broadcast(now, Bytes::from_static(b"x"));
     let sent = sends(out.collect());
     assert!(matches!(&sent[0], (1, Message::Gossip { .. })));
@@ -100,12 +132,12 @@ fn ihave_for_missing_message_grafts_after_timer1_then_next_announcer_after_timer
     let _ = s.handle(t0, Input::Message { from: 2, message: Message::IHave(vec![ann]) });
     let out: Vec<_> = s.handle(t1, Input::Timer(Timer::Graft { id: e.id(), attempt: 0 })).collect();
     let t2 = t1 + s.config().graft_timeout_2;
-    assert!(out.contains(&Output::Send { to: 1, message: Message::Graft { id: Some(e.id()) } }));
+    assert!(out.contains(&Output::Send { to: 1, message: Message::Graft { id: Some(e.id()), origin: 9 } }));
     assert!(out.contains(&Output::Timer { at: t2, timer: Timer::Graft { id: e.id(), attempt: 1 } }));
     // A stale timer does nothing.
     assert!(s.handle(t1, Input::Timer(Timer::Graft { id: e.id(), attempt: 0 })).next().is_none());
     let out: Vec<_> = s.handle(t2, Input::Timer(Timer::Graft { id: e.id(), attempt: 1 })).collect();
-    assert!(out.contains(&Output::Send { to: 2, message: Message::Graft { id: Some(e.id()) } }));
+    assert!(out.contains(&Output::Send { to: 2, message: Message::Graft { id: Some(e.id()), origin: 9 } }));
     // The payload arrives: delivered once, timers now stale.
     let out: Vec<_> =
         s.handle(t2, Input::Message { from: 2, message: Message::Gossip { round: 1, envelope: e.clone() } }).collect();
@@ -118,9 +150,9 @@ fn graft_answers_from_cache_and_makes_eager() {
     let now = Instant::now();
     let mut s = node(0);
     up(&mut s, &[1]);
-    let _ = s.handle(now, Input::Message { from: 1, message: Message::Prune });
+    let _ = s.handle(now, Input::Message { from: 1, message: Message::Prune { origin: 0 } });
     let (id, _) = s.broadcast(now, Bytes::from_static(b"c"));
-    let out = sends(s.handle(now, Input::Message { from: 1, message: Message::Graft { id: Some(id) } }).collect());
+    let out = sends(s.handle(now, Input::Message { from: 1, message: Message::Graft { id: Some(id), origin: 0 } }).collect());
     assert!(matches!(&out[..], [(1, Message::Gossip { round: 0, .. })]));
     assert!(s.eager_peers().contains(&1));
 }
@@ -134,7 +166,7 @@ fn optimization_swaps_parent_when_ihave_is_much_earlier() {
     let _ = s.handle(now, Input::Message { from: 1, message: Message::Gossip { round: 9, envelope: e.clone() } });
     let ann = Announcement { id: e.id(), origin: 9, incarnation: 1, seq: 1, round: 1 };
     let out = sends(s.handle(now, Input::Message { from: 2, message: Message::IHave(vec![ann]) }).collect());
-    assert_eq!(out, vec![(2, Message::Graft { id: None }), (1, Message::Prune)]);
+    assert_eq!(out, vec![(2, Message::Graft { id: None, origin: 9 }), (1, Message::Prune { origin: 9 })]);
     assert!(s.eager_peers().contains(&2) && s.lazy_peers().contains(&1));
 }
 
@@ -188,9 +220,9 @@ struct Net {
 }
 
 impl Net {
-    fn new(n: u32, edges: &[(u32, u32)], mode: Mode) -> Self {
+    fn new(n: u32, edges: &[(u32, u32)], mode: Mode, tree: Tree) -> Self {
         let mut nodes: BTreeMap<u32, State<u32>> =
-            (0..n).map(|i| (i, State::new(i, 1, Config { mode, ..Config::lan() }))).collect();
+            (0..n).map(|i| (i, State::new(i, 1, Config { mode, tree, ..Config::lan() }))).collect();
         let now = Instant::now();
         for &(a, b) in edges {
             let _ = nodes.get_mut(&a).unwrap().handle(now, Input::NeighborUp(b));
@@ -269,9 +301,11 @@ proptest! {
         extra in proptest::collection::vec((0u32..16, 0u32..16), 0..30),
         senders in proptest::collection::vec(0u32..16, 1..25),
         flood in any::<bool>(),
+        per_origin in any::<bool>(),
     ) {
         let edges = connected_edges(n, &extra);
-        let mut net = Net::new(n, &edges, if flood { Mode::Flood } else { Mode::Plumtree });
+        let tree = if per_origin { Tree::PerOrigin } else { Tree::Shared };
+        let mut net = Net::new(n, &edges, if flood { Mode::Flood } else { Mode::Plumtree }, tree);
         let mut ids = Vec::new();
         for (k, s) in senders.iter().enumerate() {
             ids.push((s % n, net.broadcast(s % n, b"payload")));
@@ -287,7 +321,7 @@ proptest! {
         }
         // Every node's eager and lazy sets partition its neighbours.
         for s in net.nodes.values() {
-            prop_assert!(s.eager_peers().is_disjoint(s.lazy_peers()));
+            prop_assert!(s.eager_peers().is_disjoint(&s.lazy_peers()));
         }
     }
 }

@@ -117,7 +117,7 @@ fn peak_rss_bytes() -> u64 {
 }
 
 fn bench(quick: bool) -> anyhow::Result<ExitCode> {
-    let runs: &[(usize, usize)] = if quick { &[(10_000, 1_000)] } else { &[(10_000, 1_000), (100_000, 100)] };
+    let runs: &[(usize, usize)] = if std::env::var_os("PLUMCAST_SIM_BENCH_SMALL").is_some() { &[(10_000, 100)] } else if quick { &[(10_000, 1_000)] } else { &[(10_000, 1_000), (100_000, 100)] };
     println!(
         "| nodes | broadcasts | build s | broadcast phase s | total s | events | events/s | reliability | peak RSS MiB |"
     );
@@ -149,7 +149,20 @@ fn bench(quick: bool) -> anyhow::Result<ExitCode> {
             rel / b as f64 * 100.0,
             peak_rss_bytes() as f64 / (1 << 20) as f64
         );
-        let _ = e0;
+        let c = sim.counters();
+        eprintln!(
+            "per broadcast: events {:.0}, messages {:.0}, announcements {:.0}, IHave frames {:.0}, graft timers {:.0}, IHave timers {:.0}, membership timers {:.0}, grafts {:.0}, prunes {:.0}; queue {}",
+            (events - e0) as f64 / b as f64,
+            c.messages as f64 / b as f64,
+            c.announcements as f64 / b as f64,
+            c.ihave_frames as f64 / b as f64,
+            c.graft_timers as f64 / b as f64,
+            c.ihave_timers as f64 / b as f64,
+            c.membership_timers as f64 / b as f64,
+            c.grafts as f64 / b as f64,
+            c.prunes as f64 / b as f64,
+            sim.queue_len(),
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

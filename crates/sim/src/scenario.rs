@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use plumcast::proto::Mode;
+use plumcast::proto::{Mode, Tree};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -37,8 +37,10 @@ pub enum Kind {
 pub enum RunMode {
     /// Plumtree, one sender (node 0 of the live nodes).
     PlumtreeSingle,
-    /// Plumtree, a random live sender per broadcast.
+    /// Plumtree (one shared tree, as the paper), a random live sender per broadcast.
     PlumtreeMulti,
+    /// Plumtree with one tree per origin (the node's default), random senders.
+    PlumtreeMultiPerOrigin,
     /// Eager flooding, random senders: the papers' baseline.
     Flood,
 }
@@ -49,6 +51,7 @@ impl RunMode {
         match self {
             Self::PlumtreeSingle => "plumtree-single",
             Self::PlumtreeMulti => "plumtree-multi",
+            Self::PlumtreeMultiPerOrigin => "plumtree-multi-per-origin",
             Self::Flood => "flood",
         }
     }
@@ -282,6 +285,8 @@ fn sim_config(s: &Scenario, seed: u64, detector: Detector) -> SimConfig {
 fn set_mode(sim: &mut Sim, mode: RunMode) {
     let m = if mode == RunMode::Flood { Mode::Flood } else { Mode::Plumtree };
     sim.set_broadcast_mode(m);
+    let tree = if mode == RunMode::PlumtreeMultiPerOrigin { Tree::PerOrigin } else { Tree::Shared };
+    sim.set_broadcast_tree(tree);
 }
 
 fn pick_sender(sim: &Sim, mode: RunMode, rng: &mut ChaCha8Rng) -> Option<u32> {

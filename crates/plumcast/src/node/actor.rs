@@ -79,6 +79,8 @@ pub(crate) struct Actor {
     congested: bool,
     drained: Arc<Notify>,
     left_to: Vec<NodeId>,
+    /// The last Gossip encoded, to share its frame across eager peers.
+    last_frame: Option<(proto::Message<PeerInfo>, Bytes)>,
     stats: NetStats,
 }
 
@@ -111,6 +113,7 @@ impl Actor {
             congested: false,
             drained: Arc::new(Notify::new()),
             left_to: Vec::new(),
+            last_frame: None,
             stats: NetStats::default(),
         }
     }
@@ -282,12 +285,22 @@ impl Actor {
             self.stats.ihave_shed += 1;
             return;
         }
-        let frame = match encode_frame(message) {
-            Ok(f) => f,
-            Err(e) => {
-                warn!(error = %e, "cannot encode a frame");
-                return;
-            }
+        // Eager push emits the same Gossip for every eager peer in a row: encode it once
+        // and share the frame (`Bytes` is reference counted).
+        let frame = match &self.last_frame {
+            Some((m, f)) if m == message => f.clone(),
+            _ => match encode_frame(message) {
+                Ok(f) => {
+                    if matches!(message, proto::Message::Broadcast(broadcast::Message::Gossip { .. })) {
+                        self.last_frame = Some((message.clone(), f.clone()));
+                    }
+                    f
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot encode a frame");
+                    return;
+                }
+            },
         };
         self.stats.frames_sent += 1;
         self.stats.bytes_sent += frame.len() as u64;

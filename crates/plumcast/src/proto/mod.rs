@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use plumcast_broadcast as broadcast;
-pub use plumcast_broadcast::{Delivery, Envelope, MessageId, Mode};
+pub use plumcast_broadcast::{Delivery, Envelope, MessageId, Mode, Tree};
 pub use plumcast_membership as membership;
 pub use plumcast_membership::DownReason;
 
@@ -167,6 +167,8 @@ pub struct State<P: Peer, R> {
     peers: BTreeMap<P::Id, P>,
     unroutable: u64,
     out: Vec<Output<P>>,
+    scratch_m: Vec<membership::Output<P>>,
+    scratch_b: Vec<broadcast::Output<P::Id>>,
 }
 
 impl<P: Peer, R: RngCore> State<P, R> {
@@ -179,6 +181,8 @@ impl<P: Peer, R: RngCore> State<P, R> {
             peers: BTreeMap::new(),
             unroutable: 0,
             out: Vec::new(),
+            scratch_m: Vec::new(),
+            scratch_b: Vec::new(),
         }
     }
 
@@ -197,6 +201,11 @@ impl<P: Peer, R: RngCore> State<P, R> {
         self.broadcast.set_mode(mode);
     }
 
+    /// Switch between one shared tree and per-origin trees (all links eager again).
+    pub fn set_broadcast_tree(&mut self, tree: Tree) {
+        self.broadcast.set_tree(tree);
+    }
+
     /// Plumtree messages addressed to a peer that was no longer a neighbour (dropped).
     pub fn unroutable(&self) -> u64 {
         self.unroutable
@@ -204,9 +213,11 @@ impl<P: Peer, R: RngCore> State<P, R> {
 
     /// Broadcast `payload` to the cluster. Returns its id and the outputs.
     pub fn broadcast(&mut self, now: Instant, payload: Bytes) -> (MessageId, std::vec::Drain<'_, Output<P>>) {
+        let mut b = std::mem::take(&mut self.scratch_b);
         let (id, out) = self.broadcast.broadcast(now, payload);
-        let out: Vec<_> = out.collect();
-        self.absorb_broadcast(out);
+        b.extend(out);
+        self.absorb_broadcast(&mut b);
+        self.scratch_b = b;
         (id, self.out.drain(..))
     }
 
@@ -224,15 +235,10 @@ impl<P: Peer, R: RngCore> State<P, R> {
                     let stray = membership::Message::Heartbeat;
                     self.membership_input(now, membership::Input::Message { from: from.clone(), message: stray });
                 }
-                let out: Vec<_> =
-                    self.broadcast.handle(now, broadcast::Input::Message { from: from.id(), message }).collect();
-                self.absorb_broadcast(out);
+                self.broadcast_input(now, broadcast::Input::Message { from: from.id(), message });
             }
             Input::Timer(Timer::Membership(t)) => self.membership_input(now, membership::Input::Timer(t)),
-            Input::Timer(Timer::Broadcast(t)) => {
-                let out: Vec<_> = self.broadcast.handle(now, broadcast::Input::Timer(t)).collect();
-                self.absorb_broadcast(out);
-            }
+            Input::Timer(Timer::Broadcast(t)) => self.broadcast_input(now, broadcast::Input::Timer(t)),
             Input::ConnectionLost { peer } => self.membership_input(now, membership::Input::ConnectionLost { peer }),
             Input::Misbehaved { peer } => self.membership_input(now, membership::Input::Misbehaved { peer }),
             Input::JoinFailed => self.membership_input(now, membership::Input::JoinFailed),
@@ -241,9 +247,18 @@ impl<P: Peer, R: RngCore> State<P, R> {
         self.out.drain(..)
     }
 
+    /// Feed the Plumtree state, reusing a scratch buffer (no allocation per call).
+    fn broadcast_input(&mut self, now: Instant, input: broadcast::Input<P::Id>) {
+        let mut b = std::mem::take(&mut self.scratch_b);
+        b.extend(self.broadcast.handle(now, input));
+        self.absorb_broadcast(&mut b);
+        self.scratch_b = b;
+    }
+
     fn membership_input(&mut self, now: Instant, input: membership::Input<P>) {
-        let out: Vec<_> = self.membership.handle(now, input).collect();
-        for o in out {
+        let mut m = std::mem::take(&mut self.scratch_m);
+        m.extend(self.membership.handle(now, input));
+        for o in m.drain(..) {
             match o {
                 membership::Output::Send { to, message } => {
                     self.out.push(Output::Send { to, message: Message::Membership(message) })
@@ -255,22 +270,21 @@ impl<P: Peer, R: RngCore> State<P, R> {
                 membership::Output::Rejoin => self.out.push(Output::Rejoin),
                 membership::Output::Event(membership::Event::NeighborUp(p)) => {
                     self.peers.insert(p.id(), p.clone());
-                    let out: Vec<_> = self.broadcast.handle(now, broadcast::Input::NeighborUp(p.id())).collect();
-                    self.out.push(Output::Event(Event::NeighborUp(p)));
-                    self.absorb_broadcast(out);
+                    self.out.push(Output::Event(Event::NeighborUp(p.clone())));
+                    self.broadcast_input(now, broadcast::Input::NeighborUp(p.id()));
                 }
                 membership::Output::Event(membership::Event::NeighborDown { peer, reason }) => {
                     self.peers.remove(&peer.id());
-                    let out: Vec<_> = self.broadcast.handle(now, broadcast::Input::NeighborDown(peer.id())).collect();
-                    self.out.push(Output::Event(Event::NeighborDown { peer, reason }));
-                    self.absorb_broadcast(out);
+                    self.out.push(Output::Event(Event::NeighborDown { peer: peer.clone(), reason }));
+                    self.broadcast_input(now, broadcast::Input::NeighborDown(peer.id()));
                 }
             }
         }
+        self.scratch_m = m;
     }
 
-    fn absorb_broadcast(&mut self, out: Vec<broadcast::Output<P::Id>>) {
-        for o in out {
+    fn absorb_broadcast(&mut self, out: &mut Vec<broadcast::Output<P::Id>>) {
+        for o in out.drain(..) {
             match o {
                 broadcast::Output::Send { to, message } => match self.peers.get(&to) {
                     Some(p) => self.out.push(Output::Send { to: p.clone(), message: Message::Broadcast(message) }),
