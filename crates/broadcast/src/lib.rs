@@ -201,6 +201,13 @@ pub struct Config {
     pub dedupe_window: usize,
     /// Deliver our own broadcasts to ourselves too. Default `false`.
     pub deliver_own: bool,
+    /// Catch-up on NeighborUp: a new neighbour is sent IHave announcements for the payloads
+    /// cached in this last span, so a message that was spreading while the link was down
+    /// (a failure, a partition, a node that broadcast with no neighbour) is grafted instead
+    /// of lost. Zero disables it.
+    pub catch_up_window: Duration,
+    /// Most announcements in one catch-up.
+    pub catch_up_max: usize,
 }
 
 impl Default for Config {
@@ -227,6 +234,8 @@ impl Config {
             max_missing: 16_384,
             dedupe_window: 65_536,
             deliver_own: false,
+            catch_up_window: Duration::from_secs(10),
+            catch_up_max: 1024,
         }
     }
 
@@ -350,6 +359,8 @@ pub struct Stats {
     pub dedupe_window_overflows: u64,
     /// Per-origin trees forgotten because `max_trees` were in use.
     pub trees_evicted: u64,
+    /// Catch-up announcements sent to new neighbours.
+    pub catch_ups: u64,
 }
 
 /// Exact dedupe state of one origin: every seq ≤ `watermark` was seen, plus those in
@@ -401,6 +412,7 @@ pub struct State<P> {
     missing_order: VecDeque<(MessageId, Instant)>,
     ihave_queue: BTreeMap<P, Vec<Announcement<P>>>,
     ihave_armed: bool,
+    next_expiry: Option<Instant>,
     stats: Stats,
     out: Vec<Output<P>>,
 }
@@ -425,6 +437,7 @@ impl<P: PeerId> State<P> {
             missing_order: VecDeque::new(),
             ihave_queue: BTreeMap::new(),
             ihave_armed: false,
+            next_expiry: None,
             stats: Stats::default(),
             out: Vec::new(),
         }
@@ -583,7 +596,8 @@ impl<P: PeerId> State<P> {
                     for (lazy, _) in self.trees.values_mut() {
                         lazy.retain(|q| q != &p);
                     }
-                    self.neighbors.insert(p);
+                    self.neighbors.insert(p.clone());
+                    self.catch_up(now, p);
                 }
             }
             Input::NeighborDown(p) => {
@@ -735,7 +749,8 @@ impl<P: PeerId> State<P> {
         self.stats.grafts_sent += 1;
         self.stats.prunes_sent += 1;
         self.set_eager(&a.origin, from);
-        self.out.push(Output::Send { to: from.clone(), message: Message::Graft { id: None, origin: a.origin.clone() } });
+        self.out
+            .push(Output::Send { to: from.clone(), message: Message::Graft { id: None, origin: a.origin.clone() } });
         self.set_lazy(&a.origin, &parent);
         self.out.push(Output::Send { to: parent, message: Message::Prune { origin: a.origin.clone() } });
     }
@@ -804,6 +819,38 @@ impl<P: PeerId> State<P> {
                 self.ihave_armed = true;
                 self.out.push(Output::Timer { at: now + self.config.ihave_batch_window, timer: Timer::IHaveFlush });
             }
+        }
+    }
+
+    /// Announce recently cached payloads to a new neighbour (newest first, bounded).
+    fn catch_up(&mut self, now: Instant, p: P) {
+        if self.config.catch_up_window.is_zero() || self.config.catch_up_max == 0 || self.config.mode == Mode::Flood {
+            return;
+        }
+        let mut anns = Vec::new();
+        for (id, at) in self.cache_order.iter().rev() {
+            if now.saturating_duration_since(*at) > self.config.catch_up_window
+                || anns.len() >= self.config.catch_up_max
+            {
+                break;
+            }
+            if let Some(c) = self.cache.get(id) {
+                let e = &c.envelope;
+                let ann = Announcement {
+                    id: *id,
+                    origin: e.origin.clone(),
+                    incarnation: e.incarnation,
+                    seq: e.seq,
+                    round: c.send_round,
+                };
+                anns.push(ann);
+            }
+        }
+        if !anns.is_empty() {
+            self.stats.catch_ups += 1;
+            self.stats.ihave_sent += 1;
+            self.stats.announcements_sent += anns.len() as u64;
+            self.out.push(Output::Send { to: p, message: Message::IHave(anns) });
         }
     }
 
@@ -891,8 +938,14 @@ impl<P: PeerId> State<P> {
         true
     }
 
-    /// Drop cached payloads and missing records older than `cache_max_age`.
+    /// Drop cached payloads and missing records older than `cache_max_age`. Runs at most
+    /// once per second of `now` (an entry lives at most 1 s past its age limit), so the
+    /// per-input cost is one comparison.
     fn expire(&mut self, now: Instant) {
+        if self.next_expiry.is_some_and(|t| now < t) {
+            return;
+        }
+        self.next_expiry = Some(now + Duration::from_secs(1));
         let max = self.config.cache_max_age;
         while self.cache_order.front().is_some_and(|(_, t)| now.saturating_duration_since(*t) > max) {
             self.evict_oldest();

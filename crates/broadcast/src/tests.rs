@@ -37,12 +37,28 @@ fn per_origin_prune_leaves_other_origins_eager() {
     assert!(s.eager_peers().contains(&1), "our own tree too");
     // A payload from 7 goes eager to 2 only, IHave to 1.
     let e = env(7, 1, b"x");
-    let out = sends(s.handle(now, Input::Message { from: 2, message: Message::Gossip { round: 0, envelope: e.clone() } }).collect());
+    let out = sends(
+        s.handle(now, Input::Message { from: 2, message: Message::Gossip { round: 0, envelope: e.clone() } }).collect(),
+    );
     assert!(out.iter().any(|(to, m)| *to == 1 && matches!(m, Message::IHave(_))), "{out:?}");
     assert!(!out.iter().any(|(to, m)| *to == 1 && matches!(m, Message::Gossip { .. })));
     // Graft for origin 7 puts 1 back on 7's tree.
     let _ = s.handle(now, Input::Message { from: 1, message: Message::Graft { id: Some(e.id()), origin: 7 } });
     assert!(s.eager_peers_for(&7).contains(&1));
+}
+
+#[test]
+fn a_new_neighbor_gets_recent_messages_announced() {
+    let now = Instant::now();
+    let mut s = node(0);
+    up(&mut s, &[1]);
+    let (id, _) = s.broadcast(now, Bytes::from_static(b"while you were away"));
+    let out = sends(s.handle(now + Duration::from_secs(1), Input::NeighborUp(2)).collect());
+    let [(2, Message::IHave(anns))] = &out[..] else { panic!("{out:?}") };
+    assert_eq!(anns[0].id, id);
+    // Older than the window: not announced.
+    let out = sends(s.handle(now + Duration::from_secs(20), Input::NeighborUp(3)).collect());
+    assert!(out.is_empty());
 }
 
 #[test]
@@ -152,7 +168,8 @@ fn graft_answers_from_cache_and_makes_eager() {
     up(&mut s, &[1]);
     let _ = s.handle(now, Input::Message { from: 1, message: Message::Prune { origin: 0 } });
     let (id, _) = s.broadcast(now, Bytes::from_static(b"c"));
-    let out = sends(s.handle(now, Input::Message { from: 1, message: Message::Graft { id: Some(id), origin: 0 } }).collect());
+    let out =
+        sends(s.handle(now, Input::Message { from: 1, message: Message::Graft { id: Some(id), origin: 0 } }).collect());
     assert!(matches!(&out[..], [(1, Message::Gossip { round: 0, .. })]));
     assert!(s.eager_peers().contains(&1));
 }

@@ -117,7 +117,13 @@ fn peak_rss_bytes() -> u64 {
 }
 
 fn bench(quick: bool) -> anyhow::Result<ExitCode> {
-    let runs: &[(usize, usize)] = if std::env::var_os("PLUMCAST_SIM_BENCH_SMALL").is_some() { &[(10_000, 100)] } else if quick { &[(10_000, 1_000)] } else { &[(10_000, 1_000), (100_000, 100)] };
+    let runs: &[(usize, usize)] = if std::env::var_os("PLUMCAST_SIM_BENCH_SMALL").is_some() {
+        &[(10_000, 100)]
+    } else if quick {
+        &[(10_000, 1_000)]
+    } else {
+        &[(10_000, 1_000), (100_000, 100)]
+    };
     println!(
         "| nodes | broadcasts | build s | broadcast phase s | total s | events | events/s | reliability | peak RSS MiB |"
     );

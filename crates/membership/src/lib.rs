@@ -368,6 +368,7 @@ pub struct Stats {
 #[derive(Clone, Debug)]
 struct Pending {
     nonce: u64,
+    priority: Priority,
 }
 
 /// The HyParView state of one node. See the crate docs for the driving contract.
@@ -379,8 +380,10 @@ pub struct State<P, R> {
     active: Vec<P>,
     passive: Vec<P>,
     pending: BTreeMap<P, Pending>,
-    rejected: BTreeSet<P>,
-    detectors: BTreeMap<P, PhiAccrual>,
+    /// Peers that refused our Neighbor request this round, with the priority we asked at.
+    rejected: BTreeMap<P, Priority>,
+    /// One φ detector per active peer (≤ active capacity: a Vec scans faster than a map).
+    detectors: Vec<(P, PhiAccrual)>,
     last_shuffle_sent: Vec<P>,
     timers_started: bool,
     rejoin_attempt: u32,
@@ -401,8 +404,8 @@ impl<P: Peer, R: RngCore> State<P, R> {
             active: Vec::new(),
             passive: Vec::new(),
             pending: BTreeMap::new(),
-            rejected: BTreeSet::new(),
-            detectors: BTreeMap::new(),
+            rejected: BTreeMap::new(),
+            detectors: Vec::new(),
             last_shuffle_sent: Vec::new(),
             timers_started: false,
             rejoin_attempt: 0,
@@ -451,7 +454,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
 
     /// The current φ of an active neighbour, if it is one.
     pub fn phi(&self, now: Instant, peer: &P) -> Option<f64> {
-        self.detectors.get(peer).map(|d| self.phi_of(d, now))
+        self.detector(peer).map(|d| self.phi_of(d, now))
     }
 
     /// Record that something arrived from `peer` at `now` (any frame counts as a
@@ -462,8 +465,8 @@ impl<P: Peer, R: RngCore> State<P, R> {
     /// a peer that is neither means the peer still lists us: the host should feed that
     /// message as an [`Input::Message`] so the state can answer `Disconnect`.
     pub fn heard(&mut self, now: Instant, peer: &P) -> bool {
-        match self.detectors.get_mut(peer) {
-            Some(d) => {
+        match self.detectors.iter_mut().find(|(p, _)| p == peer) {
+            Some((_, d)) => {
                 d.heard(now);
                 true
             }
@@ -488,7 +491,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
             Input::Join { contact } => self.on_join_command(now, contact),
             Input::Message { from, message } => {
                 if from != self.me && !self.left {
-                    if let Some(d) = self.detectors.get_mut(&from) {
+                    if let Some((_, d)) = self.detectors.iter_mut().find(|(p, _)| *p == from) {
                         d.heard(now);
                     }
                     self.on_message(now, from, message);
@@ -526,13 +529,13 @@ impl<P: Peer, R: RngCore> State<P, R> {
             return;
         }
         self.out.push(Output::Send { to: contact.clone(), message: Message::Join });
-        self.add_pending(now, contact);
+        self.add_pending(now, contact, Priority::High);
     }
 
-    fn add_pending(&mut self, now: Instant, peer: P) {
+    fn add_pending(&mut self, now: Instant, peer: P, priority: Priority) {
         let nonce = self.next_nonce;
         self.next_nonce += 1;
-        self.pending.insert(peer.clone(), Pending { nonce });
+        self.pending.insert(peer.clone(), Pending { nonce, priority });
         self.out.push(Output::Timer {
             at: now + self.config.neighbor_request_timeout,
             timer: Timer::NeighborTimeout { peer, nonce },
@@ -594,12 +597,12 @@ impl<P: Peer, R: RngCore> State<P, R> {
                 self.out.push(Output::Send { to: from, message: Message::NeighborReply { accepted: accept } });
             }
             Message::NeighborReply { accepted } => {
-                if self.pending.remove(&from).is_some() {
+                if let Some(p) = self.pending.remove(&from) {
                     if accepted {
                         self.add_active(now, from);
                     } else {
                         self.stats.neighbor_requests_rejected += 1;
-                        self.rejected.insert(from.clone());
+                        self.rejected.insert(from.clone(), p.priority);
                         self.add_passive(from);
                         self.fill_active(now);
                     }
@@ -681,7 +684,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
                 let mut failed = Vec::new();
                 for p in &self.active {
                     self.out.push(Output::Send { to: p.clone(), message: Message::Heartbeat });
-                    if let Some(d) = self.detectors.get(p) {
+                    if let Some(d) = self.detector(p) {
                         if self.phi_of(d, now) > self.config.phi_threshold {
                             failed.push(p.clone());
                         }
@@ -756,10 +759,22 @@ impl<P: Peer, R: RngCore> State<P, R> {
             return;
         }
         while self.active.len() + self.pending.len() < self.config.active_view_capacity {
+            // With an empty active view the request is High priority and cannot be
+            // refused, so peers that refused a Low request earlier are fair game again.
+            let isolated = self.active.is_empty();
             let candidates: Vec<P> = self
                 .passive
                 .iter()
-                .filter(|p| !self.pending.contains_key(*p) && !self.rejected.contains(*p))
+                .filter(|p| {
+                    !self.pending.contains_key(*p)
+                        && match self.rejected.get(*p) {
+                            None => true,
+                            // A peer that refused even a High request is not asked again
+                            // this round (no request storm against a broken peer).
+                            Some(Priority::High) => false,
+                            Some(Priority::Low) => isolated,
+                        }
+                })
                 .cloned()
                 .collect();
             if candidates.is_empty() {
@@ -779,7 +794,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
         }
         self.stats.neighbor_requests_sent += 1;
         self.out.push(Output::Send { to: peer.clone(), message: Message::Neighbor { priority } });
-        self.add_pending(now, peer);
+        self.add_pending(now, peer, priority);
     }
 
     fn maybe_schedule_rejoin(&mut self, now: Instant) {
@@ -804,7 +819,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
         if self.active.len() >= self.config.active_view_capacity {
             let i = self.index(self.active.len());
             let victim = self.active.remove(i);
-            self.detectors.remove(&victim);
+            self.detectors.retain(|(p, _)| *p != victim);
             self.stats.evictions += 1;
             self.out.push(Output::Send { to: victim.clone(), message: Message::Disconnect { alive: true } });
             self.add_passive(victim.clone());
@@ -812,14 +827,14 @@ impl<P: Peer, R: RngCore> State<P, R> {
         }
         self.active.push(peer.clone());
         self.detectors
-            .insert(peer.clone(), PhiAccrual::new(now, self.config.heartbeat_interval, self.config.phi_window));
+            .push((peer.clone(), PhiAccrual::new(now, self.config.heartbeat_interval, self.config.phi_window)));
         self.rejoin_attempt = 0;
         self.rejoin_scheduled = false;
         self.out.push(Output::Event(Event::NeighborUp(peer)));
     }
 
     fn remove_active(&mut self, peer: &P) -> bool {
-        self.detectors.remove(peer);
+        self.detectors.retain(|(p, _)| p != peer);
         let before = self.active.len();
         self.active.retain(|p| p != peer);
         before != self.active.len()
@@ -888,6 +903,10 @@ impl<P: Peer, R: RngCore> State<P, R> {
     fn index(&mut self, len: usize) -> usize {
         debug_assert!(len > 0);
         (self.rng.next_u64() % len as u64) as usize
+    }
+
+    fn detector(&self, peer: &P) -> Option<&PhiAccrual> {
+        self.detectors.iter().find(|(p, _)| p == peer).map(|(_, d)| d)
     }
 
     fn phi_of(&self, d: &PhiAccrual, now: Instant) -> f64 {

@@ -38,7 +38,8 @@ pub enum Latency {
 #[serde(rename_all = "snake_case")]
 pub enum Detector {
     /// As TCP in PeerSim (the papers' setting): a send to a dead or unreachable peer fails
-    /// at once, and that is the only way a failure is noticed.
+    /// at once, and the neighbours of a crashed node (or the two ends of a link cut by a
+    /// partition) learn it at once, as a broken TCP connection tells both ends.
     Paper,
     /// As the shipped node: sends to a dead peer vanish silently; every node with the dead
     /// peer in its active view is told after the φ-accrual detection delay drawn from its
@@ -86,6 +87,14 @@ pub fn sim_protocol() -> proto::Config {
     c.membership.heartbeat_interval = Duration::from_secs(1_000_000);
     // The papers' setting: one shared tree (scenarios switch per run mode).
     c.broadcast.tree = proto::Tree::Shared;
+    // Broadcasts in scenarios are hundreds of ms apart, so a 5 ms batching window never
+    // batches anything; sending IHave at once saves one timer event per node and message.
+    c.broadcast.ihave_batch_window = Duration::ZERO;
+    // Graft timers must outlast the tree's own delay (about LDH × link latency, 100 ms
+    // and more at 10 ms per hop), or every lazy link that is a few hops shorter than the
+    // tree triggers a Graft and a duplicate. The LAN values assume sub-ms links.
+    c.broadcast.graft_timeout_1 = Duration::from_millis(200);
+    c.broadcast.graft_timeout_2 = Duration::from_millis(50);
     c
 }
 
@@ -348,17 +357,13 @@ impl Sim {
                 slot.state = None;
             }
         }
-        if self.cfg.detector == Detector::Shipped {
-            self.notify_lost_links(|sim, a, b| !sim.is_alive(b) && sim.is_alive(a));
-        }
+        self.notify_lost_links(|sim, a, b| !sim.is_alive(b) && sim.is_alive(a));
     }
 
     /// Split the nodes into groups (`group[i]`); messages between groups are dropped.
     pub fn partition(&mut self, group: Vec<u8>) {
         self.group = group;
-        if self.cfg.detector == Detector::Shipped {
-            self.notify_lost_links(|sim, a, b| sim.group[a as usize] != sim.group[b as usize]);
-        }
+        self.notify_lost_links(|sim, a, b| sim.group[a as usize] != sim.group[b as usize]);
     }
 
     /// Heal every partition.
@@ -388,6 +393,9 @@ impl Sim {
     /// LAN preset, 100 ms) plus the acceptable pause plus ≈5.6 σ (σ at its floor), where φ
     /// crosses 8, plus up to one heartbeat period until the next check.
     fn detection_delay_us(&mut self) -> u64 {
+        if self.cfg.detector == Detector::Paper {
+            return 0;
+        }
         let m = &self.cfg.protocol.membership;
         let period = Duration::from_millis(100);
         let base = period + m.phi_acceptable_pause + m.phi_min_std_dev.mul_f64(5.6);
@@ -627,7 +635,9 @@ impl Sim {
             if count > bc.cache_max_messages || bytes > bc.cache_max_bytes || b.missing_len() > bc.max_missing {
                 return Err(format!("node {i}: cache or missing map over its bound"));
             }
-            if b.neighbors().len() != m.active_view().len() || m.active_view().iter().any(|p| !b.neighbors().contains(p)) {
+            if b.neighbors().len() != m.active_view().len()
+                || m.active_view().iter().any(|p| !b.neighbors().contains(p))
+            {
                 return Err(format!("node {i}: Plumtree neighbours differ from the active view"));
             }
         }
