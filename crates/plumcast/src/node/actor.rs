@@ -11,6 +11,7 @@ use bytes::Bytes;
 use plumcast_transport::{Hello, Identity, NodeId, PeerInfo, client_config, close_code, encode_frame};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rustc_hash::FxHashMap;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -68,7 +69,8 @@ pub(crate) struct Actor {
     net_tx: mpsc::Sender<NetEvent>,
     net_rx: mpsc::Receiver<NetEvent>,
     tasks: JoinSet<()>,
-    links: HashMap<NodeId, Link>,
+    /// Keyed by authenticated ids; FxHash (a lookup per frame sent) is safe here.
+    links: FxHashMap<NodeId, Link>,
     retired: HashMap<u64, (quinn::Connection, Instant)>,
     dialing: HashMap<NodeId, Pending>,
     bootstrap_inflight: usize,
@@ -82,6 +84,8 @@ pub(crate) struct Actor {
     /// The last Gossip encoded, to share its frame across eager peers.
     last_frame: Option<(proto::Message<PeerInfo>, Bytes)>,
     stats: NetStats,
+    /// The time of this loop iteration (one clock read per iteration, not per frame).
+    now: Instant,
 }
 
 impl Actor {
@@ -102,7 +106,7 @@ impl Actor {
             net_tx,
             net_rx,
             tasks: JoinSet::new(),
-            links: HashMap::new(),
+            links: FxHashMap::default(),
             retired: HashMap::new(),
             dialing: HashMap::new(),
             bootstrap_inflight: 0,
@@ -114,6 +118,7 @@ impl Actor {
             drained: Arc::new(Notify::new()),
             left_to: Vec::new(),
             last_frame: None,
+            now: Instant::now(),
             stats: NetStats::default(),
         }
     }
@@ -124,13 +129,14 @@ impl Actor {
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.now = Instant::now();
             // Due timers first: a steady stream of peer frames must not starve heartbeats
             // and failure detection (the select below is biased towards peer input).
-            if self.timers.peek().is_some_and(|Reverse((at, _, _))| *at <= Instant::now()) {
+            if self.timers.peek().is_some_and(|Reverse((at, _, _))| *at <= self.now) {
                 self.fire_timers();
             }
             let next_timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
-            let far = Instant::now() + Duration::from_secs(3600);
+            let far = self.now + Duration::from_secs(3600);
             let accept_broadcasts = !self.congested;
             tokio::select! {
                 biased;
@@ -201,27 +207,27 @@ impl Actor {
 
     fn on_broadcast(&mut self, cmd: BroadcastCmd) {
         self.stats.broadcasts += 1;
-        let now = std_now();
-        let (id, out) = self.proto.broadcast(now, cmd.payload);
+        let (id, out) = self.proto.broadcast(self.now.into_std(), cmd.payload);
         let out: Vec<_> = out.collect();
         self.perform(out);
         let _ = cmd.reply.send(id);
     }
 
     fn fire_timers(&mut self) {
-        let now = Instant::now();
+        self.now = Instant::now();
+        let now = self.now;
         while let Some(Reverse((at, _, _))) = self.timers.peek() {
             if *at > now {
                 break;
             }
             let Some(Reverse((_, _, timer))) = self.timers.pop() else { break };
-            let out: Vec<_> = self.proto.handle(std_now(), proto::Input::Timer(timer)).collect();
+            let out: Vec<_> = self.proto.handle(now.into_std(), proto::Input::Timer(timer)).collect();
             self.perform(out);
         }
     }
 
     fn input(&mut self, input: proto::Input<PeerInfo>) {
-        let out: Vec<_> = self.proto.handle(std_now(), input).collect();
+        let out: Vec<_> = self.proto.handle(self.now.into_std(), input).collect();
         self.perform(out);
     }
 
@@ -306,7 +312,7 @@ impl Actor {
         self.stats.bytes_sent += frame.len() as u64;
         if let Some(link) = self.links.get_mut(&to.id) {
             let depth = link.depth.fetch_add(1, Ordering::Relaxed) + 1;
-            link.last_active = Instant::now();
+            link.last_active = self.now;
             if link.tx.send(frame).is_err() {
                 link.depth.fetch_sub(1, Ordering::Relaxed);
                 return;
@@ -429,7 +435,7 @@ impl Actor {
             NetEvent::Message { from, conn_id, message } => {
                 self.stats.frames_received += 1;
                 if let Some(l) = self.links.get_mut(&from.id).filter(|l| l.conn_id == conn_id) {
-                    l.last_active = Instant::now();
+                    l.last_active = self.now;
                 }
                 self.input(proto::Input::Message { from, message });
             }
@@ -631,6 +637,3 @@ impl Actor {
     }
 }
 
-fn std_now() -> std::time::Instant {
-    Instant::now().into_std()
-}
