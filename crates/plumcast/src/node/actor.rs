@@ -636,4 +636,3 @@ impl Actor {
         info!("node left");
     }
 }
-
