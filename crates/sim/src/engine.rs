@@ -297,6 +297,11 @@ impl Sim {
         self.nodes.get(i as usize).and_then(|s| s.state.as_deref())
     }
 
+    /// Change the failure-detection model from now on.
+    pub fn set_detector(&mut self, detector: Detector) {
+        self.cfg.detector = detector;
+    }
+
     /// Switch every node (and nodes started later) to Plumtree or eager flooding.
     pub fn set_broadcast_mode(&mut self, mode: proto::Mode) {
         self.cfg.protocol.broadcast.mode = mode;
