@@ -205,6 +205,10 @@ pub struct Counters {
     pub ihave_timers: u64,
     /// Membership timers fired.
     pub membership_timers: u64,
+    /// Sampled invariant checks run (scenario runs check after every measured broadcast).
+    pub invariant_checks: u64,
+    /// Of those, checks that found a violation (the first is printed with the seed).
+    pub invariant_violations: u64,
 }
 
 /// A simulated cluster. `Clone` forks the whole world (used to run several failure
@@ -647,6 +651,18 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// Run [`Sim::check_invariants`] and count the result; the first violation is printed
+    /// to stderr with the seed so the run can be replayed.
+    pub fn check_sampled(&mut self) {
+        self.counters.invariant_checks += 1;
+        if let Err(e) = self.check_invariants() {
+            if self.counters.invariant_violations == 0 {
+                eprintln!("invariant violated (seed {}, t = {} µs): {e}", self.cfg.seed, self.now);
+            }
+            self.counters.invariant_violations += 1;
+        }
     }
 
     /// At quiescence: active views symmetric among live nodes, and eager links symmetric.

@@ -74,9 +74,9 @@ pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| mode | detector | failed % | seeds | reliability (mean / worst) | first-bcast reliability | eventual | RMR (mean / worst) | RMR=0 share | LDH | control/bcast | healing rounds (worst) | components (worst) | heal ms (worst) | duplicates |"
+        "| mode | detector | failed % | seeds | reliability (mean / worst) | first-bcast reliability | eventual | RMR (mean / worst) | RMR=0 share | LDH | control/bcast | healing rounds (worst) | components (worst) | heal ms (worst) | duplicates | invariant violations / checks |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for ((mode, det, pct), rs) in group(rows) {
         let col = |f: fn(&Row) -> Option<f64>| rs.iter().map(|r| f(r)).collect::<Vec<_>>();
         let rel = col(|r| r.reliability);
@@ -100,9 +100,11 @@ pub fn table(rows: &[Row]) -> String {
             fmt(worst(&heal_ms, false), false)
         };
         let dups: u64 = rs.iter().map(|r| r.duplicates).sum();
+        let viol: u64 = rs.iter().map(|r| r.invariant_violations).sum();
+        let checks: u64 = rs.iter().map(|r| r.invariant_checks).sum();
         let _ = writeln!(
             out,
-            "| {mode} | {det} | {} | {} | {} / {} | {} | {} | {} / {} | {} | {} | {} | {worst_heal} | {comps} | {heal_ms} | {dups} |",
+            "| {mode} | {det} | {} | {} | {} / {} | {} | {} | {} / {} | {} | {} | {} | {worst_heal} | {comps} | {heal_ms} | {dups} | {viol} / {checks} |",
             if pct < 0 { "—".to_string() } else { format!("{}", pct as f64 / 10.0) },
             rs.len(),
             fmt(mean(&rel), true),

@@ -246,6 +246,10 @@ pub struct Row {
     pub in_degree_5_share: Option<f64>,
     /// Duplicate deliveries seen (must be 0).
     pub duplicates: u64,
+    /// Sampled invariant checks (after every measured broadcast) and violations found.
+    pub invariant_checks: u64,
+    /// Violations found by those checks (must be 0).
+    pub invariant_violations: u64,
     /// Events processed.
     pub events: u64,
     /// Wall-clock seconds for this row.
@@ -310,6 +314,7 @@ struct Shot {
 fn shoot(sim: &mut Sim, origin: u32, gap: Duration) -> Option<Shot> {
     let key = sim.broadcast(origin)?;
     sim.run_for(gap);
+    sim.check_sampled();
     let t = sim.track(key)?;
     let expected = t.expected.max(1) as f64;
     let rmr = if t.delivered == 0 { 0.0 } else { t.payload_msgs as f64 / t.delivered as f64 - 1.0 };
@@ -383,6 +388,8 @@ pub fn run(s: &Scenario, progress: Progress<'_>) -> Vec<Row> {
 
 fn finish(mut row: Row, sim: &Sim, t0: std::time::Instant) -> Row {
     row.events = sim.counters().events;
+    row.invariant_checks = sim.counters().invariant_checks;
+    row.invariant_violations = sim.counters().invariant_violations;
     row.wall_s += t0.elapsed().as_secs_f64();
     row
 }
