@@ -50,62 +50,38 @@ async fn closed_by_node(conn: &quinn::Connection) -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_frame_closes_only_that_connection() {
+/// A raw client sends `hello` then `raw`; the node must close that connection with
+/// `reason`, count it once in `counter`, and keep serving everyone else.
+async fn refused(hello: Hello, raw: &[u8], reason: &str, counter: fn(&NodeStats) -> u64) {
     let _g = SERIAL.lock().await;
     init_tracing();
     let mut nodes = cluster(2).await;
-    // Variant 1 (Broadcast), variant 0 (Gossip), then a truncated varint.
-    let conn = raw_client(nodes[0].node.addr(), &hello("plumcast"), &[0, 0, 0, 4, 1, 0, 0xff, 0xff]).await;
-    assert_eq!(closed_by_node(&conn).await, "malformed frame");
-    wait_until(Duration::from_secs(5), "malformed counter", || async {
-        stats(&nodes[0]).await.net.malformed_frames == 1
-    })
-    .await;
+    let conn = raw_client(nodes[0].node.addr(), &hello, raw).await;
+    assert_eq!(closed_by_node(&conn).await, reason);
+    wait_until(Duration::from_secs(5), "the refusal counted", || async { counter(&stats(&nodes[0]).await) == 1 }).await;
     still_serves(&mut nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frame_closes_only_that_connection() {
+    // Variant 1 (Broadcast), variant 0 (Gossip), then a truncated varint.
+    refused(hello("plumcast"), &[0, 0, 0, 4, 1, 0, 0xff, 0xff], "malformed frame", |s| s.net.malformed_frames).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_message_closes_only_that_connection() {
-    let _g = SERIAL.lock().await;
-    init_tracing();
-    let mut nodes = cluster(2).await;
     // Top-level variant 7 does not exist.
-    let conn = raw_client(nodes[0].node.addr(), &hello("plumcast"), &[0, 0, 0, 1, 7]).await;
-    assert_eq!(closed_by_node(&conn).await, "malformed frame");
-    wait_until(Duration::from_secs(5), "malformed counter", || async {
-        stats(&nodes[0]).await.net.malformed_frames == 1
-    })
-    .await;
-    still_serves(&mut nodes).await;
+    refused(hello("plumcast"), &[0, 0, 0, 1, 7], "malformed frame", |s| s.net.malformed_frames).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_frame_closes_only_that_connection() {
-    let _g = SERIAL.lock().await;
-    init_tracing();
-    let mut nodes = cluster(2).await;
-    let conn = raw_client(nodes[0].node.addr(), &hello("plumcast"), &[0x7f, 0xff, 0xff, 0xff, 1, 2, 3]).await;
-    assert_eq!(closed_by_node(&conn).await, "frame too large");
-    wait_until(Duration::from_secs(5), "oversized counter", || async {
-        stats(&nodes[0]).await.net.oversized_frames == 1
-    })
-    .await;
-    still_serves(&mut nodes).await;
+    refused(hello("plumcast"), &[0x7f, 0xff, 0xff, 0xff, 1, 2, 3], "frame too large", |s| s.net.oversized_frames).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_cluster_is_refused() {
-    let _g = SERIAL.lock().await;
-    init_tracing();
-    let mut nodes = cluster(2).await;
-    let conn = raw_client(nodes[0].node.addr(), &hello("other-cluster"), &[]).await;
-    assert_eq!(closed_by_node(&conn).await, "wrong cluster");
-    wait_until(Duration::from_secs(5), "cluster counter", || async {
-        stats(&nodes[0]).await.net.cluster_mismatches == 1
-    })
-    .await;
-    still_serves(&mut nodes).await;
+    refused(hello("other-cluster"), &[], "wrong cluster", |s| s.net.cluster_mismatches).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

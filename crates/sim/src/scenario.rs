@@ -407,19 +407,7 @@ fn failures(s: &Scenario, base: Option<Sim>, mode: RunMode, head: Row, seed: u64
         // Healing rounds (Fig. 4) on a fork: rounds with shuffles until 10 broadcasts
         // in a row reach every live node.
         let mut heal = sim.clone();
-        let mut healing_rounds = None;
-        for r in 0..=20u32 {
-            let ok = (0..10).all(|_| {
-                pick_sender(&heal, mode, &mut rng)
-                    .and_then(|o| shoot(&mut heal, o, gap))
-                    .is_some_and(|x| x.reliability >= 1.0)
-            });
-            if ok {
-                healing_rounds = Some(r);
-                break;
-            }
-            heal.run_for(s_shuffle(&heal));
-        }
+        let healing_rounds = rounds_to_full_reliability(&mut heal, mode, &mut rng, gap, 10, 20);
         // Reliability (Fig. 2): no membership round in between, reactive repairs run.
         sim.shuffle_paused = true;
         let (mut rel, mut dups, mut k) = (0.0, 0u64, 0);
@@ -441,6 +429,28 @@ fn failures(s: &Scenario, base: Option<Sim>, mode: RunMode, head: Row, seed: u64
         rows.push(finish(row, &sim, t0));
     }
     rows
+}
+
+/// Membership rounds (with shuffles) until `probes` broadcasts in a row reach every live
+/// node; `None` if not within `max_rounds`.
+fn rounds_to_full_reliability(
+    sim: &mut Sim,
+    mode: RunMode,
+    rng: &mut ChaCha8Rng,
+    gap: Duration,
+    probes: usize,
+    max_rounds: u32,
+) -> Option<u32> {
+    for r in 0..=max_rounds {
+        let ok = (0..probes).all(|_| {
+            pick_sender(sim, mode, rng).and_then(|o| shoot(sim, o, gap)).is_some_and(|x| x.reliability >= 1.0)
+        });
+        if ok {
+            return Some(r);
+        }
+        sim.run_for(s_shuffle(sim));
+    }
+    None
 }
 
 fn s_shuffle(sim: &Sim) -> Duration {
@@ -528,20 +538,7 @@ fn massive_failure(s: &Scenario, base: Option<Sim>, mode: RunMode, head: Row, se
         row.eventual_reliability = Some(eventual);
         row.duplicates = keys.iter().filter_map(|k| sim.track(*k)).map(|t| u64::from(t.duplicates)).sum();
         // Reliability is back within how many rounds?
-        let mut r_back = None;
-        for r in 0..=10u32 {
-            let ok = (0..5).all(|_| {
-                pick_sender(&sim, mode, &mut rng)
-                    .and_then(|o| shoot(&mut sim, o, gap))
-                    .is_some_and(|x| x.reliability >= 1.0)
-            });
-            if ok {
-                r_back = Some(r);
-                break;
-            }
-            sim.run_for(s_shuffle(&sim));
-        }
-        row.healing_rounds = r_back;
+        row.healing_rounds = rounds_to_full_reliability(&mut sim, mode, &mut rng, gap, 5, 10);
         rows.push(finish(row, &sim, t0));
     }
     rows
