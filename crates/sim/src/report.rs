@@ -87,7 +87,9 @@ pub fn table(rows: &[Row]) -> String {
         let ldh = col(|r| r.ldh);
         let ctl = col(|r| r.control_per_bcast);
         let heal_r = rs.iter().map(|r| r.healing_rounds).collect::<Vec<_>>();
-        let worst_heal = if heal_r.iter().any(|h| h.is_none()) {
+        let worst_heal = if rs.iter().all(|r| !r.healing_measured) {
+            "—".to_string()
+        } else if heal_r.iter().any(|h| h.is_none()) {
             "not healed".to_string()
         } else {
             heal_r.iter().flatten().max().map(|h| h.to_string()).unwrap_or_else(|| "—".into())

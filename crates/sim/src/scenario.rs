@@ -223,6 +223,9 @@ pub struct Row {
     /// Membership rounds until reliability is back to 100%.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub healing_rounds: Option<u32>,
+    /// Whether this kind measures healing rounds (absent then means "not healed").
+    #[serde(skip)]
+    pub healing_measured: bool,
     /// Connected components of the active-view overlay at the end.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub components: Option<usize>,
@@ -424,6 +427,7 @@ fn failures(s: &Scenario, base: Option<Sim>, mode: RunMode, head: Row, seed: u64
         row.failed_pct = Some(pct);
         row.reliability = Some(rel / k.max(1) as f64);
         row.healing_rounds = healing_rounds;
+        row.healing_measured = true;
         row.duplicates = dups;
         row.components = Some(overlay_stats(&sim, seed).components);
         rows.push(finish(row, &sim, t0));
@@ -539,6 +543,7 @@ fn massive_failure(s: &Scenario, base: Option<Sim>, mode: RunMode, head: Row, se
         row.duplicates = keys.iter().filter_map(|k| sim.track(*k)).map(|t| u64::from(t.duplicates)).sum();
         // Reliability is back within how many rounds?
         row.healing_rounds = rounds_to_full_reliability(&mut sim, mode, &mut rng, gap, 5, 10);
+        row.healing_measured = true;
         rows.push(finish(row, &sim, t0));
     }
     rows
