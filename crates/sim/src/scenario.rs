@@ -409,8 +409,10 @@ fn failures(s: &Scenario, base: Option<Sim>, mode: RunMode, head: Row, seed: u64
         crash_fraction(&mut sim, pct, &mut rng);
         // Healing rounds (Fig. 4) on a fork: rounds with shuffles until 10 broadcasts
         // in a row reach every live node.
+        // The probe asks whether the overlay is whole again, not how fast Plumtree's lazy
+        // repair is: each probe broadcast gets 2 s (several Graft timer periods).
         let mut heal = sim.clone();
-        let healing_rounds = rounds_to_full_reliability(&mut heal, mode, &mut rng, gap, 10, 20);
+        let healing_rounds = rounds_to_full_reliability(&mut heal, mode, &mut rng, PROBE_GAP, 10, 20);
         // Reliability (Fig. 2): no membership round in between, reactive repairs run.
         sim.shuffle_paused = true;
         let (mut rel, mut dups, mut k) = (0.0, 0u64, 0);
@@ -434,6 +436,9 @@ fn failures(s: &Scenario, base: Option<Sim>, mode: RunMode, head: Row, seed: u64
     }
     rows
 }
+
+/// Time each healing probe broadcast gets before its reliability is read.
+const PROBE_GAP: Duration = Duration::from_secs(2);
 
 /// Membership rounds (with shuffles) until `probes` broadcasts in a row reach every live
 /// node; `None` if not within `max_rounds`.
@@ -542,7 +547,7 @@ fn massive_failure(s: &Scenario, base: Option<Sim>, mode: RunMode, head: Row, se
         row.eventual_reliability = Some(eventual);
         row.duplicates = keys.iter().filter_map(|k| sim.track(*k)).map(|t| u64::from(t.duplicates)).sum();
         // Reliability is back within how many rounds?
-        row.healing_rounds = rounds_to_full_reliability(&mut sim, mode, &mut rng, gap, 5, 10);
+        row.healing_rounds = rounds_to_full_reliability(&mut sim, mode, &mut rng, PROBE_GAP, 5, 10);
         row.healing_measured = true;
         rows.push(finish(row, &sim, t0));
     }
