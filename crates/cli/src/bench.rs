@@ -45,6 +45,26 @@ pub struct Args {
     /// Also print a human-readable table.
     #[arg(long)]
     table: bool,
+    /// Spanning trees: one per origin (the default) or one shared tree (the paper).
+    #[arg(long, value_enum, default_value = "per-origin")]
+    tree: TreeArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TreeArg {
+    /// One tree per origin.
+    PerOrigin,
+    /// One shared tree (Plumtree paper).
+    Shared,
+}
+
+impl From<TreeArg> for proto::Tree {
+    fn from(t: TreeArg) -> Self {
+        match t {
+            TreeArg::PerOrigin => proto::Tree::PerOrigin,
+            TreeArg::Shared => proto::Tree::Shared,
+        }
+    }
 }
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -52,7 +72,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(a.size >= HEADER, "--size must be at least {HEADER}");
     anyhow::ensure!(a.messages >= 1 && a.messages < u32::MAX as usize, "--messages out of range");
     let (n, m) = (a.nodes, a.messages);
-    let cluster = LocalCluster::start(n, m, proto::Config::lan(), a.seed).await?;
+    let mut config = proto::Config::lan();
+    config.broadcast.tree = a.tree.into();
+    let cluster = LocalCluster::start(n, m, config, a.seed).await?;
     let rec = cluster.rec.clone();
     let formed = cluster.wait_formed(Duration::from_secs(1), Duration::from_secs(60)).await;
     let formed_s = rec.t0.elapsed().as_secs_f64();
@@ -110,6 +132,17 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let after = cluster.stats().await;
+    let delta = |f: fn(&plumcast::NodeStats) -> u64| -> u64 {
+        after.iter().map(f).sum::<u64>().saturating_sub(before.iter().map(f).sum::<u64>())
+    };
+    let grafts = delta(|s| s.broadcast.grafts_sent);
+    let prunes = delta(|s| s.broadcast.prunes_sent);
+    let failures = delta(|s| s.membership.failures_detected);
+    let evictions = delta(|s| s.membership.evictions);
+    let catch_ups = delta(|s| s.broadcast.catch_ups);
+    let disconnects = delta(|s| s.membership.disconnects_received);
+    let strangers = delta(|s| s.membership.strangers_rejected);
+    let ihave_shed = delta(|s| s.net.ihave_shed);
     let data_recv: u64 = after.iter().map(|s| s.broadcast.gossip_received).sum::<u64>() - data_before;
     let frames: u64 = after.iter().map(|s| s.net.frames_sent).sum::<u64>() - ctrl_before;
     let delivered = rec.delivered.load(Relaxed);
@@ -126,7 +159,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let rmr = if delivered > 0 { data_recv as f64 / delivered as f64 - 1.0 } else { f64::NAN };
     let span = total_s.max(send_s).max(1e-9);
     let row = json!({
-        "impl": concat!("plumcast ", env!("CARGO_PKG_VERSION")),
+        "impl": concat!("plumcast ", env!("CARGO_PKG_VERSION")), "tree": format!("{:?}", a.tree),
         "nodes": n, "messages": m, "size": a.size,
         "mode": if a.mode == Mode::Random { "random" } else { "single" },
         "rate": a.rate, "warmup": a.warmup,
@@ -141,6 +174,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         "send_s": round3(send_s), "total_s": round3(total_s),
         "bcast_per_s": round1(m as f64 / span), "deliveries_per_s": round1(delivered as f64 / span),
         "data_recv": data_recv, "rmr": round3(rmr), "frames_sent": frames,
+        "grafts": grafts, "prunes": prunes, "failures_detected": failures, "evictions": evictions, "catch_ups": catch_ups,
+        "disconnects": disconnects, "strangers_rejected": strangers, "ihave_shed": ihave_shed,
         "avg_hops": round3(avg_hops), "max_hops": max_hops,
         "cpu_s": round3(cpu_s), "cpu_util": round3(cpu_s / wall_s.max(1e-9)),
         "cpu_us_per_delivery": round3(cpu_s * 1e6 / delivered.max(1) as f64),

@@ -363,6 +363,10 @@ pub struct Stats {
     pub passive_evictions: u64,
     /// Peers dropped for misbehaviour.
     pub misbehaved: u64,
+    /// Disconnect messages received from active neighbours.
+    pub disconnects_received: u64,
+    /// Disconnects sent to peers that sent link traffic while not our neighbour.
+    pub strangers_rejected: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -478,6 +482,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
     /// active views stay symmetric (it then moves us to its passive view and refills).
     fn reject_stranger(&mut self, from: &P) {
         if !self.active.contains(from) && !self.pending.contains_key(from) {
+            self.stats.strangers_rejected += 1;
             self.out.push(Output::Send { to: from.clone(), message: Message::Disconnect { alive: true } });
             self.add_passive(from.clone());
         }
@@ -615,6 +620,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
             Message::Disconnect { alive } => {
                 self.pending.remove(&from);
                 if self.remove_active(&from) {
+                    self.stats.disconnects_received += 1;
                     let reason = if alive { DownReason::Evicted } else { DownReason::Left };
                     self.event_down(from.clone(), reason);
                 }
