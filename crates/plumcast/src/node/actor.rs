@@ -206,6 +206,7 @@ impl Actor {
     }
 
     fn on_broadcast(&mut self, cmd: BroadcastCmd) {
+        self.now = Instant::now();
         self.stats.broadcasts += 1;
         let (id, out) = self.proto.broadcast(self.now.into_std(), cmd.payload);
         let out: Vec<_> = out.collect();
@@ -428,6 +429,9 @@ impl Actor {
     }
 
     fn on_net(&mut self, ev: NetEvent) {
+        // The loop-top clock read happened before `select!` slept (up to a heartbeat
+        // period): timers armed from a stale `now` fire early (a Graft before the payload).
+        self.now = Instant::now();
         match ev {
             NetEvent::Up { peer, conn_id, conn, tx, depth, dialed_by_me, bootstrap } => {
                 self.on_up(peer, conn_id, conn, tx, depth, dialed_by_me, bootstrap)
