@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use plumcast_sim::{Detector, Scenario, SimConfig, build_overlay, report, scenario};
+use plumcast_sim::{Detector, Scenario, SimConfig, build_overlay_with_gap, report, scenario};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -130,7 +130,7 @@ fn bench(quick: bool) -> anyhow::Result<ExitCode> {
     println!("|---|---|---|---|---|---|---|---|---|");
     for &(n, b) in runs {
         let t0 = Instant::now();
-        let mut sim = build_overlay(n, SimConfig::new(1), 10);
+        let mut sim = build_overlay_with_gap(n, SimConfig::new(1), 10, Duration::from_millis(10));
         let build = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let e0 = sim.counters().events;

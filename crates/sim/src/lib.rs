@@ -19,7 +19,7 @@ pub mod scenario;
 
 pub use engine::{Counters, Detector, Latency, NodeState, Sim, SimConfig, Track, sim_protocol};
 pub use overlay::{OverlayStats, overlay_stats};
-pub use scenario::{Kind, Row, RunMode, Scenario, ScenarioError, build_overlay};
+pub use scenario::{Kind, Row, RunMode, Scenario, ScenarioError, build_overlay, build_overlay_with_gap};
 
 #[cfg(test)]
 mod tests;

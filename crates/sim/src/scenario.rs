@@ -265,6 +265,14 @@ pub type Progress<'a> = &'a mut dyn FnMut(u64, u64, &str);
 /// Build an overlay of `n` nodes: joins one at a time through a random earlier node
 /// (100 ms apart), then `rounds` membership rounds.
 pub fn build_overlay(n: usize, cfg: SimConfig, rounds: u32) -> Sim {
+    build_overlay_with_gap(n, cfg, rounds, Duration::from_millis(100))
+}
+
+/// [`build_overlay`] with another virtual gap between two joins. Every joined node runs
+/// its Shuffle timer meanwhile, so at 100,000 nodes a 100 ms gap means 10,000 s of
+/// virtual time and ~1,000 shuffle rounds before the last join; the speed benchmark uses
+/// 10 ms (joins then overlap a little: a ForwardJoin walk takes ~60 ms).
+pub fn build_overlay_with_gap(n: usize, cfg: SimConfig, rounds: u32, gap: Duration) -> Sim {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed);
     let shuffle = cfg.protocol.membership.shuffle_interval;
     let mut sim = Sim::new(n, cfg);
@@ -272,7 +280,7 @@ pub fn build_overlay(n: usize, cfg: SimConfig, rounds: u32) -> Sim {
     for i in 1..n as u32 {
         let contact = rng.gen_range(0..i);
         sim.start(i, Some(contact));
-        sim.run_for(Duration::from_millis(100));
+        sim.run_for(gap);
     }
     sim.run_for(shuffle * rounds);
     sim
