@@ -69,6 +69,11 @@ impl PeerVerifier {
     }
 }
 
+/// TLS 1.2 is never negotiated (configs are TLS 1.3 only); both verifiers refuse it.
+fn tls12_refused() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+}
+
 #[derive(Debug)]
 struct IdMismatch {
     want: NodeId,
@@ -101,7 +106,7 @@ impl ServerCertVerifier for PeerVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+        tls12_refused()
     }
 
     fn verify_tls13_signature(
@@ -138,7 +143,7 @@ impl ClientCertVerifier for PeerVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+        tls12_refused()
     }
 
     fn verify_tls13_signature(

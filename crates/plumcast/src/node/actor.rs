@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::conn::{self, ConnCtx, Dial, NetEvent, Refusal};
+use super::conn::{self, ConnCtx, Dial, NetEvent, Refusal, Up};
 use super::{BroadcastCmd, Control, Delivered, Event, NetStats, NodeConfig, NodeStats};
 use crate::proto::{self, broadcast};
 
@@ -433,9 +433,7 @@ impl Actor {
         // period): timers armed from a stale `now` fire early (a Graft before the payload).
         self.now = Instant::now();
         match ev {
-            NetEvent::Up { peer, conn_id, conn, tx, depth, dialed_by_me, bootstrap } => {
-                self.on_up(peer, conn_id, conn, tx, depth, dialed_by_me, bootstrap)
-            }
+            NetEvent::Up(up) => self.on_up(up),
             NetEvent::Message { from, conn_id, message } => {
                 self.stats.frames_received += 1;
                 if let Some(l) = self.links.get_mut(&from.id).filter(|l| l.conn_id == conn_id) {
@@ -508,17 +506,8 @@ impl Actor {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_up(
-        &mut self,
-        peer: PeerInfo,
-        conn_id: u64,
-        conn: quinn::Connection,
-        tx: mpsc::UnboundedSender<Bytes>,
-        depth: Arc<AtomicUsize>,
-        dialed_by_me: bool,
-        bootstrap: bool,
-    ) {
+    fn on_up(&mut self, up: Up) {
+        let Up { peer, conn_id, conn, tx, depth, dialed_by_me, bootstrap } = up;
         if bootstrap {
             self.bootstrap_inflight = self.bootstrap_inflight.saturating_sub(1);
         }

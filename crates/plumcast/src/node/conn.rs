@@ -22,16 +22,19 @@ pub(crate) enum Refusal {
     Oversized,
 }
 
+/// A connection that completed its handshake and Hello exchange.
+pub(crate) struct Up {
+    pub peer: PeerInfo,
+    pub conn_id: u64,
+    pub conn: quinn::Connection,
+    pub tx: mpsc::UnboundedSender<Bytes>,
+    pub depth: Arc<AtomicUsize>,
+    pub dialed_by_me: bool,
+    pub bootstrap: bool,
+}
+
 pub(crate) enum NetEvent {
-    Up {
-        peer: PeerInfo,
-        conn_id: u64,
-        conn: quinn::Connection,
-        tx: mpsc::UnboundedSender<Bytes>,
-        depth: Arc<AtomicUsize>,
-        dialed_by_me: bool,
-        bootstrap: bool,
-    },
+    Up(Up),
     Message {
         from: PeerInfo,
         conn_id: u64,
@@ -128,7 +131,7 @@ pub(crate) async fn run(
     };
     let (tx, rx) = mpsc::unbounded_channel();
     let depth = Arc::new(AtomicUsize::new(0));
-    let up = NetEvent::Up {
+    let up = NetEvent::Up(Up {
         peer,
         conn_id,
         conn: conn.clone(),
@@ -136,7 +139,7 @@ pub(crate) async fn run(
         depth: depth.clone(),
         dialed_by_me: dial.is_some(),
         bootstrap: dial.as_ref().is_some_and(|d| d.expected.is_none()),
-    };
+    });
     if net_tx.send(up).await.is_err() {
         return;
     }
