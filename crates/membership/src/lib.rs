@@ -89,6 +89,12 @@ pub struct Config {
     pub rejoin_backoff_min: Duration,
     /// Largest delay between two bootstrap retries.
     pub rejoin_backoff_max: Duration,
+    /// How many peers that failed (detector, lost connection, unanswered request) are
+    /// remembered for [reconnect](State#reconnect) probes. 0 turns reconnect off.
+    pub reconnect_capacity: usize,
+    /// How long a failed peer is remembered and probed, once per round, before it is
+    /// given up (Serf's `reconnect_timeout`; its default is 24 h, ours 1 h).
+    pub reconnect_timeout: Duration,
 }
 
 impl Default for Config {
@@ -120,6 +126,8 @@ impl Config {
             neighbor_request_timeout: Duration::from_secs(2),
             rejoin_backoff_min: Duration::from_millis(500),
             rejoin_backoff_max: Duration::from_secs(30),
+            reconnect_capacity: 16,
+            reconnect_timeout: Duration::from_secs(3600),
         }
     }
 
@@ -367,6 +375,13 @@ pub struct Stats {
     pub disconnects_received: u64,
     /// Disconnects sent to peers that sent link traffic while not our neighbour.
     pub strangers_rejected: u64,
+    /// Reconnect probes sent to peers that had failed.
+    pub reconnects_sent: u64,
+    /// Neighbor requests accepted because the requester is a peer we had lost to a
+    /// failure (a link restored after a partition or a restart).
+    pub links_restored: u64,
+    /// Failed peers forgotten after `reconnect_timeout` or to make room.
+    pub reconnects_given_up: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -376,6 +391,18 @@ struct Pending {
 }
 
 /// The HyParView state of one node. See the crate docs for the driving contract.
+///
+/// # Reconnect
+///
+/// HyParView (DSN 2007) assumes failures are permanent: a peer that fails is dropped from
+/// both views. After a network partition heals that leaves two overlays that never meet
+/// again, since each side's passive view has purged the other. Like Serf's reconnect of
+/// failed members, the state remembers up to `reconnect_capacity` peers lost to a failure
+/// (for `reconnect_timeout`) and, once per round, sends one of them a Neighbor request
+/// (`Low`, or `High` when the active view is empty). A node that receives a Neighbor request from a peer *it* had also lost to a
+/// failure accepts it even with a full active view (evicting a random neighbour, as for
+/// `High`): it is a broken link being restored, and one restored link joins the two
+/// sides again. Each remembered peer is restored at most once, so the upheaval is bounded.
 #[derive(Clone)]
 pub struct State<P, R> {
     me: P,
@@ -389,6 +416,8 @@ pub struct State<P, R> {
     /// One φ detector per active peer (≤ active capacity: a Vec scans faster than a map).
     detectors: Vec<(P, PhiAccrual)>,
     last_shuffle_sent: Vec<P>,
+    /// Peers lost to a failure, with when, oldest first (≤ `reconnect_capacity`).
+    departed: Vec<(P, Instant)>,
     timers_started: bool,
     rejoin_attempt: u32,
     rejoin_scheduled: bool,
@@ -411,6 +440,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
             rejected: BTreeMap::new(),
             detectors: Vec::new(),
             last_shuffle_sent: Vec::new(),
+            departed: Vec::new(),
             timers_started: false,
             rejoin_attempt: 0,
             rejoin_scheduled: false,
@@ -508,6 +538,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
                 self.stats.misbehaved += 1;
                 self.pending.remove(&peer);
                 self.passive.retain(|p| p != &peer);
+                self.forget_departed(&peer);
                 if self.remove_active(&peer) {
                     self.event_down(peer.clone(), DownReason::Misbehaved);
                 }
@@ -548,6 +579,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
     }
 
     fn on_message(&mut self, now: Instant, from: P, message: Message<P>) {
+        let was_departed = self.forget_departed(&from);
         match message {
             Message::Join => {
                 self.stats.joins_received += 1;
@@ -590,9 +622,13 @@ impl<P: Peer, R: RngCore> State<P, R> {
             Message::Neighbor { priority } => {
                 let accept = self.active.contains(&from)
                     || priority == Priority::High
+                    || was_departed
                     || self.active.len() < self.config.active_view_capacity
                     || self.pending.contains_key(&from);
                 if accept {
+                    if was_departed && !self.active.contains(&from) {
+                        self.stats.links_restored += 1;
+                    }
                     self.pending.remove(&from);
                     self.add_active(now, from.clone());
                 } else {
@@ -671,6 +707,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
                 self.out.push(Output::Timer { at: now + self.config.shuffle_interval, timer: Timer::Shuffle });
                 self.rejected.clear();
                 self.fill_active(now);
+                self.reconnect(now);
                 if let Some(q) = self.random_active_except(&[]) {
                     let others: Vec<P> = self.active.iter().filter(|p| **p != q).cloned().collect();
                     let mut nodes = self.sample(&others, self.config.shuffle_active_count);
@@ -698,7 +735,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
                 }
                 for p in failed {
                     self.stats.phi_suspicions += 1;
-                    self.fail_peer(p);
+                    self.fail_peer(now, p);
                 }
                 self.fill_active(now);
             }
@@ -719,6 +756,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
                     self.pending.remove(&peer);
                     self.stats.neighbor_requests_timed_out += 1;
                     self.passive.retain(|p| p != &peer);
+                    self.depart(now, peer);
                     self.fill_active(now);
                 }
             }
@@ -730,9 +768,10 @@ impl<P: Peer, R: RngCore> State<P, R> {
         // unanswered request or a dead active link does.
         if self.pending.remove(&peer).is_some() {
             self.passive.retain(|p| p != &peer);
+            self.depart(now, peer.clone());
         }
         if self.active.contains(&peer) {
-            self.fail_peer(peer);
+            self.fail_peer(now, peer);
         }
         self.fill_active(now);
     }
@@ -748,14 +787,69 @@ impl<P: Peer, R: RngCore> State<P, R> {
         }
         self.detectors.clear();
         self.pending.clear();
+        self.departed.clear();
     }
 
-    fn fail_peer(&mut self, peer: P) {
+    fn fail_peer(&mut self, now: Instant, peer: P) {
         self.stats.failures_detected += 1;
         self.remove_active(&peer);
         self.passive.retain(|p| p != &peer);
+        self.depart(now, peer.clone());
         self.out.push(Output::Disconnect { peer: peer.clone() });
         self.event_down(peer, DownReason::Failed);
+    }
+
+    /// Remember a peer lost to a failure (keeping its first departure time).
+    fn depart(&mut self, now: Instant, peer: P) {
+        if self.config.reconnect_capacity == 0 || peer == self.me || self.departed.iter().any(|(p, _)| *p == peer) {
+            return;
+        }
+        if self.departed.len() >= self.config.reconnect_capacity {
+            self.departed.remove(0);
+            self.stats.reconnects_given_up += 1;
+        }
+        self.departed.push((peer, now));
+    }
+
+    /// Forget a departed peer (it spoke, or misbehaved). Returns whether it was one.
+    fn forget_departed(&mut self, peer: &P) -> bool {
+        match self.departed.iter().position(|(p, _)| p == peer) {
+            Some(i) => {
+                self.departed.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Once per round: drop expired departed peers and probe one of the rest with a `Low`
+    /// Neighbor request (see [reconnect](State#reconnect)). Its timeout or lost
+    /// connection keeps it remembered; any answer forgets it.
+    fn reconnect(&mut self, now: Instant) {
+        let timeout = self.config.reconnect_timeout;
+        let before = self.departed.len();
+        self.departed.retain(|(_, at)| now.saturating_duration_since(*at) < timeout);
+        self.stats.reconnects_given_up += (before - self.departed.len()) as u64;
+        let candidates: Vec<P> = self
+            .departed
+            .iter()
+            .map(|(p, _)| p)
+            .filter(|p| !self.active.contains(p) && !self.pending.contains_key(*p))
+            .cloned()
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let q = candidates[self.index(candidates.len())].clone();
+        // An isolated node asks with High, as in fill_active.
+        let priority = if self.active.is_empty() { Priority::High } else { Priority::Low };
+        self.stats.reconnects_sent += 1;
+        self.request_neighbor(now, q, priority);
+    }
+
+    /// Peers lost to a failure that reconnect still probes (≤ `reconnect_capacity`).
+    pub fn departed(&self) -> impl Iterator<Item = &P> {
+        self.departed.iter().map(|(p, _)| p)
     }
 
     /// Paper §4.3: promote passive peers until the active view (plus requests in flight)

@@ -188,6 +188,59 @@ fn link_traffic_from_a_non_neighbor_is_answered_with_disconnect() {
 }
 
 #[test]
+fn failed_peer_is_probed_once_per_round_and_restored_even_into_a_full_view() {
+    let now = Instant::now();
+    let mut a = node(1);
+    for p in 2..=6 {
+        msg(&mut a, now, p, Message::Join);
+    }
+    assert_eq!(a.active_view().len(), 5);
+    // Peer 6 fails (partition): it is remembered, not forgotten.
+    let _: Vec<_> = a.handle(now, Input::ConnectionLost { peer: 6 }).collect();
+    assert_eq!(a.departed().collect::<Vec<_>>(), vec![&6]);
+    msg(&mut a, now, 7, Message::Join);
+    assert_eq!(a.active_view().len(), 5, "refilled by someone else");
+    // Next round: one Low probe to the departed peer.
+    let out: Vec<_> = a.handle(now, Input::Timer(Timer::Shuffle)).collect();
+    assert!(sends(&out).contains(&(6, Message::Neighbor { priority: Priority::Low })));
+    assert_eq!(a.stats().reconnects_sent, 1);
+    // Its Low request (it had lost us too) is accepted although the view is full.
+    let mut b = node(6);
+    for p in 10..=14 {
+        msg(&mut b, now, p, Message::Join);
+    }
+    let _: Vec<_> = b.handle(now, Input::ConnectionLost { peer: 10 }).collect();
+    msg(&mut b, now, 15, Message::Join);
+    let out = msg(&mut b, now, 10, Message::Neighbor { priority: Priority::Low });
+    assert!(sends(&out).contains(&(10, Message::NeighborReply { accepted: true })));
+    assert!(b.is_active(&10) && b.active_view().len() == 5);
+    assert_eq!(b.stats().links_restored, 1);
+    assert_eq!(b.departed().count(), 0, "answered: forgotten");
+    // A stranger's Low request into a full view is still refused.
+    let out = msg(&mut b, now, 99, Message::Neighbor { priority: Priority::Low });
+    assert!(sends(&out).contains(&(99, Message::NeighborReply { accepted: false })));
+}
+
+#[test]
+fn departed_peers_are_bounded_and_expire() {
+    let now = Instant::now();
+    let cfg = Config { reconnect_capacity: 3, ..Config::lan() };
+    let mut a = State::new(1u32, cfg.clone(), ChaCha8Rng::seed_from_u64(1));
+    for p in 2..=6 {
+        msg(&mut a, now, p, Message::Join);
+    }
+    for p in 2..=6 {
+        let _: Vec<_> = a.handle(now, Input::ConnectionLost { peer: p }).collect();
+    }
+    assert_eq!(a.departed().count(), 3);
+    assert_eq!(a.stats().reconnects_given_up, 2);
+    let later = now + cfg.reconnect_timeout;
+    let out: Vec<_> = a.handle(later, Input::Timer(Timer::Shuffle)).collect();
+    assert_eq!(a.departed().count(), 0);
+    assert!(!sends(&out).iter().any(|(_, m)| matches!(m, Message::Neighbor { .. })));
+}
+
+#[test]
 fn phi_detects_silence_within_one_second_and_not_before() {
     let t0 = Instant::now();
     let mut a = node(1);

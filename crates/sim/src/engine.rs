@@ -638,6 +638,9 @@ impl Sim {
             if m.active_view().iter().any(|p| m.passive_view().contains(p)) {
                 return Err(format!("node {i}: active ∩ passive ≠ ∅"));
             }
+            if m.departed().count() > c.reconnect_capacity {
+                return Err(format!("node {i}: departed list over its bound"));
+            }
             let b = s.broadcast_state();
             let bc = b.config();
             let (count, bytes) = b.cache_len();

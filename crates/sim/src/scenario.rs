@@ -320,6 +320,8 @@ struct Shot {
     payload: u64,
     latency_ms: f64,
     duplicates: u32,
+    /// The broadcast's track key, to read it again later.
+    key: (u32, u64),
 }
 
 fn shoot(sim: &mut Sim, origin: u32, gap: Duration) -> Option<Shot> {
@@ -336,7 +338,16 @@ fn shoot(sim: &mut Sim, origin: u32, gap: Duration) -> Option<Shot> {
         payload: t.payload_msgs,
         latency_ms: (t.last_delivery_at - t.sent_at) as f64 / 1000.0,
         duplicates: t.duplicates,
+        key,
     })
+}
+
+/// Reliability and RMR of a tracked broadcast as they stand now (after repairs had time).
+fn settled(sim: &Sim, key: (u32, u64)) -> Option<(f64, f64)> {
+    let t = sim.track(key)?;
+    let rel = (t.delivered as f64 / t.expected.max(1) as f64).min(1.0);
+    let rmr = if t.delivered == 0 { 0.0 } else { t.payload_msgs as f64 / t.delivered as f64 - 1.0 };
+    Some((rel, rmr))
 }
 
 fn crash_fraction(sim: &mut Sim, pct: f64, rng: &mut ChaCha8Rng) -> Vec<u32> {
@@ -570,6 +581,8 @@ fn churn(s: &Scenario, base: Option<Sim>, mode: RunMode, mut row: Row, seed: u64
     let round = s_shuffle(&sim);
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xc4);
     let mut shots = Vec::new();
+    // (eventual reliability, RMR) of each broadcast, read at the end of its round.
+    let mut ends = Vec::new();
     for _ in 0..s.rounds {
         let mut live = sim.live();
         live.shuffle(&mut rng);
@@ -582,23 +595,29 @@ fn churn(s: &Scenario, base: Option<Sim>, mode: RunMode, mut row: Row, seed: u64
             sim.start(v, Some(contact));
         }
         let mut used = Duration::ZERO;
+        let mut keys = Vec::new();
         for _ in 0..s.broadcasts_per_round {
             if let Some(o) = pick_sender(&sim, mode, &mut rng) {
                 if let Some(x) = shoot(&mut sim, o, gap) {
+                    keys.push(x.key);
                     shots.push(x);
                 }
                 used += gap;
             }
-            sim.clear_tracks();
         }
         if round > used {
             sim.run_for(round - used);
         }
+        ends.extend(keys.iter().filter_map(|k| settled(&sim, *k)));
+        sim.clear_tracks();
     }
     let k = shots.len().max(1) as f64;
     row.failed_pct = Some(100.0 * s.churn_per_round as f64 / s.nodes as f64);
     row.reliability = Some(shots.iter().map(|x| x.reliability).sum::<f64>() / k);
-    row.rmr = Some(shots.iter().map(|x| x.rmr).sum::<f64>() / k);
+    let e = ends.len().max(1) as f64;
+    row.eventual_reliability = Some(ends.iter().map(|x| x.0).sum::<f64>() / e);
+    // RMR counts every payload message, those of Graft repairs after the read-out too.
+    row.rmr = Some(ends.iter().map(|x| x.1).sum::<f64>() / e);
     row.ldh = Some(shots.iter().map(|x| x.ldh as f64).sum::<f64>() / k);
     row.duplicates = shots.iter().map(|x| u64::from(x.duplicates)).sum();
     row.components = Some(overlay_stats(&sim, seed).components);
@@ -663,11 +682,17 @@ fn partition_heal(s: &Scenario, base: Option<Sim>, mut row: Row, seed: u64) -> V
     row.components_during = Some(during);
     let gap = Duration::from_millis(s.broadcast_gap_ms);
     let mut rel = 0.0;
+    let mut keys = Vec::new();
     for _ in 0..s.broadcasts.max(1) {
         if let Some(x) = pick_sender(&sim, RunMode::PlumtreeMulti, &mut rng).and_then(|o| shoot(&mut sim, o, gap)) {
             rel += x.reliability;
+            keys.push(x.key);
         }
     }
     row.reliability = Some(rel / s.broadcasts.max(1) as f64);
+    // Eventual: let repairs run for 3 membership rounds.
+    sim.run_for(s_shuffle(&sim) * 3);
+    let ends: Vec<f64> = keys.iter().filter_map(|k| settled(&sim, *k)).map(|x| x.0).collect();
+    row.eventual_reliability = Some(ends.iter().sum::<f64>() / ends.len().max(1) as f64);
     vec![finish(row, &sim, t0)]
 }

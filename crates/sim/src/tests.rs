@@ -72,6 +72,24 @@ fn half_of_the_nodes_failing_heals_to_full_reliability() {
 }
 
 #[test]
+fn a_healed_partition_becomes_one_overlay_within_two_rounds() {
+    for detector in [Detector::Paper, Detector::Shipped] {
+        let mut sim = small(300, 11, detector);
+        let group: Vec<u8> = (0..300).map(|i| (i % 2) as u8).collect();
+        sim.partition(group);
+        // Six rounds apart: long enough for each side's passive views to forget the other.
+        sim.run_for(Duration::from_secs(60));
+        assert_eq!(overlay_stats(&sim, 1).components, 2, "{detector:?}: split");
+        sim.heal();
+        sim.run_for(sim.config().protocol.membership.shuffle_interval * 2);
+        sim.check_invariants().unwrap();
+        assert_eq!(overlay_stats(&sim, 1).components, 1, "{detector:?}: one overlay again");
+        let m = metrics(&mut sim, 10, 3);
+        assert!(m.iter().all(|(r, _, _)| *r >= 1.0), "{detector:?}: {m:?}");
+    }
+}
+
+#[test]
 fn embedded_scenarios_parse() {
     for (name, _) in scenario::EMBEDDED {
         let s = Scenario::load(name).unwrap();
