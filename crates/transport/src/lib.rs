@@ -224,6 +224,13 @@ pub struct TransportConfig {
     pub max_frame_size: usize,
     /// How long a handshake plus Hello exchange may take.
     pub handshake_timeout: Duration,
+    /// QUIC flow-control window of the frame stream a peer sends us, bytes (quinn's
+    /// default, 1.25 MB, ≈ 4,000 frames of 256 B payload). Smaller windows push back on
+    /// the sender sooner; at 64 KiB the max-rate benchmark did not change beyond its
+    /// run-to-run noise (docs/performance.md).
+    pub stream_receive_window: u32,
+    /// Bytes we may have in flight unacknowledged on one connection (quinn default 10 MB).
+    pub send_window: u64,
 }
 
 impl Default for TransportConfig {
@@ -233,6 +240,8 @@ impl Default for TransportConfig {
             idle_timeout: Duration::from_secs(10),
             max_frame_size: 1 << 20,
             handshake_timeout: Duration::from_secs(5),
+            stream_receive_window: 1_250_000,
+            send_window: 10_000_000,
         }
     }
 }
@@ -246,6 +255,8 @@ impl TransportConfig {
         ));
         t.max_concurrent_bidi_streams(0u32.into());
         t.max_concurrent_uni_streams(4u32.into());
+        t.stream_receive_window(self.stream_receive_window.into());
+        t.send_window(self.send_window);
         Ok(t)
     }
 }
