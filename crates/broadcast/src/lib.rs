@@ -361,6 +361,9 @@ pub struct Stats {
     pub trees_evicted: u64,
     /// Catch-up announcements sent to new neighbours.
     pub catch_ups: u64,
+    /// Grafts without payload sent to a pruned peer whose payload arrived first (the
+    /// Prune/payload race, see `on_gossip`).
+    pub regrafts: u64,
 }
 
 /// Exact dedupe state of one origin: every seq ≤ `watermark` was seen, plus those in
@@ -674,6 +677,18 @@ impl<P: PeerId> State<P> {
         self.missing.remove(&id);
         self.stats.delivered += 1;
         if neighbor.is_some() {
+            if self.config.mode == Mode::Plumtree && self.is_lazy(&envelope.origin, &from) {
+                // A payload from a peer we pruned, sent before our Prune reached it: it
+                // becomes our parent for this message, but its side of the link is lazy
+                // by now. Without this Graft (no payload asked) a duplicate from our old
+                // parent would make us prune that one too, and no one would push to us
+                // any more: every later message would wait for a Graft timer.
+                self.stats.regrafts += 1;
+                self.out.push(Output::Send {
+                    to: from.clone(),
+                    message: Message::Graft { id: None, origin: envelope.origin.clone() },
+                });
+            }
             self.set_eager(&envelope.origin, &from);
         }
         self.out.push(Output::Deliver(Delivery {

@@ -48,6 +48,31 @@ fn per_origin_prune_leaves_other_origins_eager() {
 }
 
 #[test]
+fn payload_from_a_pruned_peer_regrafts_it_so_the_node_keeps_a_parent() {
+    // The Prune/payload race: we prune 2 (a duplicate of m1), but 2 sent m2 before our
+    // Prune arrived, and m2 reaches us through 2 first. Then 1's copy of m2 is the
+    // duplicate and 1 is pruned too. Unless 2 is told to push to us again, no one does.
+    for tree in [Tree::Shared, Tree::PerOrigin] {
+        let now = Instant::now();
+        let mut s = State::new(0u32, 1, Config { ihave_batch_window: Duration::ZERO, tree, ..Config::lan() });
+        up(&mut s, &[1, 2, 3]);
+        let gossip = |seq| Message::Gossip { round: 1, envelope: env(9, seq, b"m") };
+        let _ = s.handle(now, Input::Message { from: 1, message: gossip(1) });
+        let out = sends(s.handle(now, Input::Message { from: 2, message: gossip(1) }).collect());
+        assert_eq!(out, vec![(2, Message::Prune { origin: 9 })], "{tree:?}");
+        let out = sends(s.handle(now, Input::Message { from: 2, message: gossip(2) }).collect());
+        assert!(out.contains(&(2, Message::Graft { id: None, origin: 9 })), "{tree:?}: {out:?}");
+        assert_eq!(s.stats().regrafts, 1);
+        let out = sends(s.handle(now, Input::Message { from: 1, message: gossip(2) }).collect());
+        assert_eq!(out, vec![(1, Message::Prune { origin: 9 })], "{tree:?}");
+        assert!(s.eager_peers_for(&9).contains(&2), "{tree:?}");
+        // In order, from an eager peer: no Graft.
+        let out = sends(s.handle(now, Input::Message { from: 2, message: gossip(3) }).collect());
+        assert!(!out.iter().any(|(_, m)| matches!(m, Message::Graft { .. })), "{tree:?}: {out:?}");
+    }
+}
+
+#[test]
 fn a_new_neighbor_gets_recent_messages_announced() {
     let now = Instant::now();
     let mut s = node(0);

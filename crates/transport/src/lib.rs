@@ -224,10 +224,11 @@ pub struct TransportConfig {
     pub max_frame_size: usize,
     /// How long a handshake plus Hello exchange may take.
     pub handshake_timeout: Duration,
-    /// QUIC flow-control window of the frame stream a peer sends us, bytes (quinn's
-    /// default, 1.25 MB, ≈ 4,000 frames of 256 B payload). Smaller windows push back on
-    /// the sender sooner; at 64 KiB the max-rate benchmark did not change beyond its
-    /// run-to-run noise (docs/performance.md).
+    /// QUIC flow-control window of the frame stream a peer sends us, bytes. Default
+    /// 32 KiB (≈ 100 frames of 256 B payload); quinn's default, 1.25 MB, let a busy
+    /// receiver buffer hundreds of ms of traffic, past the Graft timer (max-rate p50
+    /// 50 → 20 ms at N = 20 with 32 KiB, docs/performance.md). It caps one link at one
+    /// window per round trip (≈ 260 Mbit/s at 1 ms): raise it for fat long links.
     pub stream_receive_window: u32,
     /// Bytes we may have in flight unacknowledged on one connection (quinn default 10 MB).
     pub send_window: u64,
@@ -240,7 +241,7 @@ impl Default for TransportConfig {
             idle_timeout: Duration::from_secs(10),
             max_frame_size: 1 << 20,
             handshake_timeout: Duration::from_secs(5),
-            stream_receive_window: 1_250_000,
+            stream_receive_window: 32 << 10,
             send_window: 10_000_000,
         }
     }

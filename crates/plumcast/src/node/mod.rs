@@ -168,7 +168,7 @@ impl Default for NodeConfig {
             max_payload_size: 64 << 10,
             broadcast_queue: 128,
             app_queue: 4096,
-            peer_queue_soft_limit: 512,
+            peer_queue_soft_limit: 64,
             peer_queue_hard_limit: 1 << 18,
             shutdown_linger: Duration::from_secs(2),
             idle_link_timeout: Duration::from_secs(10),
