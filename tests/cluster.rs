@@ -77,6 +77,29 @@ async fn graceful_shutdown_tells_neighbors_they_left() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_accepted_right_before_shutdown_are_delivered() {
+    let _g = SERIAL.lock().await;
+    init_tracing();
+    let mut nodes = cluster(4).await;
+    wait_until(Duration::from_secs(10), "overlay", || overlay_ready(&nodes)).await;
+    let sender = nodes.remove(3);
+    let origin = sender.node.id();
+    // Shut down right after the last `broadcast` returned: the leave linger flushes them.
+    let mut ids = Vec::new();
+    for i in 0..100u32 {
+        ids.push(sender.node.broadcast(i.to_be_bytes().to_vec()).await.unwrap());
+    }
+    sender.node.shutdown().await.unwrap();
+    wait_until(Duration::from_secs(10), "all 100 delivered once by the 3 others", || async {
+        ids.iter().all(|id| delivered(&nodes, origin, *id) == (3, false))
+    })
+    .await;
+    for n in nodes {
+        n.node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_nodes_joining_one_contact_at_once_are_symmetric_and_deliver() {
     let _g = SERIAL.lock().await;
     init_tracing();
