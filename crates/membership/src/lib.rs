@@ -837,14 +837,21 @@ impl<P: Peer, R: RngCore> State<P, R> {
             .filter(|p| !self.active.contains(p) && !self.pending.contains_key(*p))
             .cloned()
             .collect();
+        if self.ask_one_of(now, &candidates) {
+            self.stats.reconnects_sent += 1;
+        }
+    }
+
+    /// Send a Neighbor request to a random one of `candidates`: `High` when the active view
+    /// is empty (it cannot be refused, paper §4.3), `Low` otherwise. False if none.
+    fn ask_one_of(&mut self, now: Instant, candidates: &[P]) -> bool {
         if candidates.is_empty() {
-            return;
+            return false;
         }
         let q = candidates[self.index(candidates.len())].clone();
-        // An isolated node asks with High, as in fill_active.
         let priority = if self.active.is_empty() { Priority::High } else { Priority::Low };
-        self.stats.reconnects_sent += 1;
         self.request_neighbor(now, q, priority);
+        true
     }
 
     /// Peers lost to a failure that reconnect still probes (≤ `reconnect_capacity`).
@@ -877,13 +884,10 @@ impl<P: Peer, R: RngCore> State<P, R> {
                 })
                 .cloned()
                 .collect();
-            if candidates.is_empty() {
+            if !self.ask_one_of(now, &candidates) {
                 break;
             }
-            let q = candidates[self.index(candidates.len())].clone();
-            let priority = if self.active.is_empty() { Priority::High } else { Priority::Low };
             self.stats.promotions += 1;
-            self.request_neighbor(now, q, priority);
         }
         self.maybe_schedule_rejoin(now);
     }
