@@ -134,6 +134,10 @@ pub struct Scenario {
     /// Partition: how long the two halves stay apart, ms.
     #[serde(default)]
     pub partition_ms: u64,
+    /// Stable, multiple senders: draw senders from this many fixed nodes instead of from
+    /// every live node (a few publishers, many subscribers). Absent: any live node.
+    #[serde(default)]
+    pub senders: Option<usize>,
 }
 
 /// The embedded scenarios, by name.
@@ -144,6 +148,7 @@ pub const EMBEDDED: &[(&str, &str)] = &[
     ("churn", include_str!("../scenarios/churn.toml")),
     ("concurrent-join", include_str!("../scenarios/concurrent-join.toml")),
     ("partition-heal", include_str!("../scenarios/partition-heal.toml")),
+    ("plumtree-few-senders", include_str!("../scenarios/plumtree-few-senders.toml")),
 ];
 
 /// Errors loading a scenario.
@@ -491,15 +496,22 @@ fn stable(s: &Scenario, base: Option<Sim>, mode: RunMode, mut row: Row, seed: u6
     set_mode(&mut sim, mode);
     let gap = Duration::from_millis(s.broadcast_gap_ms);
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xb0);
+    let pick = |sim: &Sim, rng: &mut ChaCha8Rng| match s.senders {
+        Some(k) if mode != RunMode::PlumtreeSingle && k > 0 => {
+            let live = sim.live();
+            live.get(rng.gen_range(0..k.min(live.len()).max(1))).copied()
+        }
+        _ => pick_sender(sim, mode, rng),
+    };
     for _ in 0..s.warmup {
-        if let Some(o) = pick_sender(&sim, mode, &mut rng) {
+        if let Some(o) = pick(&sim, &mut rng) {
             shoot(&mut sim, o, gap);
         }
     }
     let before = sim.counters().clone();
     let mut shots = Vec::new();
     for _ in 0..s.broadcasts {
-        let Some(o) = pick_sender(&sim, mode, &mut rng) else { break };
+        let Some(o) = pick(&sim, &mut rng) else { break };
         if let Some(x) = shoot(&mut sim, o, gap) {
             shots.push(x);
         }
