@@ -1,11 +1,13 @@
-//! A UDP socket wrapper for fault injection: black hole (crash) and random loss.
+//! A UDP socket wrapper for fault injection: black hole (crash), partitions (blocked
+//! destinations) and random loss.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use quinn::udp::{RecvMeta, Transmit};
@@ -18,6 +20,9 @@ pub struct Faults {
     loss_per_million: AtomicU32,
     rng: AtomicU64,
     dropped: AtomicU64,
+    /// Destinations whose datagrams are dropped (a partition); empty almost always.
+    blocked: RwLock<HashSet<SocketAddr>>,
+    any_blocked: AtomicBool,
 }
 
 impl Faults {
@@ -30,6 +35,25 @@ impl Faults {
     /// Whether the socket is black-holed.
     pub fn is_black_holed(&self) -> bool {
         self.black_hole.load(Ordering::SeqCst)
+    }
+
+    /// Drop every datagram this socket sends to one of `peers` from now on (until
+    /// [`Faults::unblock_all`]). Blocking each side's addresses on the other side's nodes
+    /// is a network partition: connections across it time out, nothing is refused.
+    pub fn block(&self, peers: impl IntoIterator<Item = SocketAddr>) {
+        let mut b = self.blocked.write().unwrap_or_else(|e| e.into_inner());
+        b.extend(peers);
+        self.any_blocked.store(!b.is_empty(), Ordering::SeqCst);
+    }
+
+    /// Heal: stop blocking any destination.
+    pub fn unblock_all(&self) {
+        self.blocked.write().unwrap_or_else(|e| e.into_inner()).clear();
+        self.any_blocked.store(false, Ordering::SeqCst);
+    }
+
+    fn is_blocked(&self, to: &SocketAddr) -> bool {
+        self.any_blocked.load(Ordering::Relaxed) && self.blocked.read().unwrap_or_else(|e| e.into_inner()).contains(to)
     }
 
     /// Drop this fraction (0.0–1.0) of outgoing datagrams at random.
@@ -85,7 +109,7 @@ impl AsyncUdpSocket for FaultySocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        if self.faults.drop_outgoing() {
+        if self.faults.drop_outgoing() || self.faults.is_blocked(&transmit.destination) {
             self.faults.dropped.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
