@@ -276,7 +276,7 @@ pub fn build_overlay(n: usize, cfg: SimConfig, rounds: u32) -> Sim {
 /// [`build_overlay`] with another virtual gap between two joins. Every joined node runs
 /// its Shuffle timer meanwhile, so at 100,000 nodes a 100 ms gap means 10,000 s of
 /// virtual time and ~1,000 shuffle rounds before the last join; the speed benchmark uses
-/// 10 ms (joins then overlap a little: a ForwardJoin walk takes ~60 ms).
+/// 1 ms (about 60 joins overlap: a ForwardJoin walk takes ~60 ms).
 pub fn build_overlay_with_gap(n: usize, cfg: SimConfig, rounds: u32, gap: Duration) -> Sim {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed);
     let shuffle = cfg.protocol.membership.shuffle_interval;
