@@ -399,10 +399,10 @@ struct Pending {
 /// again, since each side's passive view has purged the other. Like Serf's reconnect of
 /// failed members, the state remembers up to `reconnect_capacity` peers lost to a failure
 /// (for `reconnect_timeout`) and, once per round, sends one of them a Neighbor request
-/// (`Low`, or `High` when the active view is empty). A node that receives a Neighbor request from a peer *it* had also lost to a
-/// failure accepts it even with a full active view (evicting a random neighbour, as for
-/// `High`): it is a broken link being restored, and one restored link joins the two
-/// sides again. Each remembered peer is restored at most once, so the upheaval is bounded.
+/// (`Low`, or `High` when the active view is empty). A node that receives a Neighbor
+/// request from a peer *it* had also lost to a failure accepts it even with a full active
+/// view (evicting a random neighbour, as for `High`): it is a broken link being restored,
+/// and one restored link joins the two sides again. Each remembered peer is restored at most once, so the upheaval is bounded.
 #[derive(Clone)]
 pub struct State<P, R> {
     me: P,

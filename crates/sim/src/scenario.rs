@@ -333,11 +333,10 @@ fn shoot(sim: &mut Sim, origin: u32, gap: Duration) -> Option<Shot> {
     let key = sim.broadcast(origin)?;
     sim.run_for(gap);
     sim.check_sampled();
+    let (reliability, rmr) = settled(sim, key)?;
     let t = sim.track(key)?;
-    let expected = t.expected.max(1) as f64;
-    let rmr = if t.delivered == 0 { 0.0 } else { t.payload_msgs as f64 / t.delivered as f64 - 1.0 };
     Some(Shot {
-        reliability: (t.delivered as f64 / expected).min(1.0),
+        reliability,
         rmr,
         ldh: t.ldh,
         payload: t.payload_msgs,
@@ -565,9 +564,7 @@ fn massive_failure(s: &Scenario, base: Option<Sim>, mode: RunMode, head: Row, se
             sim.run_for(Duration::from_millis(1));
         }
         sim.run_for(gap);
-        let rel = |sim: &Sim, k| {
-            sim.track(k).map(|t| (t.delivered as f64 / t.expected.max(1) as f64).min(1.0)).unwrap_or(0.0)
-        };
+        let rel = |sim: &Sim, k| settled(sim, k).map_or(0.0, |(r, _)| r);
         let first = keys.first().map(|k| rel(&sim, *k)).unwrap_or(0.0);
         // Eventual: let repairs run for 3 membership rounds.
         sim.run_for(s_shuffle(&sim) * 3);
