@@ -158,3 +158,20 @@ proptest! {
         }
     }
 }
+
+/// A node that broadcast while alone announces it to its first neighbour (catch-up on
+/// NeighborUp). The accepting side used to send that IHave before its NeighborReply, and
+/// the joiner, which did not list it as a neighbour yet, dropped it: the message was lost.
+#[test]
+fn a_message_broadcast_while_alone_reaches_the_first_joiner() {
+    let mut sim = Sim::new(2, SimConfig::new(5));
+    sim.start(0, None);
+    sim.run_for(Duration::from_millis(10));
+    let key = sim.broadcast(0).unwrap();
+    sim.start(1, Some(0));
+    sim.run_for(Duration::from_secs(2));
+    assert!(sim.state(1).unwrap().membership().is_active(&0), "joined");
+    let t = sim.track(key).unwrap();
+    assert_eq!(t.expected, 0, "nobody else was up when it was sent");
+    assert_eq!(t.delivered, 1, "the joiner delivers it after a catch-up Graft");
+}

@@ -258,6 +258,11 @@ impl<P: Peer, R: RngCore> State<P, R> {
     fn membership_input(&mut self, now: Instant, input: membership::Input<P>) {
         let mut m = std::mem::take(&mut self.scratch_m);
         m.extend(self.membership.handle(now, input));
+        // Plumtree hears of neighbour changes after this batch's membership messages are
+        // out: an accepted Neighbor request's reply must reach the peer before our first
+        // Plumtree frame (catch-up IHave, Graft), or the peer, which does not list us as
+        // a neighbour yet, would drop it.
+        let mut changes = Vec::new();
         for o in m.drain(..) {
             match o {
                 membership::Output::Send { to, message } => {
@@ -269,18 +274,25 @@ impl<P: Peer, R: RngCore> State<P, R> {
                 }
                 membership::Output::Rejoin => self.out.push(Output::Rejoin),
                 membership::Output::Event(membership::Event::NeighborUp(p)) => {
-                    self.peers.insert(p.id(), p.clone());
                     self.out.push(Output::Event(Event::NeighborUp(p.clone())));
-                    self.broadcast_input(now, broadcast::Input::NeighborUp(p.id()));
+                    changes.push((true, p));
                 }
                 membership::Output::Event(membership::Event::NeighborDown { peer, reason }) => {
-                    self.peers.remove(&peer.id());
                     self.out.push(Output::Event(Event::NeighborDown { peer: peer.clone(), reason }));
-                    self.broadcast_input(now, broadcast::Input::NeighborDown(peer.id()));
+                    changes.push((false, peer));
                 }
             }
         }
         self.scratch_m = m;
+        for (up, p) in changes {
+            if up {
+                self.peers.insert(p.id(), p.clone());
+                self.broadcast_input(now, broadcast::Input::NeighborUp(p.id()));
+            } else {
+                self.peers.remove(&p.id());
+                self.broadcast_input(now, broadcast::Input::NeighborDown(p.id()));
+            }
+        }
     }
 
     fn absorb_broadcast(&mut self, out: &mut Vec<broadcast::Output<P::Id>>) {
