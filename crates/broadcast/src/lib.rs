@@ -177,8 +177,11 @@ pub struct Config {
     /// paper gives no number (§3.6); iroh-gossip uses 80 ms. LAN default 40 ms: loopback
     /// and LAN round trips are well under 1 ms, so the tree nearly always wins the race.
     pub graft_timeout_1: Duration,
-    /// Timer 2: wait for a grafted payload before grafting the next announcer (about one
-    /// round trip, paper §3.6). LAN default 20 ms.
+    /// Timer 2: wait for a grafted payload before grafting the next announcer ("about one
+    /// round trip", paper §3.6). A floor: the wait is the larger of this and twice the
+    /// smoothed RTT to the grafted peer when the node reports it ([`State::set_rtt`]; the
+    /// QUIC node feeds quinn's estimate every 500 ms), so slow links are not given up on
+    /// early. LAN default 40 ms.
     pub graft_timeout_2: Duration,
     /// IHave batching window; 0 sends each announcement at once. iroh-gossip: 5 ms.
     pub ihave_batch_window: Duration,
@@ -417,6 +420,8 @@ pub struct State<P> {
     missing: HashMap<MessageId, Missing<P>>,
     missing_order: VecDeque<(MessageId, Instant)>,
     ihave_queue: BTreeMap<P, Vec<Announcement<P>>>,
+    /// Smoothed round-trip time per neighbour, as reported by the transport.
+    rtt: BTreeMap<P, Duration>,
     ihave_armed: bool,
     next_expiry: Option<Instant>,
     stats: Stats,
@@ -442,6 +447,7 @@ impl<P: PeerId> State<P> {
             missing: HashMap::default(),
             missing_order: VecDeque::new(),
             ihave_queue: BTreeMap::new(),
+            rtt: BTreeMap::new(),
             ihave_armed: false,
             next_expiry: None,
             stats: Stats::default(),
@@ -529,6 +535,22 @@ impl<P: PeerId> State<P> {
         }
     }
 
+    /// The transport's smoothed round-trip estimate to neighbour `peer` (ignored for
+    /// non-neighbours; forgotten on NeighborDown). Sets the Graft retry wait
+    /// ([`Config::graft_timeout_2`]).
+    pub fn set_rtt(&mut self, peer: P, rtt: Duration) {
+        if self.neighbors.contains(&peer) {
+            self.rtt.insert(peer, rtt);
+        }
+    }
+
+    /// How long to wait for the payload after grafting `p` (paper §3.6: about one round
+    /// trip; never less than [`Config::graft_timeout_2`]).
+    fn graft_wait(&self, p: &P) -> Duration {
+        let rtt = self.rtt.get(p).copied().unwrap_or_default();
+        self.config.graft_timeout_2.max(rtt.saturating_mul(2))
+    }
+
     /// Counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
@@ -613,6 +635,7 @@ impl<P: PeerId> State<P> {
                     lazy.retain(|q| q != &p);
                 }
                 self.ihave_queue.remove(&p);
+                self.rtt.remove(&p);
                 for m in self.missing.values_mut() {
                     m.announcers.retain(|a| a != &p);
                 }
@@ -783,7 +806,8 @@ impl<P: PeerId> State<P> {
                 m.attempt += 1;
                 let origin = m.origin.clone();
                 let timer = Timer::Graft { id, attempt: m.attempt };
-                self.out.push(Output::Timer { at: now + self.config.graft_timeout_2, timer });
+                let wait = self.graft_wait(&p);
+                self.out.push(Output::Timer { at: now + wait, timer });
                 self.stats.grafts_sent += 1;
                 self.set_eager(&origin, &p);
                 self.out.push(Output::Send { to: p, message: Message::Graft { id: Some(id), origin } });

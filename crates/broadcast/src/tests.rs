@@ -187,6 +187,29 @@ fn ihave_for_missing_message_grafts_after_timer1_then_next_announcer_after_timer
 }
 
 #[test]
+fn the_graft_retry_waits_two_round_trips_of_the_grafted_peer() {
+    let t0 = Instant::now();
+    let mut s = node(0);
+    up(&mut s, &[1, 2]);
+    s.set_rtt(1, Duration::from_millis(300));
+    s.set_rtt(2, Duration::from_millis(1));
+    s.set_rtt(5, Duration::from_secs(9)); // not a neighbour: ignored
+    let graft = |s: &mut State<u32>, seq: u64, from: u32| {
+        let e = env(9, seq, b"m");
+        let ann = Announcement { id: e.id(), origin: 9, incarnation: 1, seq, round: 1 };
+        let _ = s.handle(t0, Input::Message { from, message: Message::IHave(vec![ann]) });
+        let t1 = t0 + s.config().graft_timeout_1;
+        let out: Vec<_> = s.handle(t1, Input::Timer(Timer::Graft { id: e.id(), attempt: 0 })).collect();
+        out.into_iter().find_map(|o| if let Output::Timer { at, .. } = o { Some(at - t1) } else { None }).unwrap()
+    };
+    assert_eq!(graft(&mut s, 1, 1), Duration::from_millis(600), "2 × RTT on a slow link");
+    assert_eq!(graft(&mut s, 2, 2), s.config().graft_timeout_2, "the configured floor on a fast one");
+    let _ = s.handle(t0, Input::NeighborDown(1));
+    let _ = s.handle(t0, Input::NeighborUp(1));
+    assert_eq!(graft(&mut s, 3, 1), s.config().graft_timeout_2, "forgotten with the link");
+}
+
+#[test]
 fn graft_answers_from_cache_and_makes_eager() {
     let now = Instant::now();
     let mut s = node(0);

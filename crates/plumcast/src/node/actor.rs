@@ -591,6 +591,10 @@ impl Actor {
         if self.congested {
             self.recheck_congestion();
         }
+        // Graft retry waits follow quinn's RTT estimate (Plumtree §3.6: about one round trip).
+        for (id, l) in &self.links {
+            self.proto.set_rtt(*id, l.conn.rtt());
+        }
     }
 
     /// Graceful leave: Disconnect to the neighbours, flush, close, drain tasks.

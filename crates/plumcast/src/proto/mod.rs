@@ -10,7 +10,7 @@
 //! code.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::RngCore;
@@ -204,6 +204,12 @@ impl<P: Peer, R: RngCore> State<P, R> {
     /// Switch between one shared tree and per-origin trees (all links eager again).
     pub fn set_broadcast_tree(&mut self, tree: Tree) {
         self.broadcast.set_tree(tree);
+    }
+
+    /// The transport's smoothed round-trip time to neighbour `peer` (sets Plumtree's
+    /// Graft retry wait, see [`broadcast::State::set_rtt`]).
+    pub fn set_rtt(&mut self, peer: P::Id, rtt: Duration) {
+        self.broadcast.set_rtt(peer, rtt);
     }
 
     /// Plumtree messages addressed to a peer that was no longer a neighbour (dropped).
