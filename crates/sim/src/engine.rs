@@ -462,6 +462,11 @@ impl Sim {
         self.tracks.get(&key)
     }
 
+    /// Forget one broadcast's record.
+    pub fn forget_track(&mut self, key: (u32, u64)) {
+        self.tracks.remove(&key);
+    }
+
     /// Forget broadcast records (bounded memory in long runs).
     pub fn clear_tracks(&mut self) {
         self.tracks.clear();

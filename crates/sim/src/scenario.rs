@@ -469,18 +469,38 @@ fn failures(s: &Scenario, base: Option<Sim>, mode: RunMode, head: Row, seed: u64
         // Reliability (Fig. 2): no membership round in between, reactive repairs run.
         sim.shuffle_paused = true;
         let (mut rel, mut dups, mut k) = (0.0, 0u64, 0);
+        // Eventual delivery: each broadcast is read again PROBE_GAP after it was sent,
+        // when every Graft retry is long over (late, not lost).
+        let lag = PROBE_GAP.as_micros().div_ceil(gap.as_micros().max(1)) as usize;
+        let (mut pending, mut eventual, mut ek) = (std::collections::VecDeque::new(), 0.0, 0);
+        let mut settle = |sim: &mut Sim, key| {
+            if let Some((r, _)) = settled(sim, key) {
+                eventual += r;
+                ek += 1;
+            }
+            sim.forget_track(key);
+        };
         for _ in 0..s.broadcasts {
             let Some(o) = pick_sender(&sim, mode, &mut rng) else { break };
             if let Some(x) = shoot(&mut sim, o, gap) {
                 rel += x.reliability;
                 dups += u64::from(x.duplicates);
                 k += 1;
+                pending.push_back(x.key);
             }
-            sim.clear_tracks();
+            while pending.len() > lag {
+                let key = pending.pop_front().expect("non-empty");
+                settle(&mut sim, key);
+            }
+        }
+        sim.run_for(PROBE_GAP);
+        for key in pending {
+            settle(&mut sim, key);
         }
         let mut row = head.clone();
         row.failed_pct = Some(pct);
         row.reliability = Some(rel / k.max(1) as f64);
+        row.eventual_reliability = Some(eventual / ek.max(1) as f64);
         row.healing_rounds = healing_rounds;
         row.healing_measured = true;
         row.duplicates = dups;
