@@ -67,7 +67,16 @@ pub async fn cluster(n: usize) -> Vec<TestNode> {
 }
 
 /// Wait until `cond` holds, polling every 20 ms; panic with `what` after `timeout`.
-pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    assert!(wait_for(timeout, cond).await, "timed out after {timeout:?} waiting for: {what}");
+}
+
+/// Wait until `cond` holds, polling every 20 ms; false if it still does not after `timeout`.
+pub async fn wait_for<F, Fut>(timeout: Duration, mut cond: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -75,9 +84,11 @@ where
     let deadline = Instant::now() + timeout;
     loop {
         if cond().await {
-            return;
+            return true;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
