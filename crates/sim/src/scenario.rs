@@ -377,9 +377,11 @@ pub fn run(s: &Scenario, jobs: usize, progress: Progress<'_>) -> Vec<Row> {
     std::thread::scope(|scope| {
         for _ in 0..jobs.clamp(1, s.seeds.len().max(1)) {
             scope.spawn(|| {
-                while let Some(&seed) = s.seeds.get(next.fetch_add(1, Ordering::Relaxed)) {
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&seed) = s.seeds.get(k) else { break };
                     let rows = run_seed(s, seed, &done, total, progress);
-                    results.lock().unwrap_or_else(|e| e.into_inner()).push((seed, rows));
+                    results.lock().unwrap_or_else(|e| e.into_inner()).push((k, rows));
                 }
             });
         }
@@ -387,7 +389,7 @@ pub fn run(s: &Scenario, jobs: usize, progress: Progress<'_>) -> Vec<Row> {
     progress(total, total, "done");
     let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
     // Rows in the scenario's seed order whatever order the jobs finished in.
-    results.sort_by_key(|(seed, _)| s.seeds.iter().position(|x| x == seed));
+    results.sort_by_key(|(k, _)| *k);
     results.into_iter().flat_map(|(_, rows)| rows).collect()
 }
 
