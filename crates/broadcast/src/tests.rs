@@ -356,7 +356,7 @@ fn connected_edges(n: u32, extra: &[(u32, u32)]) -> Vec<(u32, u32)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, max_shrink_time: 10_000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { max_shrink_time: 10_000, ..ProptestConfig::default() })]
 
     /// Every broadcast is delivered exactly once by every other node of a connected
     /// overlay, whatever the interleaving, and the origin never delivers its own.

@@ -372,7 +372,7 @@ fn fifty_concurrent_joins_through_one_contact_are_symmetric() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, max_shrink_time: 10_000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { max_shrink_time: 10_000, ..ProptestConfig::default() })]
 
     /// Random joins, crashes, shuffles and leaves keep every invariant, and the active
     /// views are symmetric once the network is quiet.
