@@ -142,7 +142,6 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let catch_ups = delta(|s| s.broadcast.catch_ups);
     let disconnects = delta(|s| s.membership.disconnects_received);
     let strangers = delta(|s| s.membership.strangers_rejected);
-    let ihave_shed = delta(|s| s.net.ihave_shed);
     let data_recv: u64 = after.iter().map(|s| s.broadcast.gossip_received).sum::<u64>() - data_before;
     let frames: u64 = after.iter().map(|s| s.net.frames_sent).sum::<u64>() - ctrl_before;
     let delivered = rec.delivered.load(Relaxed);
@@ -175,7 +174,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         "bcast_per_s": round1(m as f64 / span), "deliveries_per_s": round1(delivered as f64 / span),
         "data_recv": data_recv, "rmr": round3(rmr), "frames_sent": frames,
         "grafts": grafts, "prunes": prunes, "failures_detected": failures, "evictions": evictions, "catch_ups": catch_ups,
-        "disconnects": disconnects, "strangers_rejected": strangers, "ihave_shed": ihave_shed,
+        "disconnects": disconnects, "strangers_rejected": strangers,
         "avg_hops": round3(avg_hops), "max_hops": max_hops,
         "cpu_s": round3(cpu_s), "cpu_util": round3(cpu_s / wall_s.max(1e-9)),
         "cpu_us_per_delivery": round3(cpu_s * 1e6 / delivered.max(1) as f64),

@@ -25,7 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -300,11 +300,13 @@ pub mod close_code {
 /// # Errors
 /// [`TransportError::Frame`] if serialization fails.
 pub fn encode_frame<T: Serialize>(value: &T) -> Result<Bytes, TransportError> {
-    let body = postcard::to_stdvec(value)?;
-    let mut b = BytesMut::with_capacity(4 + body.len());
-    b.put_u32(body.len() as u32);
-    b.put_slice(&body);
-    Ok(b.freeze())
+    // Usually one allocation: the body is encoded after a placeholder for its length.
+    let mut frame = Vec::with_capacity(512);
+    frame.extend_from_slice(&[0; 4]);
+    let mut frame = postcard::to_extend(value, frame)?;
+    let len = (frame.len() - 4) as u32;
+    frame[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(Bytes::from(frame))
 }
 
 /// Decode a frame body (without the length prefix).

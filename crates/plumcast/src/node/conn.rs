@@ -5,9 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use plumcast_transport::{Hello, NodeId, PeerInfo, close_code, decode_body, encode_frame, frame_codec, peer_node_id};
+
+use super::wire::{self, Frame};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::codec::FramedRead;
 
@@ -27,7 +29,7 @@ pub(crate) struct Up {
     pub peer: PeerInfo,
     pub conn_id: u64,
     pub conn: quinn::Connection,
-    pub tx: mpsc::UnboundedSender<Bytes>,
+    pub tx: mpsc::UnboundedSender<Frame>,
     pub depth: Arc<AtomicUsize>,
     pub dialed_by_me: bool,
     pub bootstrap: bool,
@@ -39,6 +41,8 @@ pub(crate) enum NetEvent {
         from: PeerInfo,
         conn_id: u64,
         message: proto::Message<PeerInfo>,
+        /// A Gossip's envelope bytes as received, to forward without re-encoding.
+        envelope: Option<Bytes>,
     },
     Down {
         peer: NodeId,
@@ -149,19 +153,21 @@ pub(crate) async fn run(
     let reason = loop {
         tokio::select! {
             frame = frames.next() => match frame {
-                Some(Ok(body)) => match decode_body::<proto::Message<PeerInfo>>(&body) {
-                    Ok(message) => {
-                        if net_tx.send(NetEvent::Message { from: peer, conn_id, message }).await.is_err() {
+                Some(Ok(body)) => {
+                    let len = body.len();
+                    match wire::decode(body.freeze()) {
+                    Ok(wire::Decoded { message, envelope }) => {
+                        if net_tx.send(NetEvent::Message { from: peer, conn_id, message, envelope }).await.is_err() {
                             return;
                         }
                     }
                     Err(e) => {
                         conn.close(close_code::PROTOCOL.into(), b"malformed frame");
-                        let reason = format!("malformed frame ({} bytes): {e}", body.len());
+                        let reason = format!("malformed frame ({len} bytes): {e}");
                         let _ = net_tx.send(NetEvent::Refused { peer: Some(peer), conn_id, kind: Refusal::Malformed, reason }).await;
                         return;
                     }
-                },
+                }},
                 Some(Err(e)) => {
                     let oversized = e.kind() == std::io::ErrorKind::InvalidData;
                     let (kind, code, what) = if oversized {
@@ -183,31 +189,34 @@ pub(crate) async fn run(
 }
 
 /// Write queued frames, coalescing whatever is queued into one write (many frames per
-/// QUIC packet). When the actor drops the queue, finish the stream and wait (bounded)
-/// until the peer has read everything.
+/// QUIC packet). Frames go to quinn as chunks, without copying: a forwarded Gossip's
+/// envelope bytes are shared with the other eager peers' queues. When the actor drops the
+/// queue, finish the stream and wait (bounded) until the peer has read everything.
 async fn write_frames(
     mut send: quinn::SendStream,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    mut rx: mpsc::UnboundedReceiver<Frame>,
     depth: Arc<AtomicUsize>,
     drained: Arc<Notify>,
     net_tx: mpsc::Sender<NetEvent>,
     conn_id: u64,
 ) {
-    let mut batch = BytesMut::new();
+    let mut chunks: Vec<Bytes> = Vec::new();
     while let Some(first) = rx.recv().await {
-        batch.clear();
-        batch.extend_from_slice(&first);
+        chunks.clear();
+        let mut bytes = first.len();
+        first.push_to(&mut chunks);
         let mut n = 1;
-        while batch.len() < 64 << 10 {
+        while bytes < 64 << 10 {
             match rx.try_recv() {
                 Ok(f) => {
-                    batch.extend_from_slice(&f);
+                    bytes += f.len();
+                    f.push_to(&mut chunks);
                     n += 1;
                 }
                 Err(_) => break,
             }
         }
-        if send.write_all(&batch).await.is_err() {
+        if send.write_all_chunks(&mut chunks).await.is_err() {
             depth.fetch_sub(n, Ordering::Relaxed);
             // The connection is gone; the reader reports it. Keep draining so the depth
             // stays honest until the actor drops the queue.

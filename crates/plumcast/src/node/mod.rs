@@ -8,6 +8,7 @@
 
 mod actor;
 mod conn;
+mod wire;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -145,10 +146,11 @@ pub struct NodeConfig {
     /// Events queued towards the application before the node stops reading from peers.
     pub app_queue: usize,
     /// Frames queued for one peer above which the node stops accepting new broadcasts
-    /// (backpressure) and sheds IHave announcements to that peer (counted).
+    /// (backpressure). Nothing is shed: IHave announcements are queued too, because a
+    /// node that lost its eager parent learns of a message only through them.
     pub peer_queue_soft_limit: usize,
     /// Frames queued for one peer above which the peer is disconnected as too slow
-    /// (counted; HyParView replaces it). Gossip payloads are never shed.
+    /// (counted; HyParView replaces it).
     pub peer_queue_hard_limit: usize,
     /// How long `shutdown` waits for queued frames to be acknowledged.
     pub shutdown_linger: Duration,
@@ -355,7 +357,7 @@ pub struct NodeStats {
     pub net: NetStats,
 }
 
-/// Transport and actor counters: every drop, shed and refusal shows here.
+/// Transport and actor counters: every drop and refusal shows here.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NetStats {
     /// Frames queued for sending.
@@ -382,8 +384,6 @@ pub struct NetStats {
     pub malformed_frames: u64,
     /// Connections closed for a frame above the maximum size.
     pub oversized_frames: u64,
-    /// IHave frames shed to a congested peer.
-    pub ihave_shed: u64,
     /// Peers disconnected because their send queue passed the hard limit.
     pub slow_peer_disconnects: u64,
     /// Frames dropped because their destination could not be dialed.

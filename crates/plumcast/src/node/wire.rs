@@ -1,0 +1,231 @@
+//! Gossip frames on the forward path without copies or re-encoding.
+//!
+//! A Gossip body is `[tag: Broadcast][tag: Gossip][round: varint][envelope]` (postcard),
+//! and the envelope ends with the payload. A node forwards the envelope it received
+//! unchanged except for the round, so it keeps the envelope's bytes as they arrived and
+//! sends `[length][tags][round + 1]` followed by those same bytes, shared by every eager
+//! peer (`Bytes` is reference counted and quinn queues chunks without copying). On
+//! receipt the payload is a slice of the frame, not a copy. The bytes on the wire are
+//! exactly what `encode_frame` would produce: receivers need no change.
+
+use std::sync::OnceLock;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use plumcast_transport::{NodeId, PeerInfo, TransportError, decode_body};
+use serde::Deserialize;
+
+use crate::proto::{self, broadcast};
+
+/// A decoded frame, and for a Gossip the envelope's bytes as received.
+pub(crate) struct Decoded {
+    pub message: proto::Message<PeerInfo>,
+    pub envelope: Option<Bytes>,
+}
+
+/// The envelope with its payload borrowed from the frame (same fields, same order as
+/// [`broadcast::Envelope`]; the test below holds them together).
+#[derive(Deserialize)]
+struct EnvelopeRef<'a> {
+    origin: NodeId,
+    incarnation: u64,
+    seq: u64,
+    #[serde(borrow)]
+    payload: &'a [u8],
+}
+
+/// The bytes that open every Gossip body: postcard's variant indices of
+/// `proto::Message::Broadcast` and `broadcast::Message::Gossip`, taken from an encoding
+/// so that reordering the enums cannot break it.
+fn gossip_tags() -> &'static [u8] {
+    static TAGS: OnceLock<Vec<u8>> = OnceLock::new();
+    TAGS.get_or_init(|| {
+        let envelope = broadcast::Envelope { origin: NodeId([0; 32]), incarnation: 0, seq: 0, payload: Bytes::new() };
+        // A struct encodes as its fields in order: what precedes them is the tags.
+        let fields = postcard::to_stdvec(&(0u32, &envelope)).unwrap_or_default();
+        let sample: proto::Message<PeerInfo> =
+            proto::Message::Broadcast(broadcast::Message::Gossip { round: 0, envelope });
+        let body = postcard::to_stdvec(&sample).unwrap_or_default();
+        body[..body.len().saturating_sub(fields.len())].to_vec()
+    })
+}
+
+/// Decode one frame body (without its length prefix).
+///
+/// # Errors
+/// [`TransportError::Frame`] for malformed bytes, an unknown message, or bytes after a
+/// Gossip's payload.
+pub(crate) fn decode(body: Bytes) -> Result<Decoded, TransportError> {
+    let tags = gossip_tags();
+    if !body.starts_with(tags) {
+        return Ok(Decoded { message: decode_body(&body)?, envelope: None });
+    }
+    let (round, rest): (u32, &[u8]) = postcard::take_from_bytes(&body[tags.len()..])?;
+    let start = body.len() - rest.len();
+    let (e, trailing): (EnvelopeRef<'_>, &[u8]) = postcard::take_from_bytes(rest)?;
+    if !trailing.is_empty() {
+        return Err(TransportError::Frame(postcard::Error::DeserializeBadEncoding));
+    }
+    let envelope = broadcast::Envelope {
+        origin: e.origin,
+        incarnation: e.incarnation,
+        seq: e.seq,
+        payload: body.slice_ref(e.payload),
+    };
+    let message = proto::Message::Broadcast(broadcast::Message::Gossip { round, envelope });
+    Ok(Decoded { message, envelope: Some(body.slice(start..)) })
+}
+
+/// The envelope's bytes (for a message this node originates or answers a Graft with).
+///
+/// # Errors
+/// [`TransportError::Frame`] if it cannot be encoded.
+fn encode_envelope(envelope: &broadcast::Envelope<NodeId>) -> Result<Bytes, TransportError> {
+    let mut v = Vec::with_capacity(48 + envelope.payload.len());
+    v = postcard::to_extend(envelope, v)?;
+    Ok(Bytes::from(v))
+}
+
+/// The frame header (length prefix, tags, round) for a Gossip whose envelope bytes are
+/// `envelope_len` long, cut from `arena` (one allocation per few hundred headers).
+fn gossip_header(arena: &mut BytesMut, round: u32, envelope_len: usize) -> Bytes {
+    let tags = gossip_tags();
+    let mut r = [0u8; 5];
+    let round = postcard::to_slice(&round, &mut r).map(|s| &*s).unwrap_or(&[0]);
+    if arena.capacity() < 16 {
+        arena.reserve(4096);
+    }
+    let body_len = tags.len() + round.len() + envelope_len;
+    arena.put_u32(body_len as u32);
+    arena.put_slice(tags);
+    arena.put_slice(round);
+    arena.split().freeze()
+}
+
+/// One frame as the writer queues it: whole, or a Gossip header and the envelope bytes
+/// it shares with every other eager peer.
+pub(crate) enum Frame {
+    Whole(Bytes),
+    Gossip { head: Bytes, envelope: Bytes },
+}
+
+impl Frame {
+    /// Bytes on the stream, length prefix included.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Frame::Whole(b) => b.len(),
+            Frame::Gossip { head, envelope } => head.len() + envelope.len(),
+        }
+    }
+
+    /// Append this frame's chunks to a write batch.
+    pub(crate) fn push_to(self, chunks: &mut Vec<Bytes>) {
+        match self {
+            Frame::Whole(b) => chunks.push(b),
+            Frame::Gossip { head, envelope } => {
+                chunks.push(head);
+                chunks.push(envelope);
+            }
+        }
+    }
+}
+
+/// The envelope bytes of the Gossip seen last (received, or encoded once here), so that
+/// every eager push of it reuses them. A Gossip matches when it carries the very same
+/// payload buffer (pinned here, so its address cannot be reused) and the same origin,
+/// incarnation and sequence number.
+#[derive(Default)]
+pub(crate) struct EnvelopeCache {
+    last: Option<(broadcast::Envelope<NodeId>, Bytes)>,
+    arena: BytesMut,
+}
+
+impl EnvelopeCache {
+    /// Remember the envelope bytes a Gossip arrived with.
+    pub(crate) fn received(&mut self, message: &proto::Message<PeerInfo>, bytes: Bytes) {
+        if let proto::Message::Broadcast(broadcast::Message::Gossip { envelope, .. }) = message {
+            self.last = Some((envelope.clone(), bytes));
+        }
+    }
+
+    /// The frame for a Gossip: its header, and its envelope bytes from the cache or
+    /// encoded (then cached).
+    ///
+    /// # Errors
+    /// [`TransportError::Frame`] if the envelope cannot be encoded.
+    pub(crate) fn gossip(
+        &mut self,
+        round: u32,
+        envelope: &broadcast::Envelope<NodeId>,
+    ) -> Result<Frame, TransportError> {
+        let hit = self.last.as_ref().filter(|(e, _)| {
+            e.payload.as_ptr() == envelope.payload.as_ptr()
+                && e.payload.len() == envelope.payload.len()
+                && (e.origin, e.incarnation, e.seq) == (envelope.origin, envelope.incarnation, envelope.seq)
+        });
+        let bytes = match hit {
+            Some((_, b)) => b.clone(),
+            None => {
+                let b = encode_envelope(envelope)?;
+                self.last = Some((envelope.clone(), b.clone()));
+                b
+            }
+        };
+        let head = gossip_header(&mut self.arena, round, bytes.len());
+        Ok(Frame::Gossip { head, envelope: bytes })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use plumcast_transport::encode_frame;
+
+    use super::*;
+
+    fn gossip(round: u32, payload: &[u8]) -> proto::Message<PeerInfo> {
+        proto::Message::Broadcast(broadcast::Message::Gossip {
+            round,
+            envelope: broadcast::Envelope {
+                origin: NodeId([7; 32]),
+                incarnation: 1_700_000_000_000,
+                seq: 300,
+                payload: Bytes::copy_from_slice(payload),
+            },
+        })
+    }
+
+    #[test]
+    fn a_forwarded_frame_is_byte_for_byte_the_encoded_one_and_decodes_without_copy() {
+        for round in [0, 1, 127, 128, 70_000] {
+            let m = gossip(round, &[9; 300]);
+            let frame = encode_frame(&m).unwrap();
+            let d = decode(frame.slice(4..)).unwrap();
+            assert_eq!(d.message, m);
+            let env = d.envelope.unwrap();
+            let proto::Message::Broadcast(broadcast::Message::Gossip { envelope, .. }) = &d.message else {
+                panic!("not a gossip")
+            };
+            // The payload points into the frame: no copy.
+            assert!(frame.as_ptr_range().contains(&envelope.payload.as_ptr()));
+            assert_eq!(env, encode_envelope(envelope).unwrap());
+            let mut arena = BytesMut::new();
+            let head = gossip_header(&mut arena, round, env.len());
+            assert_eq!([head, env].concat(), frame.to_vec(), "round {round}");
+        }
+    }
+
+    #[test]
+    fn other_messages_and_bad_gossip_bodies() {
+        let ihave: proto::Message<PeerInfo> = proto::Message::Broadcast(broadcast::Message::IHave(Vec::new()));
+        let f = encode_frame(&ihave).unwrap();
+        let d = decode(f.slice(4..)).unwrap();
+        assert_eq!(d.message, ihave);
+        assert!(d.envelope.is_none());
+        let f = encode_frame(&gossip(3, b"hello")).unwrap();
+        let mut long = f.slice(4..).to_vec();
+        long.push(0);
+        assert!(decode(Bytes::from(long)).is_err(), "bytes after the payload");
+        for cut in 0..f.len() - 4 {
+            assert!(decode(f.slice(4..4 + cut)).is_err(), "truncated at {cut}");
+        }
+    }
+}
