@@ -674,13 +674,20 @@ impl Sim {
     }
 
     /// Links one live node holds in its active view while the other live end does not,
-    /// as `(holder, peer)` pairs, at this instant.
+    /// as `(holder, peer)` pairs, at this instant; with the shared tree also links that
+    /// one end pushes eagerly while the other treats them as lazy (Plumtree keeps both
+    /// ends of a link in the same state: Prune and Graft act on both).
     fn asymmetric_links(&self) -> BTreeSet<(u32, u32)> {
         let mut out = BTreeSet::new();
+        let shared = self.cfg.protocol.broadcast.tree == proto::Tree::Shared;
         for i in self.live() {
             let Some(s) = self.state(i) else { continue };
+            let eager = if shared { s.broadcast_state().eager_peers() } else { BTreeSet::new() };
             for &p in s.membership().active_view() {
-                if self.state(p).is_some_and(|o| !o.membership().is_active(&i)) {
+                let Some(o) = self.state(p) else { continue };
+                if !o.membership().is_active(&i) {
+                    out.insert((i, p));
+                } else if shared && eager.contains(&p) != o.broadcast_state().eager_peers().contains(&i) {
                     out.insert((i, p));
                 }
             }
@@ -688,7 +695,8 @@ impl Sim {
         out
     }
 
-    /// Active views are symmetric among live nodes, observed for `window` of virtual time
+    /// Active views (and, with the shared tree, eager links) are symmetric among live
+    /// nodes, observed for `window` of virtual time
     /// (the simulation runs meanwhile): a link that one end holds and the other does not in
     /// every sample, 10 ms apart, is a violation. One instant is not enough, because the
     /// overlay never stops changing (Shuffle, refills from the passive view): an accepted
@@ -708,8 +716,9 @@ impl Sim {
         }
         match persistent.first() {
             Some((i, p)) => Err(format!(
-                "seed {}: node {i} has {p} active, not vice versa, for {} ms",
+                "seed {}: node {i} has {p} active (eager: {}), not vice versa, for {} ms",
                 self.cfg.seed,
+                self.state(*i).is_some_and(|s| s.broadcast_state().eager_peers().contains(p)),
                 window.as_millis()
             )),
             None => Ok(()),
