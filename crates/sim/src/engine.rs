@@ -685,9 +685,8 @@ impl Sim {
             let eager = if shared { s.broadcast_state().eager_peers() } else { BTreeSet::new() };
             for &p in s.membership().active_view() {
                 let Some(o) = self.state(p) else { continue };
-                if !o.membership().is_active(&i) {
-                    out.insert((i, p));
-                } else if shared && eager.contains(&p) != o.broadcast_state().eager_peers().contains(&i) {
+                let eager_differs = shared && eager.contains(&p) != o.broadcast_state().eager_peers().contains(&i);
+                if !o.membership().is_active(&i) || eager_differs {
                     out.insert((i, p));
                 }
             }
