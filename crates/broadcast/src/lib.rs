@@ -174,9 +174,16 @@ pub struct Config {
     /// links turn eager again; counted in [`Stats::trees_evicted`]).
     pub max_trees: usize,
     /// Timer 1: wait after the first IHave for a missing payload before grafting. The
-    /// paper gives no number (§3.6); iroh-gossip uses 80 ms. LAN default 40 ms: loopback
-    /// and LAN round trips are well under 1 ms, so the tree nearly always wins the race.
+    /// paper gives no number (§3.6); iroh-gossip uses 80 ms. LAN default 80 ms.
     pub graft_timeout_1: Duration,
+    /// Times timer 1 is started again, instead of grafting, while the tree is visibly
+    /// catching up: since the message went missing, the tree delivered more messages of
+    /// the same origin, all with lower sequence numbers (a loaded parent forwards in
+    /// order and is only behind; a Graft would fetch a second copy). A tree that delivered
+    /// nothing of that origin for a whole timer 1, or a later message, is grafted at once
+    /// as in the paper. 0 is the paper's behaviour. Default 4 (at most 5 × timer 1).
+    /// Counted in [`Stats::graft_deferrals`].
+    pub graft_deferrals: u32,
     /// Timer 2: wait for a grafted payload before grafting the next announcer ("about one
     /// round trip", paper §3.6). A floor: the wait is the larger of this and twice the
     /// smoothed RTT to the grafted peer when the node reports it ([`State::set_rtt`]; the
@@ -227,6 +234,7 @@ impl Config {
             tree: Tree::PerOrigin,
             max_trees: 4096,
             graft_timeout_1: Duration::from_millis(80),
+            graft_deferrals: 4,
             graft_timeout_2: Duration::from_millis(40),
             ihave_batch_window: Duration::from_millis(5),
             ihave_batch_max: 256,
@@ -344,6 +352,9 @@ pub struct Stats {
     pub grafts_received: u64,
     /// Grafts for a message no longer cached.
     pub graft_misses: u64,
+    /// Graft timers started again because the tree was catching up
+    /// ([`Config::graft_deferrals`]).
+    pub graft_deferrals: u64,
     /// Prunes sent.
     pub prunes_sent: u64,
     /// Prunes received.
@@ -392,6 +403,11 @@ struct Cached<P> {
 #[derive(Clone, Debug)]
 struct Missing<P> {
     origin: P,
+    incarnation: u64,
+    seq: u64,
+    /// The origin's delivery progress ([`State::progress`]) when timer 1 was last armed.
+    progress: u64,
+    deferrals: u32,
     since: Instant,
     announcers: VecDeque<P>,
     attempt: u32,
@@ -753,10 +769,15 @@ impl<P: PeerId> State<P> {
                 self.stats.missing_dropped += 1;
                 continue;
             }
+            let (progress, _) = self.progress(&a.origin, a.incarnation);
             self.missing.insert(
                 a.id,
                 Missing {
                     origin: a.origin.clone(),
+                    incarnation: a.incarnation,
+                    seq: a.seq,
+                    progress,
+                    deferrals: 0,
                     since: now,
                     announcers: VecDeque::from([from.clone()]),
                     attempt: 0,
@@ -797,10 +818,24 @@ impl<P: PeerId> State<P> {
     }
 
     fn on_graft_timer(&mut self, now: Instant, id: MessageId, attempt: u32) {
-        let Some(m) = self.missing.get_mut(&id) else { return };
+        let Some(m) = self.missing.get(&id) else { return };
         if m.attempt != attempt || !m.armed {
             return;
         }
+        if m.attempt == 0 && m.deferrals < self.config.graft_deferrals {
+            let (progress, max_seq) = self.progress(&m.origin, m.incarnation);
+            if progress > m.progress && max_seq < m.seq {
+                if let Some(m) = self.missing.get_mut(&id) {
+                    m.deferrals += 1;
+                    m.progress = progress;
+                }
+                self.stats.graft_deferrals += 1;
+                let timer = Timer::Graft { id, attempt: 0 };
+                self.out.push(Output::Timer { at: now + self.config.graft_timeout_1, timer });
+                return;
+            }
+        }
+        let Some(m) = self.missing.get_mut(&id) else { return };
         match m.announcers.pop_front() {
             Some(p) => {
                 m.attempt += 1;
@@ -904,6 +939,21 @@ impl<P: PeerId> State<P> {
             self.stats.ihave_sent += 1;
             self.stats.announcements_sent += anns.len() as u64;
             self.out.push(Output::Send { to: p, message: Message::IHave(anns) });
+        }
+    }
+
+    /// How far `origin`'s incarnation has been delivered here: a count that grows with
+    /// every first delivery (watermark plus the sequence numbers held above it), and the
+    /// highest sequence number delivered. `(0, 0)` for an origin or incarnation not seen.
+    fn progress(&self, origin: &P, incarnation: u64) -> (u64, u64) {
+        match self.seen.get(origin) {
+            Some(s) if s.incarnation == incarnation => {
+                let above = s.above.as_deref();
+                let count = s.watermark + above.map_or(0, |a| a.len() as u64);
+                let max = above.and_then(|a| a.last().copied()).unwrap_or(0).max(s.watermark);
+                (count, max)
+            }
+            _ => (0, 0),
         }
     }
 
