@@ -136,6 +136,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         after.iter().map(f).sum::<u64>().saturating_sub(before.iter().map(f).sum::<u64>())
     };
     let grafts = delta(|s| s.broadcast.grafts_sent);
+    let graft_deferrals = delta(|s| s.broadcast.graft_deferrals);
     let prunes = delta(|s| s.broadcast.prunes_sent);
     let failures = delta(|s| s.membership.failures_detected);
     let evictions = delta(|s| s.membership.evictions);
@@ -173,7 +174,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         "send_s": round3(send_s), "total_s": round3(total_s),
         "bcast_per_s": round1(m as f64 / span), "deliveries_per_s": round1(delivered as f64 / span),
         "data_recv": data_recv, "rmr": round3(rmr), "frames_sent": frames,
-        "grafts": grafts, "prunes": prunes, "failures_detected": failures, "evictions": evictions, "catch_ups": catch_ups,
+        "grafts": grafts, "graft_deferrals": graft_deferrals, "prunes": prunes, "failures_detected": failures, "evictions": evictions, "catch_ups": catch_ups,
         "disconnects": disconnects, "strangers_rejected": strangers,
         "avg_hops": round3(avg_hops), "max_hops": max_hops,
         "cpu_s": round3(cpu_s), "cpu_util": round3(cpu_s / wall_s.max(1e-9)),
