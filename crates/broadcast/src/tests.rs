@@ -190,7 +190,11 @@ fn ihave_for_missing_message_grafts_after_timer1_then_next_announcer_after_timer
 fn a_tree_that_is_catching_up_is_waited_for_a_stalled_or_skipping_one_is_grafted() {
     for tree in [Tree::Shared, Tree::PerOrigin] {
         let t0 = Instant::now();
-        let mut s = State::new(0u32, 1, Config { ihave_batch_window: Duration::ZERO, tree, ..Config::lan() });
+        let mut s = State::new(
+            0u32,
+            1,
+            Config { ihave_batch_window: Duration::ZERO, tree, graft_deferrals: 4, ..Config::lan() },
+        );
         up(&mut s, &[1, 2]);
         let gossip = |seq| Message::Gossip { round: 1, envelope: env(9, seq, b"m") };
         let ann = |seq| {
@@ -220,7 +224,7 @@ fn a_tree_that_is_catching_up_is_waited_for_a_stalled_or_skipping_one_is_grafted
         let _ = s.handle(t0, Input::Message { from: 1, message: gossip(6) });
         let out = sends(s.handle(t0 + t1, timer(5)).collect());
         assert_eq!(grafts(&out), 1, "{tree:?}: {out:?}");
-        // With deferrals off, the paper's behaviour: graft on timer 1 whatever the tree does.
+        // With deferrals off (the default), the paper's behaviour: graft on timer 1.
         let mut p = State::new(
             0u32,
             1,

@@ -48,6 +48,10 @@ pub struct Args {
     /// Spanning trees: one per origin (the default) or one shared tree (the paper).
     #[arg(long, value_enum, default_value = "per-origin")]
     tree: TreeArg,
+    /// Graft deferrals while the tree catches up (`broadcast::Config::graft_deferrals`;
+    /// 0 = the paper's behaviour, the default).
+    #[arg(long, default_value_t = 0)]
+    graft_deferrals: u32,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +78,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let (n, m) = (a.nodes, a.messages);
     let mut config = proto::Config::lan();
     config.broadcast.tree = a.tree.into();
+    config.broadcast.graft_deferrals = a.graft_deferrals;
     let cluster = LocalCluster::start(n, m, config, a.seed).await?;
     let rec = cluster.rec.clone();
     let formed = cluster.wait_formed(Duration::from_secs(1), Duration::from_secs(60)).await;
