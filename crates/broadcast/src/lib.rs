@@ -176,18 +176,6 @@ pub struct Config {
     /// Timer 1: wait after the first IHave for a missing payload before grafting. The
     /// paper gives no number (§3.6); iroh-gossip uses 80 ms. LAN default 80 ms.
     pub graft_timeout_1: Duration,
-    /// Times timer 1 is started again, instead of grafting, while the tree is visibly
-    /// catching up: since the message went missing, this node delivered more messages of
-    /// the same origin, all with lower sequence numbers, and still has an eager link for
-    /// it (a loaded parent forwards in order and is only behind; a Graft would fetch a
-    /// second copy). A node that delivered nothing of that origin for a whole timer 1, or
-    /// a later message, grafts at once as in the paper. Default 0, the paper's behaviour:
-    /// with one sender at max rate, 4 cut the runs with Grafts at N = 20 from 8 of 8 to 2
-    /// of 8, but with random senders some messages then waited all 5 periods before their
-    /// Graft (max latency 100 → 410 ms), because deliveries that were themselves Graft
-    /// answers count as progress (docs/performance.md). Counted in
-    /// [`Stats::graft_deferrals`].
-    pub graft_deferrals: u32,
     /// Timer 2: wait for a grafted payload before grafting the next announcer ("about one
     /// round trip", paper §3.6). A floor: the wait is the larger of this and twice the
     /// smoothed RTT to the grafted peer when the node reports it ([`State::set_rtt`]; the
@@ -238,7 +226,6 @@ impl Config {
             tree: Tree::PerOrigin,
             max_trees: 4096,
             graft_timeout_1: Duration::from_millis(80),
-            graft_deferrals: 0,
             graft_timeout_2: Duration::from_millis(40),
             ihave_batch_window: Duration::from_millis(5),
             ihave_batch_max: 256,
@@ -356,9 +343,6 @@ pub struct Stats {
     pub grafts_received: u64,
     /// Grafts for a message no longer cached.
     pub graft_misses: u64,
-    /// Graft timers started again because the tree was catching up
-    /// ([`Config::graft_deferrals`]).
-    pub graft_deferrals: u64,
     /// Prunes sent.
     pub prunes_sent: u64,
     /// Prunes received.
@@ -407,11 +391,6 @@ struct Cached<P> {
 #[derive(Clone, Debug)]
 struct Missing<P> {
     origin: P,
-    incarnation: u64,
-    seq: u64,
-    /// The origin's delivery progress ([`State::progress`]) when timer 1 was last armed.
-    progress: u64,
-    deferrals: u32,
     since: Instant,
     announcers: VecDeque<P>,
     attempt: u32,
@@ -773,15 +752,10 @@ impl<P: PeerId> State<P> {
                 self.stats.missing_dropped += 1;
                 continue;
             }
-            let (progress, _) = self.progress(&a.origin, a.incarnation);
             self.missing.insert(
                 a.id,
                 Missing {
                     origin: a.origin.clone(),
-                    incarnation: a.incarnation,
-                    seq: a.seq,
-                    progress,
-                    deferrals: 0,
                     since: now,
                     announcers: VecDeque::from([from.clone()]),
                     attempt: 0,
@@ -822,25 +796,10 @@ impl<P: PeerId> State<P> {
     }
 
     fn on_graft_timer(&mut self, now: Instant, id: MessageId, attempt: u32) {
-        let Some(m) = self.missing.get(&id) else { return };
+        let Some(m) = self.missing.get_mut(&id) else { return };
         if m.attempt != attempt || !m.armed {
             return;
         }
-        if m.attempt == 0 && m.deferrals < self.config.graft_deferrals {
-            let (progress, max_seq) = self.progress(&m.origin, m.incarnation);
-            let on_tree = self.neighbors.iter().any(|p| !self.is_lazy(&m.origin, p));
-            if on_tree && progress > m.progress && max_seq < m.seq {
-                if let Some(m) = self.missing.get_mut(&id) {
-                    m.deferrals += 1;
-                    m.progress = progress;
-                }
-                self.stats.graft_deferrals += 1;
-                let timer = Timer::Graft { id, attempt: 0 };
-                self.out.push(Output::Timer { at: now + self.config.graft_timeout_1, timer });
-                return;
-            }
-        }
-        let Some(m) = self.missing.get_mut(&id) else { return };
         match m.announcers.pop_front() {
             Some(p) => {
                 m.attempt += 1;
@@ -944,21 +903,6 @@ impl<P: PeerId> State<P> {
             self.stats.ihave_sent += 1;
             self.stats.announcements_sent += anns.len() as u64;
             self.out.push(Output::Send { to: p, message: Message::IHave(anns) });
-        }
-    }
-
-    /// How far `origin`'s incarnation has been delivered here: a count that grows with
-    /// every first delivery (watermark plus the sequence numbers held above it), and the
-    /// highest sequence number delivered. `(0, 0)` for an origin or incarnation not seen.
-    fn progress(&self, origin: &P, incarnation: u64) -> (u64, u64) {
-        match self.seen.get(origin) {
-            Some(s) if s.incarnation == incarnation => {
-                let above = s.above.as_deref();
-                let count = s.watermark + above.map_or(0, |a| a.len() as u64);
-                let max = above.and_then(|a| a.last().copied()).unwrap_or(0).max(s.watermark);
-                (count, max)
-            }
-            _ => (0, 0),
         }
     }
 

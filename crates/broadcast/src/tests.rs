@@ -187,57 +187,6 @@ fn ihave_for_missing_message_grafts_after_timer1_then_next_announcer_after_timer
 }
 
 #[test]
-fn a_tree_that_is_catching_up_is_waited_for_a_stalled_or_skipping_one_is_grafted() {
-    for tree in [Tree::Shared, Tree::PerOrigin] {
-        let t0 = Instant::now();
-        let mut s = State::new(
-            0u32,
-            1,
-            Config { ihave_batch_window: Duration::ZERO, tree, graft_deferrals: 4, ..Config::lan() },
-        );
-        up(&mut s, &[1, 2]);
-        let gossip = |seq| Message::Gossip { round: 1, envelope: env(9, seq, b"m") };
-        let ann = |seq| {
-            let e = env(9, seq, b"m");
-            Announcement { id: e.id(), origin: 9, incarnation: 1, seq, round: 0 }
-        };
-        let timer = |seq| Input::Timer(Timer::Graft { id: env(9, seq, b"m").id(), attempt: 0 });
-        let grafts =
-            |out: &[(u32, Message<u32>)]| out.iter().filter(|(_, m)| matches!(m, Message::Graft { .. })).count();
-        let t1 = s.config().graft_timeout_1;
-        let _ = s.handle(t0, Input::Message { from: 1, message: gossip(1) });
-        // The announcer (2) is ahead of the tree (1): seq 3 announced, 2 and 3 not here.
-        let _ = s.handle(t0, Input::Message { from: 2, message: Message::IHave(vec![ann(3)]) });
-        let _ = s.handle(t0 + t1 / 2, Input::Message { from: 1, message: gossip(2) });
-        let out: Vec<_> = s.handle(t0 + t1, timer(3)).collect();
-        assert!(
-            out.contains(&Output::Timer { at: t0 + t1 * 2, timer: Timer::Graft { id: ann(3).id, attempt: 0 } }),
-            "{tree:?}: the tree delivered seq 2 meanwhile, so wait again: {out:?}"
-        );
-        assert_eq!(grafts(&sends(out)), 0);
-        assert_eq!(s.stats().graft_deferrals, 1);
-        // The tree stalls for a whole timer 1: graft.
-        let out = sends(s.handle(t0 + t1 * 2, timer(3)).collect());
-        assert_eq!(out, vec![(2, Message::Graft { id: Some(ann(3).id), origin: 9 })], "{tree:?}");
-        // A tree that delivered a later message has skipped this one: graft at once.
-        let _ = s.handle(t0, Input::Message { from: 2, message: Message::IHave(vec![ann(5)]) });
-        let _ = s.handle(t0, Input::Message { from: 1, message: gossip(6) });
-        let out = sends(s.handle(t0 + t1, timer(5)).collect());
-        assert_eq!(grafts(&out), 1, "{tree:?}: {out:?}");
-        // With deferrals off (the default), the paper's behaviour: graft on timer 1.
-        let mut p = State::new(
-            0u32,
-            1,
-            Config { ihave_batch_window: Duration::ZERO, tree, graft_deferrals: 0, ..Config::lan() },
-        );
-        up(&mut p, &[1, 2]);
-        let _ = p.handle(t0, Input::Message { from: 2, message: Message::IHave(vec![ann(3)]) });
-        let _ = p.handle(t0, Input::Message { from: 1, message: gossip(2) });
-        assert_eq!(grafts(&sends(p.handle(t0 + t1, timer(3)).collect())), 1, "{tree:?}");
-    }
-}
-
-#[test]
 fn the_graft_retry_waits_two_round_trips_of_the_grafted_peer() {
     let t0 = Instant::now();
     let mut s = node(0);

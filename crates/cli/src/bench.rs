@@ -48,10 +48,6 @@ pub struct Args {
     /// Spanning trees: one per origin (the default) or one shared tree (the paper).
     #[arg(long, value_enum, default_value = "per-origin")]
     tree: TreeArg,
-    /// Graft deferrals while the tree catches up (`broadcast::Config::graft_deferrals`;
-    /// 0 = the paper's behaviour, the default).
-    #[arg(long, default_value_t = 0)]
-    graft_deferrals: u32,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,7 +74,6 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let (n, m) = (a.nodes, a.messages);
     let mut config = proto::Config::lan();
     config.broadcast.tree = a.tree.into();
-    config.broadcast.graft_deferrals = a.graft_deferrals;
     let cluster = LocalCluster::start(n, m, config, a.seed).await?;
     let rec = cluster.rec.clone();
     let formed = cluster.wait_formed(Duration::from_secs(1), Duration::from_secs(60)).await;
@@ -141,7 +136,6 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         after.iter().map(f).sum::<u64>().saturating_sub(before.iter().map(f).sum::<u64>())
     };
     let grafts = delta(|s| s.broadcast.grafts_sent);
-    let graft_deferrals = delta(|s| s.broadcast.graft_deferrals);
     let prunes = delta(|s| s.broadcast.prunes_sent);
     let failures = delta(|s| s.membership.failures_detected);
     let evictions = delta(|s| s.membership.evictions);
@@ -179,7 +173,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         "send_s": round3(send_s), "total_s": round3(total_s),
         "bcast_per_s": round1(m as f64 / span), "deliveries_per_s": round1(delivered as f64 / span),
         "data_recv": data_recv, "rmr": round3(rmr), "frames_sent": frames,
-        "grafts": grafts, "graft_deferrals": graft_deferrals, "prunes": prunes, "failures_detected": failures, "evictions": evictions, "catch_ups": catch_ups,
+        "grafts": grafts, "prunes": prunes, "failures_detected": failures, "evictions": evictions, "catch_ups": catch_ups,
         "disconnects": disconnects, "strangers_rejected": strangers,
         "avg_hops": round3(avg_hops), "max_hops": max_hops,
         "cpu_s": round3(cpu_s), "cpu_util": round3(cpu_s / wall_s.max(1e-9)),
