@@ -679,14 +679,20 @@ impl Sim {
     /// ends of a link in the same state: Prune and Graft act on both).
     fn asymmetric_links(&self) -> BTreeSet<(u32, u32)> {
         let mut out = BTreeSet::new();
-        let shared = self.cfg.protocol.broadcast.tree == proto::Tree::Shared;
+        // Each node's eager set once (with the shared tree only), not once per link end.
+        let eager: Vec<BTreeSet<u32>> = if self.cfg.protocol.broadcast.tree == proto::Tree::Shared {
+            (0..self.nodes.len() as u32)
+                .map(|i| self.state(i).map(|s| s.broadcast_state().eager_peers()).unwrap_or_default())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let eager_of = |i: u32, p: u32| eager.get(i as usize).is_some_and(|e| e.contains(&p));
         for i in self.live() {
             let Some(s) = self.state(i) else { continue };
-            let eager = if shared { s.broadcast_state().eager_peers() } else { BTreeSet::new() };
             for &p in s.membership().active_view() {
                 let Some(o) = self.state(p) else { continue };
-                let eager_differs = shared && eager.contains(&p) != o.broadcast_state().eager_peers().contains(&i);
-                if !o.membership().is_active(&i) || eager_differs {
+                if !o.membership().is_active(&i) || eager_of(i, p) != eager_of(p, i) {
                     out.insert((i, p));
                 }
             }

@@ -226,9 +226,7 @@ impl Actor {
                 break;
             }
             let Some(Reverse((_, _, timer))) = self.timers.pop() else { break };
-            let mut out = std::mem::take(&mut self.scratch);
-            out.extend(self.proto.handle(now.into_std(), proto::Input::Timer(timer)));
-            self.perform(out);
+            self.input(proto::Input::Timer(timer));
         }
     }
 

@@ -156,18 +156,21 @@ pub(crate) async fn run(
                 Some(Ok(body)) => {
                     let len = body.len();
                     match wire::decode(body.freeze()) {
-                    Ok(wire::Decoded { message, envelope }) => {
-                        if net_tx.send(NetEvent::Message { from: peer, conn_id, message, envelope }).await.is_err() {
+                        Ok(wire::Decoded { message, envelope }) => {
+                            let event = NetEvent::Message { from: peer, conn_id, message, envelope };
+                            if net_tx.send(event).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            conn.close(close_code::PROTOCOL.into(), b"malformed frame");
+                            let reason = format!("malformed frame ({len} bytes): {e}");
+                            let refused = NetEvent::Refused { peer: Some(peer), conn_id, kind: Refusal::Malformed, reason };
+                            let _ = net_tx.send(refused).await;
                             return;
                         }
                     }
-                    Err(e) => {
-                        conn.close(close_code::PROTOCOL.into(), b"malformed frame");
-                        let reason = format!("malformed frame ({len} bytes): {e}");
-                        let _ = net_tx.send(NetEvent::Refused { peer: Some(peer), conn_id, kind: Refusal::Malformed, reason }).await;
-                        return;
-                    }
-                }},
+                }
                 Some(Err(e)) => {
                     let oversized = e.kind() == std::io::ErrorKind::InvalidData;
                     let (kind, code, what) = if oversized {
