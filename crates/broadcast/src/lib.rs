@@ -349,6 +349,9 @@ pub struct Stats {
     pub prunes_received: u64,
     /// Tree optimisations performed (§3.8).
     pub optimizations: u64,
+    /// Tree parents replaced at once when they failed ([`Tree::PerOrigin`]): the lazy
+    /// neighbour with the lowest announced round was grafted without waiting for a message.
+    pub parent_repairs: u64,
     /// Payloads evicted from the cache.
     pub cache_evictions: u64,
     /// Announcements dropped because `max_missing` records were in use.
@@ -393,8 +396,25 @@ struct Missing<P> {
     origin: P,
     since: Instant,
     announcers: VecDeque<P>,
+    /// The announcer with the lowest round so far (first wins ties), for the
+    /// optimisation on arrival (paper §3.8, Algorithm 2).
+    best: Option<(P, u32)>,
     attempt: u32,
     armed: bool,
+}
+
+/// One origin's tree at this node ([`Tree::PerOrigin`]); exists once a link is lazy in it.
+#[derive(Clone)]
+struct OriginTree<P> {
+    /// Neighbours on lazy push for this origin.
+    lazy: Vec<P>,
+    /// Tree clock of the last use, for least-recently-used eviction.
+    used: u64,
+    /// The neighbour that delivered this origin's last message first (tree parent).
+    parent: Option<P>,
+    /// The round each lazy neighbour announced in its last IHave for this origin; at most
+    /// one entry per neighbour.
+    announced: Vec<(P, u32)>,
 }
 
 /// The Plumtree state of one node.
@@ -408,7 +428,7 @@ pub struct State<P> {
     /// The shared tree's lazy links ([`Tree::Shared`]).
     shared_lazy: BTreeSet<P>,
     /// Per-origin lazy links and a last-use stamp ([`Tree::PerOrigin`]).
-    trees: HashMap<P, (Vec<P>, u64)>,
+    trees: HashMap<P, OriginTree<P>>,
     tree_clock: u64,
     seen: HashMap<P, OriginSeen>,
     /// Keys are ids we computed ourselves, so a fast non-keyed hash is safe here; maps
@@ -488,7 +508,7 @@ impl<P: PeerId> State<P> {
     fn is_lazy(&self, origin: &P, p: &P) -> bool {
         match self.config.tree {
             Tree::Shared => self.shared_lazy.contains(p),
-            Tree::PerOrigin => self.trees.get(origin).is_some_and(|(l, _)| l.contains(p)),
+            Tree::PerOrigin => self.trees.get(origin).is_some_and(|t| t.lazy.contains(p)),
         }
     }
 
@@ -506,15 +526,20 @@ impl<P: PeerId> State<P> {
                 let clock = self.tree_clock;
                 if !self.trees.contains_key(origin) && self.trees.len() >= self.config.max_trees {
                     // Forget the least recently used tree (its links turn eager again).
-                    if let Some(old) = self.trees.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone()) {
+                    if let Some(old) = self.trees.iter().min_by_key(|(_, t)| t.used).map(|(k, _)| k.clone()) {
                         self.trees.remove(&old);
                         self.stats.trees_evicted += 1;
                     }
                 }
-                let (lazy, used) = self.trees.entry(origin.clone()).or_insert_with(|| (Vec::new(), clock));
-                *used = clock;
-                if !lazy.contains(p) {
-                    lazy.push(p.clone());
+                let t = self.trees.entry(origin.clone()).or_insert_with(|| OriginTree {
+                    lazy: Vec::new(),
+                    used: clock,
+                    parent: None,
+                    announced: Vec::new(),
+                });
+                t.used = clock;
+                if !t.lazy.contains(p) {
+                    t.lazy.push(p.clone());
                 }
             }
         }
@@ -527,8 +552,8 @@ impl<P: PeerId> State<P> {
                 self.shared_lazy.remove(p);
             }
             Tree::PerOrigin => {
-                if let Some((lazy, _)) = self.trees.get_mut(origin) {
-                    lazy.retain(|q| q != p);
+                if let Some(t) = self.trees.get_mut(origin) {
+                    t.lazy.retain(|q| q != p);
                 }
             }
         }
@@ -620,8 +645,8 @@ impl<P: PeerId> State<P> {
                 if p != self.me {
                     // A new neighbour starts eager in every tree.
                     self.shared_lazy.remove(&p);
-                    for (lazy, _) in self.trees.values_mut() {
-                        lazy.retain(|q| q != &p);
+                    for t in self.trees.values_mut() {
+                        t.lazy.retain(|q| q != &p);
                     }
                     self.neighbors.insert(p.clone());
                     self.catch_up(now, p);
@@ -630,13 +655,38 @@ impl<P: PeerId> State<P> {
             Input::NeighborDown(p) => {
                 self.neighbors.remove(&p);
                 self.shared_lazy.remove(&p);
-                for (lazy, _) in self.trees.values_mut() {
-                    lazy.retain(|q| q != &p);
+                let mut repairs = Vec::new();
+                for (origin, t) in &mut self.trees {
+                    t.lazy.retain(|q| q != &p);
+                    t.announced.retain(|(q, _)| q != &p);
+                    if t.parent.as_ref() == Some(&p) {
+                        t.parent = None;
+                        let best = t.announced.iter().filter(|(q, _)| t.lazy.contains(q)).min_by_key(|(_, r)| *r);
+                        if let Some((q, _)) = best {
+                            repairs.push((origin.clone(), q.clone()));
+                        }
+                    }
+                }
+                for (origin, q) in repairs {
+                    // The tree parent of `origin` failed: graft at once the lazy neighbour
+                    // that announced this origin's messages at the lowest round, so the
+                    // next message need not wait for a Graft timer (a departure from the
+                    // paper, where the repair waits for the next IHave and timer 1).
+                    self.stats.parent_repairs += 1;
+                    self.stats.grafts_sent += 1;
+                    self.set_eager(&origin, &q);
+                    if let Some(t) = self.trees.get_mut(&origin) {
+                        t.parent = Some(q.clone());
+                    }
+                    self.out.push(Output::Send { to: q, message: Message::Graft { id: None, origin } });
                 }
                 self.ihave_queue.remove(&p);
                 self.rtt.remove(&p);
                 for m in self.missing.values_mut() {
                     m.announcers.retain(|a| a != &p);
+                    if m.best.as_ref().is_some_and(|(b, _)| b == &p) {
+                        m.best = None;
+                    }
                 }
             }
         }
@@ -696,7 +746,7 @@ impl<P: PeerId> State<P> {
             Seen::No => {}
         }
         self.mark_seen(&envelope);
-        self.missing.remove(&id);
+        let missing = self.missing.remove(&id);
         self.stats.delivered += 1;
         if neighbor.is_some() {
             if self.config.mode == Mode::Plumtree && self.is_lazy(&envelope.origin, &from) {
@@ -712,6 +762,9 @@ impl<P: PeerId> State<P> {
                 });
             }
             self.set_eager(&envelope.origin, &from);
+            if let Some(t) = self.trees.get_mut(&envelope.origin) {
+                t.parent = Some(from.clone());
+            }
         }
         self.out.push(Output::Deliver(Delivery {
             id,
@@ -721,12 +774,28 @@ impl<P: PeerId> State<P> {
         }));
         let send_round = round.saturating_add(1);
         self.push(now, id, &envelope, send_round, Some(&from));
+        let origin = envelope.origin.clone();
         self.cache_insert(now, id, envelope, send_round, Some(from));
+        if let (Some(()), Tree::PerOrigin, Some((announcer, announced))) =
+            (neighbor, self.config.tree, missing.and_then(|m| m.best))
+        {
+            // Paper §3.8 (Algorithm 2): an IHave that came before the payload and
+            // announced it `threshold` rounds earlier than the tree delivered it. Only with
+            // one tree per origin: on a shared tree the rounds of one origin say nothing
+            // about the next origin's, and the swaps thrashed (docs/performance.md).
+            self.maybe_swap_parent(id, &origin, round, announcer, announced);
+        }
     }
 
     fn on_ihave(&mut self, now: Instant, from: P, anns: Vec<Announcement<P>>) {
         for a in anns {
             self.stats.announcements_received += 1;
+            if let Some(t) = self.trees.get_mut(&a.origin) {
+                match t.announced.iter_mut().find(|(q, _)| q == &from) {
+                    Some(e) => e.1 = a.round,
+                    None => t.announced.push((from.clone(), a.round)),
+                }
+            }
             let probe =
                 Envelope { origin: a.origin.clone(), incarnation: a.incarnation, seq: a.seq, payload: Bytes::new() };
             match self.check_seen(&probe) {
@@ -740,6 +809,9 @@ impl<P: PeerId> State<P> {
             if let Some(m) = self.missing.get_mut(&a.id) {
                 if !m.announcers.contains(&from) {
                     m.announcers.push_back(from.clone());
+                }
+                if m.best.as_ref().is_none_or(|(_, r)| a.round < *r) {
+                    m.best = Some((from.clone(), a.round));
                 }
                 if !m.armed {
                     m.armed = true;
@@ -758,6 +830,7 @@ impl<P: PeerId> State<P> {
                     origin: a.origin.clone(),
                     since: now,
                     announcers: VecDeque::from([from.clone()]),
+                    best: Some((from.clone(), a.round)),
                     attempt: 0,
                     armed: true,
                 },
@@ -773,26 +846,36 @@ impl<P: PeerId> State<P> {
     /// Paper §3.8: a lazy link that announces a message `threshold` rounds earlier than
     /// the tree delivered it replaces the tree link it came through.
     fn maybe_optimize(&mut self, from: &P, a: &Announcement<P>) {
+        let Some(received_round) = self.cache.get(&a.id).map(|c| c.send_round.saturating_sub(1)) else { return };
+        self.maybe_swap_parent(a.id, &a.origin, received_round, from.clone(), a.round);
+    }
+
+    /// Make `announcer` (a lazy link that announced message `id` at round `announced`) the
+    /// tree parent instead of the link that delivered it at round `received`, if the
+    /// announcement is at least the threshold earlier: Graft (no payload) to the one,
+    /// Prune to the other (paper §3.8).
+    fn maybe_swap_parent(&mut self, id: MessageId, origin: &P, received: u32, announcer: P, announced: u32) {
         let Some(threshold) = self.config.optimization_threshold else { return };
-        if self.config.mode != Mode::Plumtree {
+        if self.config.mode != Mode::Plumtree || received < announced.saturating_add(threshold) {
             return;
         }
-        let Some(c) = self.cache.get_mut(&a.id) else { return };
+        let Some(c) = self.cache.get_mut(&id) else { return };
         let Some(parent) = c.parent.clone() else { return };
-        let received_round = c.send_round.saturating_sub(1);
-        if parent == *from || received_round < a.round.saturating_add(threshold) {
+        if parent == announcer {
             return;
         }
-        c.parent = Some(from.clone());
-        c.send_round = a.round.saturating_add(1);
+        c.parent = Some(announcer.clone());
+        c.send_round = announced.saturating_add(1);
+        if let Some(t) = self.trees.get_mut(origin) {
+            t.parent = Some(announcer.clone());
+        }
         self.stats.optimizations += 1;
         self.stats.grafts_sent += 1;
         self.stats.prunes_sent += 1;
-        self.set_eager(&a.origin, from);
-        self.out
-            .push(Output::Send { to: from.clone(), message: Message::Graft { id: None, origin: a.origin.clone() } });
-        self.set_lazy(&a.origin, &parent);
-        self.out.push(Output::Send { to: parent, message: Message::Prune { origin: a.origin.clone() } });
+        self.set_eager(origin, &announcer);
+        self.out.push(Output::Send { to: announcer, message: Message::Graft { id: None, origin: origin.clone() } });
+        self.set_lazy(origin, &parent);
+        self.out.push(Output::Send { to: parent, message: Message::Prune { origin: origin.clone() } });
     }
 
     fn on_graft_timer(&mut self, now: Instant, id: MessageId, attempt: u32) {
@@ -823,7 +906,7 @@ impl<P: PeerId> State<P> {
         let flood = self.config.mode == Mode::Flood;
         if let (Tree::PerOrigin, Some(t)) = (self.config.tree, self.trees.get_mut(&envelope.origin)) {
             self.tree_clock += 1;
-            t.1 = self.tree_clock;
+            t.used = self.tree_clock;
         }
         let mut lazy = Vec::new();
         for p in &self.neighbors {

@@ -236,6 +236,69 @@ fn optimization_swaps_parent_when_ihave_is_much_earlier() {
 }
 
 #[test]
+fn optimization_on_arrival_swaps_parent_with_per_origin_trees_only() {
+    // Paper §3.8, Algorithm 2: the IHave came first (round 1), the tree's payload later
+    // (round 9). With one tree per origin the announcer becomes the parent at once; with a
+    // shared tree the rounds of one origin say nothing of the next, so nothing happens.
+    for tree in [Tree::PerOrigin, Tree::Shared] {
+        let now = Instant::now();
+        let mut s = State::new(0u32, 1, Config { ihave_batch_window: Duration::ZERO, tree, ..Config::lan() });
+        up(&mut s, &[1, 2]);
+        let e = env(9, 1, b"o");
+        let ann = Announcement { id: e.id(), origin: 9, incarnation: 1, seq: 1, round: 1 };
+        let _ = s.handle(now, Input::Message { from: 2, message: Message::IHave(vec![ann]) });
+        let out = sends(
+            s.handle(now, Input::Message { from: 1, message: Message::Gossip { round: 9, envelope: e } }).collect(),
+        );
+        let swapped = out.contains(&(2, Message::Graft { id: None, origin: 9 }))
+            && out.contains(&(1, Message::Prune { origin: 9 }));
+        assert_eq!(swapped, tree == Tree::PerOrigin, "{tree:?}: {out:?}");
+        assert_eq!(s.stats().optimizations, u64::from(tree == Tree::PerOrigin));
+        // Within the threshold (7 by default) nothing changes.
+        let e = env(9, 2, b"p");
+        let ann = Announcement { id: e.id(), origin: 9, incarnation: 1, seq: 2, round: 3 };
+        let _ = s.handle(now, Input::Message { from: 1, message: Message::IHave(vec![ann]) });
+        let out = sends(
+            s.handle(now, Input::Message { from: 2, message: Message::Gossip { round: 9, envelope: e } }).collect(),
+        );
+        assert!(!out.iter().any(|(_, m)| matches!(m, Message::Graft { .. } | Message::Prune { .. })), "{out:?}");
+    }
+}
+
+#[test]
+fn a_failed_parent_is_replaced_at_once_by_the_earliest_announcer() {
+    let now = Instant::now();
+    let mut s = State::new(0u32, 1, Config { ihave_batch_window: Duration::ZERO, ..Config::lan() });
+    up(&mut s, &[1, 2, 3, 4]);
+    let gossip = |seq, payload| Message::Gossip { round: 2, envelope: env(9, seq, payload) };
+    // m1 comes from 1 first; 2 and 3 send duplicates and are pruned for origin 9.
+    let _ = s.handle(now, Input::Message { from: 1, message: gossip(1, b"a") });
+    let _ = s.handle(now, Input::Message { from: 2, message: gossip(1, b"a") });
+    let _ = s.handle(now, Input::Message { from: 3, message: gossip(1, b"a") });
+    // m2 from 1 (the parent); 2 and 3 announce it at rounds 5 and 3.
+    let _ = s.handle(now, Input::Message { from: 1, message: gossip(2, b"b") });
+    let id = env(9, 2, b"b").id();
+    for (from, round) in [(2, 5), (3, 3)] {
+        let ann = Announcement { id, origin: 9, incarnation: 1, seq: 2, round };
+        let _ = s.handle(now, Input::Message { from, message: Message::IHave(vec![ann]) });
+    }
+    // The parent fails: 3, which announced at the lower round, is grafted without waiting
+    // for the next message; 4 (eager) and 2 (lazy) are left as they are.
+    let out = sends(s.handle(now, Input::NeighborDown(1)).collect());
+    assert_eq!(out, vec![(3, Message::Graft { id: None, origin: 9 })]);
+    assert!(s.eager_peers_for(&9).contains(&3) && s.lazy_peers_for(&9).contains(&2));
+    assert_eq!(s.stats().parent_repairs, 1);
+    // A neighbour that was not the parent going down repairs nothing.
+    assert!(sends(s.handle(now, Input::NeighborDown(4)).collect()).is_empty());
+    // Nor with a shared tree (no per-origin parent is kept).
+    let mut s = node(0);
+    up(&mut s, &[1, 2]);
+    let _ = s.handle(now, Input::Message { from: 1, message: gossip(1, b"a") });
+    let _ = s.handle(now, Input::Message { from: 2, message: gossip(1, b"a") });
+    assert!(sends(s.handle(now, Input::NeighborDown(1)).collect()).is_empty());
+}
+
+#[test]
 fn dedupe_is_exact_across_out_of_order_and_incarnations() {
     let now = Instant::now();
     let mut s = node(0);

@@ -10,8 +10,9 @@ use plumcast_sim::{Detector, Scenario, SimConfig, build_overlay_with_gap, report
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Embedded scenario name (hyparview-failures, plumtree-stable, plumtree-massive-failure,
-    /// churn, concurrent-join, partition-heal) or a path to a TOML file.
+    /// Embedded scenario name (hyparview-failures, plumtree-stable, plumtree-few-senders,
+    /// plumtree-massive-failure, churn, churn-failures-only, concurrent-join,
+    /// partition-heal; see --list) or a path to a TOML file.
     scenario: Option<String>,
     /// Comma-separated seeds (overrides the scenario's).
     #[arg(long, value_delimiter = ',')]
@@ -45,6 +46,10 @@ pub struct Args {
     /// per seed at 10,000 nodes). Results do not depend on it.
     #[arg(long, default_value_t = 1)]
     jobs: usize,
+    /// Draw the scenario's plots (and print its table) from a CSV an earlier run wrote,
+    /// without simulating: `plumcast sim hyparview-failures --replot docs/sim/hyparview-failures.csv --out docs/sim`.
+    #[arg(long, value_name = "CSV")]
+    replot: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -82,6 +87,19 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     let out = a.out.unwrap_or_else(|| std::env::temp_dir().join("plumcast-sim").join(&s.name));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    if let Some(csv) = a.replot {
+        let text = std::fs::read_to_string(&csv).with_context(|| format!("reading {}", csv.display()))?;
+        let rows = report::read_csv(&text, s.kind).map_err(|e| anyhow::anyhow!("{}: {e}", csv.display()))?;
+        print!("{}", report::table(&rows));
+        let written = report::plots(&s, &rows, &out).map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+        for w in &written {
+            eprintln!("wrote {}", w.display());
+        }
+        if written.is_empty() {
+            eprintln!("{} has no plot (no paper values to draw beside)", s.name);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let bar = ProgressBar::new(1);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} runs  {msg}")
@@ -104,9 +122,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     let csv = out.join(format!("{}.csv", s.name));
     std::fs::write(&csv, report::csv(&rows))?;
-    let svg = out.join(format!("{}.svg", s.name));
-    let plotted = report::plot(&s, &rows, &svg).map_err(|e| anyhow::anyhow!("plot: {e}"))?;
-    eprintln!("wrote {}{}", csv.display(), if plotted { format!(" and {}", svg.display()) } else { String::new() });
+    let written = report::plots(&s, &rows, &out).map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+    eprintln!("wrote {}", csv.display());
+    for w in &written {
+        eprintln!("wrote {}", w.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

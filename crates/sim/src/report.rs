@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 
@@ -136,32 +136,88 @@ pub fn csv(rows: &[Row]) -> String {
             }
         }
     }
-    let mut out = cols.join(",");
-    out.push('\n');
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let _ = w.write_record(&cols);
     for v in &vals {
-        let line: Vec<String> = cols
-            .iter()
-            .map(|c| match v.get(c) {
-                None | Some(serde_json::Value::Null) => String::new(),
-                Some(serde_json::Value::String(s)) => s.clone(),
-                Some(x) => x.to_string(),
-            })
-            .collect();
-        out.push_str(&line.join(","));
-        out.push('\n');
+        let line = cols.iter().map(|c| match v.get(c) {
+            None | Some(serde_json::Value::Null) => String::new(),
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(x) => x.to_string(),
+        });
+        let _ = w.write_record(line);
     }
-    out
+    w.into_inner().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
 }
 
-/// Draw our curves beside the paper's values (failure scenarios) as an SVG.
+/// Rows read back from a CSV that [`csv`] wrote, to draw the plots again without running
+/// the scenario (`plumcast sim <scenario> --replot <csv>`). Columns it does not know are
+/// ignored; empty cells are absent metrics.
 ///
 /// # Errors
-/// A message if drawing fails; `Ok(false)` if the scenario has no figure.
-pub fn plot(s: &Scenario, rows: &[Row], path: &Path) -> Result<bool, String> {
-    let paper = paper_curve(s.kind);
-    if paper.is_empty() {
-        return Ok(false);
+/// A message naming the line if the CSV cannot be parsed or a value has the wrong type.
+pub fn read_csv(text: &str, kind: Kind) -> Result<Vec<Row>, String> {
+    let mut r = csv::Reader::from_reader(text.as_bytes());
+    let headers = r.headers().map_err(|e| e.to_string())?.clone();
+    let mut rows = Vec::new();
+    for (i, rec) in r.records().enumerate() {
+        let rec = rec.map_err(|e| format!("line {}: {e}", i + 2))?;
+        let mut obj = serde_json::Map::new();
+        for (k, v) in headers.iter().zip(rec.iter()) {
+            if v.is_empty() {
+                continue;
+            }
+            // Numbers through the standard parsers, which round-trip exactly.
+            let val = if k == "scenario" || k == "mode" || k == "detector" {
+                serde_json::Value::String(v.to_string())
+            } else if let Ok(n) = v.parse::<u64>() {
+                serde_json::Value::from(n)
+            } else if let Some(x) = v.parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
+                serde_json::Value::Number(x)
+            } else {
+                serde_json::Value::String(v.to_string())
+            };
+            obj.insert(k.to_string(), val);
+        }
+        let mut row: Row =
+            serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| format!("line {}: {e}", i + 2))?;
+        row.healing_measured = matches!(kind, Kind::Failures | Kind::MassiveFailure);
+        rows.push(row);
     }
+    Ok(rows)
+}
+
+/// Draw every figure the scenario has into `dir` and return the files written (none for
+/// a scenario without paper values): failures: `<name>.svg` (HyParView Fig. 2) and
+/// `<name>-healing.svg` (Fig. 4); massive failure: `<name>.svg` (Plumtree Fig. 6a);
+/// stable: `<name>.svg` (Plumtree Table 1: LDH and RMR per mode).
+///
+/// # Errors
+/// A message if drawing fails.
+pub fn plots(s: &Scenario, rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut written = Vec::new();
+    let main = dir.join(format!("{}.svg", s.name));
+    match s.kind {
+        Kind::Failures | Kind::MassiveFailure => {
+            plot(s, rows, &main)?;
+            written.push(main);
+            if s.kind == Kind::Failures {
+                let healing = dir.join(format!("{}-healing.svg", s.name));
+                plot_healing(s, rows, &healing)?;
+                written.push(healing);
+            }
+        }
+        Kind::Stable => {
+            plot_stable(s, rows, &main)?;
+            written.push(main);
+        }
+        _ => {}
+    }
+    Ok(written)
+}
+
+/// Draw our reliability curves beside the paper's values (failure scenarios) as an SVG.
+fn plot(s: &Scenario, rows: &[Row], path: &Path) -> Result<(), String> {
+    let paper = paper_curve(s.kind);
     let metric: fn(&Row) -> Option<f64> =
         if s.kind == Kind::MassiveFailure { |r| r.first_reliability } else { |r| r.reliability };
     let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
@@ -213,5 +269,192 @@ pub fn plot(s: &Scenario, rows: &[Row], path: &Path) -> Result<bool, String> {
         .draw()
         .map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())?;
-    Ok(true)
+    Ok(())
+}
+
+/// HyParView Fig. 4 (membership rounds to regain the reliability before the failure):
+/// 1 round for f ≤ 60%, 2 at 70–80%, 4 at 90% (../shared/papers.md).
+const PAPER_HEALING: [(f64, f64); 9] = [
+    (10.0, 1.0),
+    (20.0, 1.0),
+    (30.0, 1.0),
+    (40.0, 1.0),
+    (50.0, 1.0),
+    (60.0, 1.0),
+    (70.0, 2.0),
+    (80.0, 2.0),
+    (90.0, 4.0),
+];
+
+/// Healing rounds (worst seed) beside HyParView Fig. 4. A level where some seed did not
+/// heal within the run is drawn as a triangle at the top of the chart.
+fn plot_healing(s: &Scenario, rows: &[Row], path: &Path) -> Result<(), String> {
+    const TOP: f64 = 6.0;
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|x| e(&x))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{}: membership rounds to heal (n = {})", s.name, s.nodes), ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..100f64, -0.2f64..TOP + 0.5)
+        .map_err(|x| e(&x))?;
+    chart
+        .configure_mesh()
+        .x_desc("nodes failed at once (%)")
+        .y_desc("healing rounds (worst seed; triangle: not healed)")
+        .draw()
+        .map_err(|x| e(&x))?;
+    chart
+        .draw_series(LineSeries::new(PAPER_HEALING, BLACK.stroke_width(2)))
+        .map_err(|x| e(&x))?
+        .label("paper (HyParView Fig. 4)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+    chart.draw_series(PAPER_HEALING.iter().map(|p| Circle::new(*p, 3, BLACK.filled()))).map_err(|x| e(&x))?;
+    let palette = [RED, BLUE, GREEN, MAGENTA, CYAN];
+    // Per (mode, detector): levels healed (worst seed's rounds) and levels not healed.
+    #[derive(Default)]
+    struct Healing {
+        healed: Vec<(f64, f64)>,
+        not_healed: Vec<(f64, f64)>,
+    }
+    let mut series: BTreeMap<(String, String), Healing> = BTreeMap::new();
+    for ((mode, det, pct), rs) in group(rows) {
+        let entry = series.entry((mode, det)).or_default();
+        let x = pct as f64 / 10.0;
+        if rs.iter().any(|r| r.healing_rounds.is_none()) {
+            entry.not_healed.push((x, TOP));
+        } else if let Some(w) = rs.iter().filter_map(|r| r.healing_rounds).max() {
+            entry.healed.push((x, f64::from(w)));
+        }
+    }
+    for (k, ((mode, det), Healing { healed, not_healed })) in series.into_iter().enumerate() {
+        let color = palette[k % palette.len()];
+        chart
+            .draw_series(LineSeries::new(healed.clone(), color.stroke_width(2)))
+            .map_err(|x| e(&x))?
+            .label(format!("plumcast {mode} ({det} detector)"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart.draw_series(healed.iter().map(|p| Circle::new(*p, 3, color.filled()))).map_err(|x| e(&x))?;
+        chart.draw_series(not_healed.iter().map(|p| TriangleMarker::new(*p, 6, color.filled()))).map_err(|x| e(&x))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|x| e(&x))?;
+    root.present().map_err(|x| e(&x))
+}
+
+/// One mode's row of Plumtree Table 1 (n = 10,000, stable).
+struct PaperStable {
+    mode: &'static str,
+    ldh: f64,
+    rmr: f64,
+}
+
+/// Plumtree Table 1; LDH of the optimised variants where the paper gives them (single
+/// sender 8.3, multiple senders ~17).
+const PAPER_STABLE: [PaperStable; 3] = [
+    PaperStable { mode: "flood", ldh: 8.9, rmr: 3.0 },
+    PaperStable { mode: "plumtree-single", ldh: 8.3, rmr: 0.0 },
+    PaperStable { mode: "plumtree-multi", ldh: 17.0, rmr: 0.0 },
+];
+
+/// One panel of the stable figure: what it shows and where.
+struct Panel<'a, A> {
+    label: &'a str,
+    ours: fn(&Row) -> Option<f64>,
+    paper: fn(&PaperStable) -> f64,
+    top: f64,
+    area: A,
+}
+
+/// LDH and RMR per mode (mean over seeds; bars from the best to the worst seed) beside
+/// the paper's Table 1, two panels side by side.
+fn plot_stable(s: &Scenario, rows: &[Row], path: &Path) -> Result<(), String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let modes: Vec<String> = {
+        let mut m: Vec<String> = Vec::new();
+        for r in rows {
+            if !m.contains(&r.mode) {
+                m.push(r.mode.clone());
+            }
+        }
+        m
+    };
+    let root = SVGBackend::new(path, (1000, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|x| e(&x))?;
+    let root = root
+        .titled(&format!("{}: stable overlay, n = {} (paper: Plumtree Table 1)", s.name, s.nodes), ("sans-serif", 20))
+        .map_err(|x| e(&x))?;
+    let (left, right) = root.split_horizontally(500);
+    let panels = [
+        Panel { label: "LDH (hops)", ours: |r| r.ldh, paper: |p| p.ldh, top: 20.0, area: left },
+        Panel { label: "RMR", ours: |r| r.rmr, paper: |p| p.rmr, top: 3.5, area: right },
+    ];
+    for Panel { label, ours: metric, paper: paper_value, top, area } in panels {
+        let n = modes.len().max(1) as f64;
+        let names = modes.clone();
+        let mut chart = ChartBuilder::on(&area)
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(-0.5f64..n - 0.5, 0f64..top)
+            .map_err(|x| e(&x))?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(modes.len().max(1))
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() < 0.01 && i >= 0.0 {
+                    names.get(i as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .y_desc(label)
+            .draw()
+            .map_err(|x| e(&x))?;
+        let paper: Vec<(f64, f64)> = modes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| PAPER_STABLE.iter().find(|p| p.mode == m).map(|p| (i as f64 - 0.12, paper_value(p))))
+            .collect();
+        chart
+            .draw_series(paper.iter().map(|p| Cross::new(*p, 6, BLACK.stroke_width(2))))
+            .map_err(|x| e(&x))?
+            .label("paper")
+            .legend(|(x, y)| Cross::new((x + 10, y), 5, BLACK.stroke_width(2)));
+        let mut ours = Vec::new();
+        for (i, m) in modes.iter().enumerate() {
+            let v: Vec<f64> = rows.iter().filter(|r| &r.mode == m).filter_map(metric).collect();
+            if v.is_empty() {
+                continue;
+            }
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+            ours.push((i as f64 + 0.12, mean, lo, hi));
+        }
+        chart
+            .draw_series(ours.iter().map(|&(x, m, _, _)| Circle::new((x, m), 5, RED.filled())))
+            .map_err(|x| e(&x))?
+            .label("plumcast (mean of seeds)")
+            .legend(|(x, y)| Circle::new((x + 10, y), 4, RED.filled()));
+        chart
+            .draw_series(ours.iter().map(|&(x, _, lo, hi)| PathElement::new(vec![(x, lo), (x, hi)], RED)))
+            .map_err(|x| e(&x))?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(|x| e(&x))?;
+    }
+    root.present().map_err(|x| e(&x))
 }

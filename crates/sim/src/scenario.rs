@@ -35,7 +35,9 @@ pub enum Kind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RunMode {
-    /// Plumtree, one sender (node 0 of the live nodes).
+    /// Plumtree, one sender (node 0 of the live nodes), on the node's default per-origin
+    /// tree: for one sender the same tree as the paper's, but the optimisation on arrival
+    /// and the repair of a failed parent apply (they are per-origin rules).
     PlumtreeSingle,
     /// Plumtree (one shared tree, as the paper), a random live sender per broadcast.
     PlumtreeMulti,
@@ -75,6 +77,9 @@ fn d_stabilize() -> u32 {
 fn d_gap() -> u64 {
     400
 }
+fn d_true() -> bool {
+    true
+}
 
 /// A scenario file (`crates/sim/scenarios/*.toml`). Fields a kind does not use are ignored.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -113,7 +118,7 @@ pub struct Scenario {
     /// Measured broadcasts (per failure level, or in all).
     #[serde(default)]
     pub broadcasts: usize,
-    /// Unmeasured broadcasts first (stable).
+    /// Unmeasured broadcasts first (stable, churn).
     #[serde(default)]
     pub warmup: usize,
     /// Virtual time between broadcasts, ms.
@@ -122,9 +127,14 @@ pub struct Scenario {
     /// Plumtree optimisation threshold override (rounds); absent keeps the default.
     #[serde(default)]
     pub optimization_threshold: Option<u32>,
-    /// Churn: crashes per round (each replaced by a fresh join).
+    /// Churn: crashes per round.
     #[serde(default)]
     pub churn_per_round: usize,
+    /// Churn: each crashed node comes back at once as a fresh node joining through a
+    /// random live one (default). `false` is the Plumtree paper's churn: failures only, so
+    /// the cluster shrinks by `churn_per_round` every round.
+    #[serde(default = "d_true")]
+    pub churn_joins: bool,
     /// Churn / partition: rounds to run.
     #[serde(default)]
     pub rounds: usize,
@@ -146,6 +156,7 @@ pub const EMBEDDED: &[(&str, &str)] = &[
     ("plumtree-stable", include_str!("../scenarios/plumtree-stable.toml")),
     ("plumtree-massive-failure", include_str!("../scenarios/plumtree-massive-failure.toml")),
     ("churn", include_str!("../scenarios/churn.toml")),
+    ("churn-failures-only", include_str!("../scenarios/churn-failures-only.toml")),
     ("concurrent-join", include_str!("../scenarios/concurrent-join.toml")),
     ("partition-heal", include_str!("../scenarios/partition-heal.toml")),
     ("plumtree-few-senders", include_str!("../scenarios/plumtree-few-senders.toml")),
@@ -183,7 +194,8 @@ impl Scenario {
 }
 
 /// One result row. Keys are named after the metrics; absent ones do not apply.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Row {
     /// Scenario name.
     pub scenario: String,
@@ -306,7 +318,7 @@ fn sim_config(s: &Scenario, seed: u64, detector: Detector) -> SimConfig {
 fn set_mode(sim: &mut Sim, mode: RunMode) {
     let m = if mode == RunMode::Flood { Mode::Flood } else { Mode::Plumtree };
     sim.set_broadcast_mode(m);
-    let tree = if mode == RunMode::PlumtreeMultiPerOrigin { Tree::PerOrigin } else { Tree::Shared };
+    let tree = if mode == RunMode::PlumtreeMulti { Tree::Shared } else { Tree::PerOrigin };
     sim.set_broadcast_tree(tree);
 }
 
@@ -641,6 +653,15 @@ fn churn(s: &Scenario, base: Option<Sim>, mode: RunMode, mut row: Row, seed: u64
     let gap = Duration::from_millis(s.broadcast_gap_ms);
     let round = s_shuffle(&sim);
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xc4);
+    // Warm-up broadcasts before the churn starts, not measured: a cold tree's first
+    // broadcasts flood it (RMR ≈ 3), which is the bootstrap cost `plumtree-stable`
+    // reports, not the cost of churn.
+    for _ in 0..s.warmup {
+        if let Some(o) = pick_sender(&sim, mode, &mut rng) {
+            shoot(&mut sim, o, gap);
+        }
+    }
+    sim.clear_tracks();
     let mut shots = Vec::new();
     // (eventual reliability, RMR) of each broadcast, read at the end of its round.
     let mut ends = Vec::new();
@@ -649,11 +670,13 @@ fn churn(s: &Scenario, base: Option<Sim>, mode: RunMode, mut row: Row, seed: u64
         live.shuffle(&mut rng);
         let victims: Vec<u32> = live.iter().copied().take(s.churn_per_round).collect();
         sim.crash_many(&victims);
-        // Each crashed slot comes back as a fresh node joining through a random live one.
-        let live = sim.live();
-        for v in victims {
-            let contact = live[rng.gen_range(0..live.len())];
-            sim.start(v, Some(contact));
+        if s.churn_joins {
+            // Each crashed slot comes back as a fresh node joining through a random live one.
+            let live = sim.live();
+            for v in victims {
+                let contact = live[rng.gen_range(0..live.len())];
+                sim.start(v, Some(contact));
+            }
         }
         let mut used = Duration::ZERO;
         let mut keys = Vec::new();
