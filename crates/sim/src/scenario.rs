@@ -665,10 +665,14 @@ fn churn(s: &Scenario, base: Option<Sim>, mode: RunMode, mut row: Row, seed: u64
     let mut shots = Vec::new();
     // (eventual reliability, RMR) of each broadcast, read at the end of its round.
     let mut ends = Vec::new();
+    // With one sender, the sender itself never crashes: a new sender is a new origin,
+    // whose first broadcast floods its per-origin tree (the cold start that
+    // `plumtree-stable` measures), not the cost of churn. Random senders may crash.
+    let keep = if mode == RunMode::PlumtreeSingle { sim.live().first().copied() } else { None };
     for _ in 0..s.rounds {
         let mut live = sim.live();
         live.shuffle(&mut rng);
-        let victims: Vec<u32> = live.iter().copied().take(s.churn_per_round).collect();
+        let victims: Vec<u32> = live.iter().copied().filter(|v| Some(*v) != keep).take(s.churn_per_round).collect();
         sim.crash_many(&victims);
         if s.churn_joins {
             // Each crashed slot comes back as a fresh node joining through a random live one.
