@@ -85,6 +85,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             })
             .collect::<Result<_, _>>()?;
     }
+    s.validate()?;
     let out = a.out.unwrap_or_else(|| std::env::temp_dir().join("plumcast-sim").join(&s.name));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     if let Some(csv) = a.replot {

@@ -174,6 +174,14 @@ pub enum ScenarioError {
     /// The file could not be read.
     #[error("cannot read the scenario: {0}")]
     Io(#[from] std::io::Error),
+    /// The parameters cannot describe a run (say, churn that would crash every node).
+    #[error("scenario {name:?} cannot run: {why}")]
+    Inconsistent {
+        /// The scenario's name.
+        name: String,
+        /// What is wrong, with the numbers.
+        why: String,
+    },
 }
 
 impl Scenario {
@@ -183,13 +191,47 @@ impl Scenario {
     /// [`ScenarioError`] if neither exists or the TOML is invalid.
     pub fn load(name_or_path: &str) -> Result<Self, ScenarioError> {
         if let Some((_, text)) = EMBEDDED.iter().find(|(n, _)| *n == name_or_path) {
-            return Ok(toml::from_str(text)?);
+            let s: Self = toml::from_str(text)?;
+            s.validate()?;
+            return Ok(s);
         }
         let path = std::path::Path::new(name_or_path);
         if !path.exists() {
             return Err(ScenarioError::NotFound(name_or_path.to_string()));
         }
-        Ok(toml::from_str(&std::fs::read_to_string(path)?)?)
+        let s: Self = toml::from_str(&std::fs::read_to_string(path)?)?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Check that the parameters describe a run; call it again after overriding fields
+    /// (the CLI's `--nodes`, `--seeds`).
+    ///
+    /// # Errors
+    /// [`ScenarioError::Inconsistent`] naming the problem: fewer than 2 nodes, no seed,
+    /// or churn that would crash every node (`churn_per_round` × `rounds` ≥ `nodes` without
+    /// joins; `churn_per_round` ≥ `nodes` with them).
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        let bad = |why: String| Err(ScenarioError::Inconsistent { name: self.name.clone(), why });
+        if self.nodes < 2 {
+            return bad(format!("{} nodes; at least 2 are needed", self.nodes));
+        }
+        if self.seeds.is_empty() {
+            return bad("no seed".into());
+        }
+        if self.kind == Kind::Churn {
+            let crashes = if self.churn_joins { self.churn_per_round } else { self.churn_per_round * self.rounds };
+            if crashes >= self.nodes {
+                return bad(format!(
+                    "{} crashes per round for {} rounds ({}) would crash all {} nodes",
+                    self.churn_per_round,
+                    self.rounds,
+                    if self.churn_joins { "each replaced by a join" } else { "no joins" },
+                    self.nodes
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

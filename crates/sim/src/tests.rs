@@ -214,3 +214,19 @@ fn rows_survive_a_csv_round_trip_and_replot() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(report::read_csv("seed\nnot-a-number\n", s.kind).is_err(), "a wrong type names its line");
 }
+
+#[test]
+fn churn_that_would_crash_every_node_is_refused_with_the_numbers() {
+    let mut s = Scenario::load("churn-failures-only").unwrap();
+    s.validate().unwrap();
+    s.nodes = 2000;
+    let e = s.validate().unwrap_err().to_string();
+    assert!(e.contains("50 crashes per round for 100 rounds") && e.contains("all 2000 nodes"), "{e}");
+    let mut s = Scenario::load("churn").unwrap();
+    s.nodes = 2000;
+    s.validate().unwrap();
+    s.nodes = 50;
+    assert!(s.validate().is_err());
+    s.nodes = 1;
+    assert!(s.validate().unwrap_err().to_string().contains("at least 2"));
+}
