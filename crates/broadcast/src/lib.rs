@@ -787,15 +787,16 @@ impl<P: PeerId> State<P> {
         }));
         let send_round = round.saturating_add(1);
         self.push(now, id, &envelope, send_round, Some(&from));
-        let origin = envelope.origin.clone();
+        // Paper §3.8 (Algorithm 2): an IHave that came before the payload and announced it
+        // `threshold` rounds earlier than the tree delivered it. Only with one tree per
+        // origin: on a shared tree the rounds of one origin say nothing about the next
+        // origin's, and the swaps thrashed (docs/performance.md).
+        let swap = match (neighbor, self.config.tree, missing.and_then(|m| m.best)) {
+            (Some(()), Tree::PerOrigin, Some(best)) => Some((envelope.origin.clone(), best)),
+            _ => None,
+        };
         self.cache_insert(now, id, envelope, send_round, Some(from));
-        if let (Some(()), Tree::PerOrigin, Some((announcer, announced))) =
-            (neighbor, self.config.tree, missing.and_then(|m| m.best))
-        {
-            // Paper §3.8 (Algorithm 2): an IHave that came before the payload and
-            // announced it `threshold` rounds earlier than the tree delivered it. Only with
-            // one tree per origin: on a shared tree the rounds of one origin say nothing
-            // about the next origin's, and the swaps thrashed (docs/performance.md).
+        if let Some((origin, (announcer, announced))) = swap {
             self.maybe_swap_parent(id, &origin, round, announcer, announced);
         }
     }

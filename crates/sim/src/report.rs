@@ -157,7 +157,7 @@ pub fn csv(rows: &[Row]) -> String {
 /// A message naming the line if the CSV cannot be parsed or a value has the wrong type.
 pub fn read_csv(text: &str, kind: Kind) -> Result<Vec<Row>, String> {
     let mut r = csv::Reader::from_reader(text.as_bytes());
-    let headers = r.headers().map_err(|e| e.to_string())?.clone();
+    let headers = r.headers().map_err(err)?.clone();
     let mut rows = Vec::new();
     for (i, rec) in r.records().enumerate() {
         let rec = rec.map_err(|e| format!("line {}: {e}", i + 2))?;
@@ -215,13 +215,18 @@ pub fn plots(s: &Scenario, rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>, Str
     Ok(written)
 }
 
+/// A drawing error as the message the plot functions return.
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
 /// Draw our reliability curves beside the paper's values (failure scenarios) as an SVG.
 fn plot(s: &Scenario, rows: &[Row], path: &Path) -> Result<(), String> {
     let paper = paper_curve(s.kind);
     let metric: fn(&Row) -> Option<f64> =
         if s.kind == Kind::MassiveFailure { |r| r.first_reliability } else { |r| r.reliability };
     let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    root.fill(&WHITE).map_err(err)?;
     let title = match s.kind {
         Kind::MassiveFailure => format!("{}: first broadcast after the failure (n = {})", s.name, s.nodes),
         _ => format!("{}: mean reliability after the failure (n = {})", s.name, s.nodes),
@@ -232,19 +237,14 @@ fn plot(s: &Scenario, rows: &[Row], path: &Path) -> Result<(), String> {
         .x_label_area_size(40)
         .y_label_area_size(50)
         .build_cartesian_2d(0f64..100f64, 0f64..101f64)
-        .map_err(|e| e.to_string())?;
-    chart
-        .configure_mesh()
-        .x_desc("nodes failed at once (%)")
-        .y_desc("reliability (%)")
-        .draw()
-        .map_err(|e| e.to_string())?;
+        .map_err(err)?;
+    chart.configure_mesh().x_desc("nodes failed at once (%)").y_desc("reliability (%)").draw().map_err(err)?;
     chart
         .draw_series(LineSeries::new(paper.clone(), BLACK.stroke_width(2)))
-        .map_err(|e| e.to_string())?
+        .map_err(err)?
         .label("paper")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
-    chart.draw_series(paper.iter().map(|p| Circle::new(*p, 3, BLACK.filled()))).map_err(|e| e.to_string())?;
+    chart.draw_series(paper.iter().map(|p| Circle::new(*p, 3, BLACK.filled()))).map_err(err)?;
     let palette = [RED, BLUE, GREEN, MAGENTA, CYAN];
     let mut series: BTreeMap<(String, String), Vec<(f64, f64)>> = BTreeMap::new();
     for ((mode, det, pct), rs) in group(rows) {
@@ -256,10 +256,10 @@ fn plot(s: &Scenario, rows: &[Row], path: &Path) -> Result<(), String> {
         let color = palette[k % palette.len()];
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-            .map_err(|e| e.to_string())?
+            .map_err(err)?
             .label(format!("plumcast {mode} ({det} detector)"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled()))).map_err(|e| e.to_string())?;
+        chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled()))).map_err(err)?;
     }
     chart
         .configure_series_labels()
@@ -267,8 +267,8 @@ fn plot(s: &Scenario, rows: &[Row], path: &Path) -> Result<(), String> {
         .border_style(BLACK)
         .position(SeriesLabelPosition::LowerLeft)
         .draw()
-        .map_err(|e| e.to_string())?;
-    root.present().map_err(|e| e.to_string())?;
+        .map_err(err)?;
+    root.present().map_err(err)?;
     Ok(())
 }
 
@@ -290,28 +290,27 @@ const PAPER_HEALING: [(f64, f64); 9] = [
 /// heal within the run is drawn as a triangle at the top of the chart.
 fn plot_healing(s: &Scenario, rows: &[Row], path: &Path) -> Result<(), String> {
     const TOP: f64 = 6.0;
-    let e = |e: &dyn std::fmt::Display| e.to_string();
     let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
-    root.fill(&WHITE).map_err(|x| e(&x))?;
+    root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(format!("{}: membership rounds to heal (n = {})", s.name, s.nodes), ("sans-serif", 20))
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(50)
         .build_cartesian_2d(0f64..100f64, -0.2f64..TOP + 0.5)
-        .map_err(|x| e(&x))?;
+        .map_err(err)?;
     chart
         .configure_mesh()
         .x_desc("nodes failed at once (%)")
         .y_desc("healing rounds (worst seed; triangle: not healed)")
         .draw()
-        .map_err(|x| e(&x))?;
+        .map_err(err)?;
     chart
         .draw_series(LineSeries::new(PAPER_HEALING, BLACK.stroke_width(2)))
-        .map_err(|x| e(&x))?
+        .map_err(err)?
         .label("paper (HyParView Fig. 4)")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
-    chart.draw_series(PAPER_HEALING.iter().map(|p| Circle::new(*p, 3, BLACK.filled()))).map_err(|x| e(&x))?;
+    chart.draw_series(PAPER_HEALING.iter().map(|p| Circle::new(*p, 3, BLACK.filled()))).map_err(err)?;
     let palette = [RED, BLUE, GREEN, MAGENTA, CYAN];
     // Per (mode, detector): levels healed (worst seed's rounds) and levels not healed.
     #[derive(Default)]
@@ -333,11 +332,11 @@ fn plot_healing(s: &Scenario, rows: &[Row], path: &Path) -> Result<(), String> {
         let color = palette[k % palette.len()];
         chart
             .draw_series(LineSeries::new(healed.clone(), color.stroke_width(2)))
-            .map_err(|x| e(&x))?
+            .map_err(err)?
             .label(format!("plumcast {mode} ({det} detector)"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        chart.draw_series(healed.iter().map(|p| Circle::new(*p, 3, color.filled()))).map_err(|x| e(&x))?;
-        chart.draw_series(not_healed.iter().map(|p| TriangleMarker::new(*p, 6, color.filled()))).map_err(|x| e(&x))?;
+        chart.draw_series(healed.iter().map(|p| Circle::new(*p, 3, color.filled()))).map_err(err)?;
+        chart.draw_series(not_healed.iter().map(|p| TriangleMarker::new(*p, 6, color.filled()))).map_err(err)?;
     }
     chart
         .configure_series_labels()
@@ -345,8 +344,8 @@ fn plot_healing(s: &Scenario, rows: &[Row], path: &Path) -> Result<(), String> {
         .border_style(BLACK)
         .position(SeriesLabelPosition::UpperLeft)
         .draw()
-        .map_err(|x| e(&x))?;
-    root.present().map_err(|x| e(&x))
+        .map_err(err)?;
+    root.present().map_err(err)
 }
 
 /// One mode's row of Plumtree Table 1 (n = 10,000, stable).
@@ -376,7 +375,6 @@ struct Panel<'a, A> {
 /// LDH and RMR per mode (mean over seeds; bars from the best to the worst seed) beside
 /// the paper's Table 1, two panels side by side.
 fn plot_stable(s: &Scenario, rows: &[Row], path: &Path) -> Result<(), String> {
-    let e = |e: &dyn std::fmt::Display| e.to_string();
     let modes: Vec<String> = {
         let mut m: Vec<String> = Vec::new();
         for r in rows {
@@ -387,10 +385,10 @@ fn plot_stable(s: &Scenario, rows: &[Row], path: &Path) -> Result<(), String> {
         m
     };
     let root = SVGBackend::new(path, (1000, 500)).into_drawing_area();
-    root.fill(&WHITE).map_err(|x| e(&x))?;
+    root.fill(&WHITE).map_err(err)?;
     let root = root
         .titled(&format!("{}: stable overlay, n = {} (paper: Plumtree Table 1)", s.name, s.nodes), ("sans-serif", 20))
-        .map_err(|x| e(&x))?;
+        .map_err(err)?;
     let (left, right) = root.split_horizontally(500);
     let panels = [
         Panel { label: "LDH (hops)", ours: |r| r.ldh, paper: |p| p.ldh, top: 20.0, area: left },
@@ -404,7 +402,7 @@ fn plot_stable(s: &Scenario, rows: &[Row], path: &Path) -> Result<(), String> {
             .x_label_area_size(40)
             .y_label_area_size(50)
             .build_cartesian_2d(-0.5f64..n - 0.5, 0f64..top)
-            .map_err(|x| e(&x))?;
+            .map_err(err)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
@@ -419,7 +417,7 @@ fn plot_stable(s: &Scenario, rows: &[Row], path: &Path) -> Result<(), String> {
             })
             .y_desc(label)
             .draw()
-            .map_err(|x| e(&x))?;
+            .map_err(err)?;
         let paper: Vec<(f64, f64)> = modes
             .iter()
             .enumerate()
@@ -427,7 +425,7 @@ fn plot_stable(s: &Scenario, rows: &[Row], path: &Path) -> Result<(), String> {
             .collect();
         chart
             .draw_series(paper.iter().map(|p| Cross::new(*p, 6, BLACK.stroke_width(2))))
-            .map_err(|x| e(&x))?
+            .map_err(err)?
             .label("paper")
             .legend(|(x, y)| Cross::new((x + 10, y), 5, BLACK.stroke_width(2)));
         let mut ours = Vec::new();
@@ -442,19 +440,19 @@ fn plot_stable(s: &Scenario, rows: &[Row], path: &Path) -> Result<(), String> {
         }
         chart
             .draw_series(ours.iter().map(|&(x, m, _, _)| Circle::new((x, m), 5, RED.filled())))
-            .map_err(|x| e(&x))?
+            .map_err(err)?
             .label("plumcast (mean of seeds)")
             .legend(|(x, y)| Circle::new((x + 10, y), 4, RED.filled()));
         chart
             .draw_series(ours.iter().map(|&(x, _, lo, hi)| PathElement::new(vec![(x, lo), (x, hi)], RED)))
-            .map_err(|x| e(&x))?;
+            .map_err(err)?;
         chart
             .configure_series_labels()
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .position(SeriesLabelPosition::UpperRight)
             .draw()
-            .map_err(|x| e(&x))?;
+            .map_err(err)?;
     }
-    root.present().map_err(|x| e(&x))
+    root.present().map_err(err)
 }
