@@ -17,6 +17,8 @@
 #![forbid(unsafe_code)]
 
 mod socket;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
 mod tls;
 
 use std::fmt;
@@ -30,7 +32,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use socket::{Faults, FaultySocket};
-pub use tls::{client_config, peer_node_id, server_config};
+pub use tls::{CertificateRefused, client_config, node_id_of, peer_node_id, server_config};
 
 /// ALPN protocol id of plumcast's wire protocol, version 1.
 pub const ALPN: &[u8] = b"plumcast/1";

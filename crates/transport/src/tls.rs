@@ -10,25 +10,61 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 
 use crate::{ALPN, Identity, NodeId, TransportConfig, TransportError};
 
-/// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410): SEQUENCE { SEQUENCE { OID
-/// 1.3.101.112 }, BIT STRING (33 bytes, 0 unused bits) }; the 32-byte key follows.
-const ED25519_SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+/// Why a certificate does not name a [`NodeId`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CertificateRefused {
+    /// The bytes are not one well-formed X.509 certificate (DER), or bytes follow it.
+    #[error("not a well-formed X.509 certificate: {0}")]
+    Malformed(String),
+    /// The SubjectPublicKeyInfo's algorithm is not Ed25519 (OID 1.3.101.112, RFC 8410).
+    #[error("subject public key is not Ed25519 (algorithm {0})")]
+    NotEd25519(String),
+    /// An Ed25519 SubjectPublicKeyInfo with parameters, unused bits, or a key that is not
+    /// 32 bytes (RFC 8410 §3 and §4 forbid each).
+    #[error("malformed Ed25519 subject public key: {0}")]
+    BadEd25519Key(String),
+}
 
-/// The Ed25519 public key in a certificate, as a [`NodeId`]. The certificate's
-/// self-signature is not what proves the key: the TLS 1.3 handshake signature is
-/// (checked by the verifiers with `verify_tls13_signature`).
-pub(crate) fn node_id_of(cert: &CertificateDer<'_>) -> Option<NodeId> {
-    let der = cert.as_ref();
-    let pos = der.windows(ED25519_SPKI_PREFIX.len()).position(|w| w == ED25519_SPKI_PREFIX)?;
-    let key = der.get(pos + ED25519_SPKI_PREFIX.len()..pos + ED25519_SPKI_PREFIX.len() + 32)?;
-    Some(NodeId(key.try_into().ok()?))
+/// The Ed25519 public key of a certificate's *parsed* SubjectPublicKeyInfo, as a
+/// [`NodeId`]. Parsed with `x509-parser`, never found by searching the DER for a byte
+/// pattern: a subject, an issuer or an extension may carry another node's key bytes.
+/// The certificate's self-signature is not what proves the key: the TLS 1.3 handshake
+/// signature is (checked by the verifiers with `verify_tls13_signature`, against this
+/// same SubjectPublicKeyInfo).
+///
+/// # Errors
+/// [`CertificateRefused`] for anything but one well-formed certificate whose public key
+/// is a plain 32-byte Ed25519 key.
+pub fn node_id_of(cert: &CertificateDer<'_>) -> Result<NodeId, CertificateRefused> {
+    let (rest, parsed) =
+        x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| CertificateRefused::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CertificateRefused::Malformed(format!("{} bytes after the certificate", rest.len())));
+    }
+    let spki = parsed.public_key();
+    if spki.algorithm.algorithm != x509_parser::oid_registry::OID_SIG_ED25519 {
+        return Err(CertificateRefused::NotEd25519(spki.algorithm.algorithm.to_id_string()));
+    }
+    if spki.algorithm.parameters.is_some() {
+        return Err(CertificateRefused::BadEd25519Key("algorithm parameters present".into()));
+    }
+    let key = &spki.subject_public_key;
+    if key.unused_bits != 0 {
+        return Err(CertificateRefused::BadEd25519Key(format!("{} unused bits", key.unused_bits)));
+    }
+    let bytes: [u8; 32] = key
+        .data
+        .as_ref()
+        .try_into()
+        .map_err(|_| CertificateRefused::BadEd25519Key(format!("key is {} bytes, not 32", key.data.len())))?;
+    Ok(NodeId(bytes))
 }
 
 /// The [`NodeId`] a connection was authenticated as.
 pub fn peer_node_id(conn: &quinn::Connection) -> Option<NodeId> {
     let any = conn.peer_identity()?;
     let certs = any.downcast_ref::<Vec<CertificateDer<'static>>>()?;
-    node_id_of(certs.first()?)
+    node_id_of(certs.first()?).ok()
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -47,7 +83,8 @@ struct PeerVerifier {
 
 impl PeerVerifier {
     fn check(&self, cert: &CertificateDer<'_>) -> Result<NodeId, rustls::Error> {
-        let id = node_id_of(cert).ok_or(rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let id = node_id_of(cert)
+            .map_err(|e| rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(e)))))?;
         match self.expected {
             Some(want) if want != id => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
                 rustls::OtherError(Arc::new(IdMismatch { want, got: id })),
@@ -218,8 +255,46 @@ mod tests {
     #[test]
     fn node_id_is_the_certificate_key() {
         let id = Identity::generate().unwrap();
-        assert_eq!(node_id_of(id.certificate()), Some(id.node_id()));
+        assert_eq!(node_id_of(id.certificate()), Ok(id.node_id()));
         let again = Identity::from_pkcs8(id.pkcs8_der()).unwrap();
         assert_eq!(again.node_id(), id.node_id());
+    }
+
+    #[test]
+    fn a_certificate_carrying_another_key_in_its_subject_proves_its_own_key() {
+        let victim = Identity::generate().unwrap().node_id();
+        let stranger = Identity::generate().unwrap();
+        let crafted = crate::test_util::impersonating(&stranger, victim).unwrap();
+        // The victim's key bytes really are in the DER, ahead of the real SPKI.
+        let der = crafted.certificate().as_ref();
+        let victim_at = der.windows(32).position(|w| w == victim.0).expect("victim key in the DER");
+        let own_at = der.windows(32).position(|w| w == stranger.node_id().0).expect("own key in the DER");
+        assert!(victim_at < own_at, "the victim's bytes come first");
+        assert_eq!(node_id_of(crafted.certificate()), Ok(stranger.node_id()));
+        // And the verifier binds the connection to the stranger, never to the victim.
+        let verifier = PeerVerifier { expected: None, algs: algorithms() };
+        assert_eq!(verifier.check(crafted.certificate()).unwrap(), stranger.node_id());
+        let expecting_victim = PeerVerifier { expected: Some(victim), algs: algorithms() };
+        assert!(expecting_victim.check(crafted.certificate()).is_err());
+    }
+
+    #[test]
+    fn a_certificate_whose_key_is_not_ed25519_is_refused() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert =
+            rcgen::CertificateParams::new(vec![crate::SERVER_NAME.to_string()]).unwrap().self_signed(&key).unwrap();
+        assert!(matches!(node_id_of(cert.der()), Err(CertificateRefused::NotEd25519(_))));
+    }
+
+    #[test]
+    fn garbage_and_trailing_bytes_are_refused() {
+        assert!(matches!(
+            node_id_of(&CertificateDer::from(vec![0x30, 0x03, 1, 2])),
+            Err(CertificateRefused::Malformed(_))
+        ));
+        let id = Identity::generate().unwrap();
+        let mut der = id.certificate().to_vec();
+        der.push(0);
+        assert!(matches!(node_id_of(&CertificateDer::from(der)), Err(CertificateRefused::Malformed(_))));
     }
 }
