@@ -435,8 +435,9 @@ pub struct State<P> {
     neighbors: BTreeSet<P>,
     /// The shared tree's lazy links ([`Tree::Shared`]).
     shared_lazy: BTreeSet<P>,
-    /// Per-origin lazy links and a last-use stamp ([`Tree::PerOrigin`]).
-    trees: HashMap<P, OriginTree<P>>,
+    /// Per-origin lazy links and a last-use stamp ([`Tree::PerOrigin`]). Ordered: parent
+    /// repair walks it on NeighborDown and emits Grafts in its order.
+    trees: BTreeMap<P, OriginTree<P>>,
     tree_clock: u64,
     seen: HashMap<P, OriginSeen>,
     /// Keys are ids we computed ourselves, so a fast non-keyed hash is safe here; maps
@@ -465,7 +466,7 @@ impl<P: PeerId> State<P> {
             config,
             neighbors: BTreeSet::new(),
             shared_lazy: BTreeSet::new(),
-            trees: HashMap::new(),
+            trees: BTreeMap::new(),
             tree_clock: 0,
             seen: HashMap::default(),
             cache: FxHashMap::default(),

@@ -156,6 +156,18 @@ struct Slot {
     inc: u32,
 }
 
+/// Which broadcast a [`Track`] follows: its origin's slot, the incarnation of the node in
+/// that slot (a restarted slot counts its sequence numbers from 1 again), and its seq.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageKey {
+    /// The origin's slot.
+    pub origin: u32,
+    /// The origin's incarnation.
+    pub incarnation: u64,
+    /// Its sequence number within the incarnation.
+    pub seq: u64,
+}
+
 /// What happened to one broadcast.
 #[derive(Clone, Debug)]
 pub struct Track {
@@ -167,7 +179,9 @@ pub struct Track {
     pub expected: u32,
     /// Nodes that delivered it (each once).
     pub delivered: u32,
-    /// Deliveries beyond the first per node (must stay 0).
+    /// Deliveries beyond the first to one node life (must stay 0: it counts exactly-once
+    /// violations). A slot restarted while the broadcast spreads is a new node: its new
+    /// life may deliver the message again, and that is counted in `delivered`, not here.
     pub duplicates: u32,
     /// Largest hop count among deliveries (LDH).
     pub ldh: u32,
@@ -179,7 +193,7 @@ pub struct Track {
 }
 
 /// Global counters.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Counters {
     /// Events processed.
     pub events: u64,
@@ -227,7 +241,9 @@ pub struct Sim {
     uplink_free: Vec<u64>,
     /// While true, Shuffle timers are deferred (the papers' "no membership cycle").
     pub shuffle_paused: bool,
-    tracks: FxHashMap<(u32, u64), Track>,
+    tracks: FxHashMap<MessageKey, Track>,
+    /// A running hash of every output every node produced, in order ([`Sim::trace_outputs`]).
+    output_trace: Option<std::hash::DefaultHasher>,
     counters: Counters,
     buf: Vec<proto::Output<u32>>,
     bootstrap: u32,
@@ -249,6 +265,7 @@ impl Sim {
             uplink_free: vec![0; n],
             shuffle_paused: false,
             tracks: FxHashMap::default(),
+            output_trace: None,
             counters: Counters::default(),
             buf: Vec::new(),
             bootstrap: 0,
@@ -426,8 +443,40 @@ impl Sim {
         (ms * 1000.0).max(1.0) as u64
     }
 
-    /// Broadcast from node `i`; returns the message key `(origin, seq)`.
-    pub fn broadcast(&mut self, i: u32) -> Option<(u32, u64)> {
+    /// From now on, hash every output of every node in the order produced (its node, the
+    /// virtual time, and the output with deadlines as virtual µs): two runs from one seed
+    /// must give the same [`Sim::output_hash`]. Costs a postcard encoding per message.
+    pub fn trace_outputs(&mut self) {
+        self.output_trace.get_or_insert_with(std::hash::DefaultHasher::new);
+    }
+
+    /// The hash of the outputs since [`Sim::trace_outputs`] (`None` when not tracing).
+    pub fn output_hash(&self) -> Option<u64> {
+        self.output_trace.as_ref().map(std::hash::Hasher::finish)
+    }
+
+    fn trace(&mut self, i: u32, o: &proto::Output<u32>) {
+        use std::hash::{Hash, Hasher};
+        let base = self.base;
+        let Some(h) = self.output_trace.as_mut() else { return };
+        (i, self.now).hash(h);
+        match o {
+            proto::Output::Send { to, message } => {
+                (0u8, to).hash(h);
+                // Every message type is postcard-encodable: an error would be a bug here.
+                h.write(&postcard::to_stdvec(message).expect("a message encodes"));
+            }
+            proto::Output::Disconnect { peer } => (1u8, peer).hash(h),
+            proto::Output::Timer { at, timer } => {
+                (2u8, at.saturating_duration_since(base).as_micros(), timer).hash(h);
+            }
+            proto::Output::Rejoin => 3u8.hash(h),
+            proto::Output::Event(e) => (4u8, format!("{e:?}")).hash(h),
+        }
+    }
+
+    /// Broadcast from node `i`; returns the key of its [`Track`].
+    pub fn broadcast(&mut self, i: u32) -> Option<MessageKey> {
         let now = self.instant();
         let payload = Bytes::from(vec![0u8; self.cfg.payload_size]);
         let expected = self.live().len().saturating_sub(1) as u32;
@@ -437,9 +486,13 @@ impl Sim {
         let mut buf = std::mem::take(&mut self.buf);
         let (_, out) = state.broadcast(now, payload);
         buf.extend(out);
-        let seq = state.broadcast_state().stats().broadcasts;
+        let key = MessageKey {
+            origin: i,
+            incarnation: state.broadcast_state().incarnation(),
+            seq: state.broadcast_state().stats().broadcasts,
+        };
         self.tracks.insert(
-            (i, seq),
+            key,
             Track {
                 origin: i,
                 sent_at: self.now,
@@ -454,16 +507,16 @@ impl Sim {
         );
         self.apply(i, &mut buf);
         self.buf = buf;
-        Some((i, seq))
+        Some(key)
     }
 
     /// The record of a broadcast.
-    pub fn track(&self, key: (u32, u64)) -> Option<&Track> {
+    pub fn track(&self, key: MessageKey) -> Option<&Track> {
         self.tracks.get(&key)
     }
 
     /// Forget one broadcast's record.
-    pub fn forget_track(&mut self, key: (u32, u64)) {
+    pub fn forget_track(&mut self, key: MessageKey) {
         self.tracks.remove(&key);
     }
 
@@ -484,6 +537,7 @@ impl Sim {
     fn apply(&mut self, i: u32, buf: &mut Vec<proto::Output<u32>>) {
         let inc = self.nodes[i as usize].inc;
         for o in buf.drain(..) {
+            self.trace(i, &o);
             match o {
                 proto::Output::Send { to, message } => self.send(i, to, message),
                 proto::Output::Disconnect { peer } => {
@@ -508,7 +562,8 @@ impl Sim {
                     self.schedule(self.now, Ev::Join { node: i, inc, contact });
                 }
                 proto::Output::Event(proto::Event::Delivered(d)) => {
-                    let key = (d.envelope.origin, d.envelope.seq);
+                    let e = &d.envelope;
+                    let key = MessageKey { origin: e.origin, incarnation: e.incarnation, seq: e.seq };
                     if let Some(t) = self.tracks.get_mut(&key) {
                         let (w, b) = (i as usize / 64, i as usize % 64);
                         if t.seen[w] & (1 << b) != 0 {
@@ -529,7 +584,8 @@ impl Sim {
     fn send(&mut self, from: u32, to: u32, msg: proto::Message<u32>) {
         match &msg {
             proto::Message::Broadcast(broadcast::Message::Gossip { envelope, .. }) => {
-                if let Some(t) = self.tracks.get_mut(&(envelope.origin, envelope.seq)) {
+                let key = MessageKey { origin: envelope.origin, incarnation: envelope.incarnation, seq: envelope.seq };
+                if let Some(t) = self.tracks.get_mut(&key) {
                     t.payload_msgs += 1;
                 }
             }

@@ -17,7 +17,7 @@ mod overlay;
 pub mod report;
 pub mod scenario;
 
-pub use engine::{Counters, Detector, Latency, NodeState, Sim, SimConfig, Track, sim_protocol};
+pub use engine::{Counters, Detector, Latency, MessageKey, NodeState, Sim, SimConfig, Track, sim_protocol};
 pub use overlay::{OverlayStats, overlay_stats};
 pub use scenario::{Kind, Row, RunMode, Scenario, ScenarioError, build_overlay, build_overlay_with_gap};
 

@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Detector, Latency, Sim, SimConfig};
+use crate::engine::{Detector, Latency, MessageKey, Sim, SimConfig};
 use crate::overlay::overlay_stats;
 
 /// What a scenario measures.
@@ -381,7 +381,7 @@ struct Shot {
     latency_ms: f64,
     duplicates: u32,
     /// The broadcast's track key, to read it again later.
-    key: (u32, u64),
+    key: MessageKey,
 }
 
 fn shoot(sim: &mut Sim, origin: u32, gap: Duration) -> Option<Shot> {
@@ -402,7 +402,7 @@ fn shoot(sim: &mut Sim, origin: u32, gap: Duration) -> Option<Shot> {
 }
 
 /// Reliability and RMR of a tracked broadcast as they stand now (after repairs had time).
-fn settled(sim: &Sim, key: (u32, u64)) -> Option<(f64, f64)> {
+fn settled(sim: &Sim, key: MessageKey) -> Option<(f64, f64)> {
     let t = sim.track(key)?;
     let rel = (t.delivered as f64 / t.expected.max(1) as f64).min(1.0);
     let rmr = if t.delivered == 0 { 0.0 } else { t.payload_msgs as f64 / t.delivered as f64 - 1.0 };
