@@ -221,7 +221,12 @@ async fn shutdown_is_prompt() {
     init_tracing();
     let nodes = cluster(2).await;
     wait_until(Duration::from_secs(10), "overlay", || overlay_ready(&nodes)).await;
+    // A graceful leave waits at most the linger for its Disconnects to flush; a second
+    // more covers closing the endpoint and draining the tasks.
+    let bound = plumcast::NodeConfig::default().shutdown_linger + Duration::from_secs(1);
     for n in nodes {
-        n.node.shutdown().await.unwrap();
+        let left = tokio::time::timeout(bound, n.node.shutdown()).await;
+        assert!(left.is_ok(), "shutdown took longer than {bound:?}");
+        left.unwrap().unwrap();
     }
 }

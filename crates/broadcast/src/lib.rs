@@ -34,7 +34,9 @@ use bytes::Bytes;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-/// What a peer or origin id must be (the node uses `NodeId`, the simulator `u32`).
+/// What a peer or origin id must be (the node uses `NodeId`, the simulator `u32`). Its
+/// postcard encoding goes into every [`MessageId`], so its `Serialize` must not fail (a
+/// derived or array impl cannot with postcard; tested for `u32` and 32-byte keys).
 pub trait PeerId: Clone + Eq + Ord + Hash + Debug + Serialize {}
 impl<T: Clone + Eq + Ord + Hash + Debug + Serialize> PeerId for T {}
 
@@ -47,7 +49,52 @@ pub struct MessageId(pub [u8; 32]);
 impl MessageId {
     /// Lower-case hex of all 32 bytes.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(self.0)
+    }
+}
+
+/// A postcard output that feeds a BLAKE3 hasher through a small buffer: it never runs out
+/// of room, so encoding into it cannot fail for lack of space (one `update` for a header
+/// of up to 64 bytes).
+struct HashOutput<'a> {
+    hasher: &'a mut blake3::Hasher,
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl HashOutput<'_> {
+    fn flush(&mut self) {
+        self.hasher.update(&self.buf[..self.len]);
+        self.len = 0;
+    }
+}
+
+impl postcard::ser_flavors::Flavor for HashOutput<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, b: u8) -> postcard::Result<()> {
+        if self.len == self.buf.len() {
+            self.flush();
+        }
+        self.buf[self.len] = b;
+        self.len += 1;
+        Ok(())
+    }
+
+    fn try_extend(&mut self, b: &[u8]) -> postcard::Result<()> {
+        if self.len + b.len() > self.buf.len() {
+            self.flush();
+            self.hasher.update(b);
+        } else {
+            self.buf[self.len..self.len + b.len()].copy_from_slice(b);
+            self.len += b.len();
+        }
+        Ok(())
+    }
+
+    fn finalize(mut self) -> postcard::Result<()> {
+        self.flush();
+        Ok(())
     }
 }
 
@@ -81,23 +128,11 @@ impl<P: PeerId> Envelope<P> {
     /// The [`MessageId`] of this envelope (recomputed on receipt, never trusted).
     pub fn id(&self) -> MessageId {
         let mut h = blake3::Hasher::new();
-        // The header fits a stack buffer for any id up to ~100 bytes (no allocation on the
-        // hot path); larger ids fall back to a Vec, and a failed encoding to Debug.
-        let mut buf = [0u8; 128];
         let head = (&self.origin, self.incarnation, self.seq);
-        match postcard::to_slice(&head, &mut buf) {
-            Ok(b) => {
-                h.update(b);
-            }
-            Err(_) => match postcard::to_stdvec(&head) {
-                Ok(v) => {
-                    h.update(&v);
-                }
-                Err(_) => {
-                    h.update(format!("{:?}/{}/{}", self.origin, self.incarnation, self.seq).as_bytes());
-                }
-            },
-        }
+        let out = HashOutput { hasher: &mut h, buf: [0; 64], len: 0 };
+        // The output never fails and integers never do; only a `PeerId` whose `Serialize`
+        // returns an error could, which the trait rules out (see `PeerId`).
+        postcard::serialize_with_flavor::<_, _, ()>(&head, out).expect("PeerId serialization is infallible");
         h.update(&self.payload);
         MessageId(*h.finalize().as_bytes())
     }

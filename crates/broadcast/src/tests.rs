@@ -1,6 +1,8 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 use super::*;
 
@@ -344,7 +346,7 @@ struct Net {
     timers: Vec<(Instant, u32, Timer)>,
     now: Instant,
     delivered: BTreeMap<(u32, MessageId), u32>,
-    rng: u64,
+    rng: ChaCha8Rng,
 }
 
 impl Net {
@@ -356,14 +358,18 @@ impl Net {
             let _ = nodes.get_mut(&a).unwrap().handle(now, Input::NeighborUp(b));
             let _ = nodes.get_mut(&b).unwrap().handle(now, Input::NeighborUp(a));
         }
-        Self { nodes, flight: vec![], timers: vec![], now, delivered: BTreeMap::new(), rng: 0x9e3779b97f4a7c15 }
+        Self {
+            nodes,
+            flight: vec![],
+            timers: vec![],
+            now,
+            delivered: BTreeMap::new(),
+            rng: ChaCha8Rng::seed_from_u64(7),
+        }
     }
 
     fn next(&mut self, n: usize) -> usize {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        (self.rng % n as u64) as usize
+        self.rng.gen_range(0..n)
     }
 
     fn absorb(&mut self, at: u32, out: Vec<Output<u32>>) {
@@ -447,9 +453,36 @@ proptest! {
                 prop_assert_eq!(got, want, "node {} message from {}", node, origin);
             }
         }
-        // Every node's eager and lazy sets partition its neighbours.
-        for s in net.nodes.values() {
-            prop_assert!(s.eager_peers().is_disjoint(&s.lazy_peers()));
+        // Quiescent with everything delivered: no node still waits for a payload (a
+        // leaked missing record would keep grafting), and no tree keeps a lazy link to a
+        // peer that is not a neighbour.
+        for (node, s) in &net.nodes {
+            prop_assert_eq!(s.missing_len(), 0, "node {} waits for a payload it has", node);
+            prop_assert!(s.shared_lazy.is_subset(&s.neighbors), "node {}: shared lazy links", node);
+            for t in s.trees.values() {
+                prop_assert!(t.lazy.iter().all(|p| s.neighbors.contains(p)), "node {}: per-origin lazy links", node);
+            }
         }
     }
+}
+
+#[test]
+fn message_ids_hash_the_postcard_header_then_the_payload() {
+    fn reference<P: PeerId>(e: &Envelope<P>) -> MessageId {
+        let mut h = blake3::Hasher::new();
+        h.update(&postcard::to_stdvec(&(&e.origin, e.incarnation, e.seq)).unwrap());
+        h.update(&e.payload);
+        MessageId(*h.finalize().as_bytes())
+    }
+    for (inc, seq, len) in [(0, 0, 0), (1_700_000_000_000, 1, 5), (u64::MAX, u64::MAX, 300)] {
+        let payload = Bytes::from(vec![3u8; len]);
+        let small = Envelope { origin: 7u32, incarnation: inc, seq, payload: payload.clone() };
+        assert_eq!(small.id(), reference(&small));
+        // A 32-byte key (the node's NodeId) with the largest varints: a 53-byte header.
+        let key = Envelope { origin: [0xabu8; 32], incarnation: inc, seq, payload };
+        assert_eq!(key.id(), reference(&key));
+    }
+    // A header longer than the 64-byte buffer.
+    let long = Envelope { origin: vec![1u8; 60], incarnation: u64::MAX, seq: u64::MAX, payload: Bytes::new() };
+    assert_eq!(long.id(), reference(&long));
 }

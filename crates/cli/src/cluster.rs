@@ -276,17 +276,16 @@ pub fn rss_bytes() -> u64 {
     s.split_whitespace().nth(1).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0) * 4096
 }
 
-/// A small deterministic RNG for picking senders (xorshift64).
-pub struct Pick(u64);
+/// Picks senders, the same sequence for a seed.
+pub struct Pick(rand_chacha::ChaCha8Rng);
 
 impl Pick {
     pub fn new(seed: u64) -> Self {
-        Self(seed.max(1))
+        Self(rand::SeedableRng::seed_from_u64(seed))
     }
+
+    /// A number in `0..n` (`n` > 0).
     pub fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
+        rand::Rng::gen_range(&mut self.0, 0..n)
     }
 }

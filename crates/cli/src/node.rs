@@ -60,10 +60,6 @@ pub struct Args {
     wait_neighbor_secs: u64,
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut b = Node::builder().bind(a.bind).cluster(a.cluster).protocol(a.preset.config());
     for c in a.bootstrap.iter() {
@@ -130,9 +126,9 @@ fn print_event(ev: &Event, json: bool) {
         (Event::Delivered(d), false) => {
             println!("{}: {}", d.origin.short(), String::from_utf8_lossy(&d.payload));
         }
-        (Event::NeighborUp(p), true) => println!("{}", json!({"event": "neighbor_up", "peer": hex(&p.id.0)})),
+        (Event::NeighborUp(p), true) => println!("{}", json!({"event": "neighbor_up", "peer": p.id.to_hex()})),
         (Event::NeighborDown { peer, reason }, true) => {
-            println!("{}", json!({"event": "neighbor_down", "peer": hex(&peer.id.0), "reason": reason.as_str()}))
+            println!("{}", json!({"event": "neighbor_down", "peer": peer.id.to_hex(), "reason": reason.as_str()}))
         }
         (Event::NeighborUp(p), false) => eprintln!("neighbor up: {p:?}"),
         (Event::NeighborDown { peer, reason }, false) => eprintln!("neighbor down: {peer:?} ({})", reason.as_str()),

@@ -58,9 +58,4 @@ impl PhiAccrual {
         let p_later = if t > mean { e / (1.0 + e) } else { 1.0 - 1.0 / (1.0 + e) };
         -p_later.max(f64::MIN_POSITIVE).log10()
     }
-
-    /// When something was last heard.
-    pub fn last_heard(&self) -> Instant {
-        self.last
-    }
 }

@@ -156,6 +156,10 @@ struct Slot {
     inc: u32,
 }
 
+/// The slot a node whose views ran empty rejoins through first (the first node started;
+/// a random live node when it is down).
+const BOOTSTRAP_SLOT: u32 = 0;
+
 /// Which broadcast a [`Track`] follows: its origin's slot, the incarnation of the node in
 /// that slot (a restarted slot counts its sequence numbers from 1 again), and its seq.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -246,7 +250,6 @@ pub struct Sim {
     output_trace: Option<std::hash::DefaultHasher>,
     counters: Counters,
     buf: Vec<proto::Output<u32>>,
-    bootstrap: u32,
 }
 
 impl Sim {
@@ -268,7 +271,6 @@ impl Sim {
             output_trace: None,
             counters: Counters::default(),
             buf: Vec::new(),
-            bootstrap: 0,
             cfg,
         }
     }
@@ -337,11 +339,6 @@ impl Sim {
         for s in self.nodes.iter_mut().filter_map(|s| s.state.as_mut()) {
             s.set_broadcast_tree(tree);
         }
-    }
-
-    /// The node that rejoining nodes contact first.
-    pub fn set_bootstrap(&mut self, i: u32) {
-        self.bootstrap = i;
     }
 
     fn instant(&self) -> Instant {
@@ -553,8 +550,8 @@ impl Sim {
                     self.schedule(at.max(self.now), Ev::Timer { node: i, inc, timer });
                 }
                 proto::Output::Rejoin => {
-                    let contact = if self.is_alive(self.bootstrap) && self.bootstrap != i {
-                        self.bootstrap
+                    let contact = if self.is_alive(BOOTSTRAP_SLOT) && BOOTSTRAP_SLOT != i {
+                        BOOTSTRAP_SLOT
                     } else {
                         let live = self.live();
                         live[self.rng.gen_range(0..live.len())]

@@ -11,8 +11,8 @@
 //!   and the sender's advertised address. Frames above the configured maximum close the
 //!   connection.
 //! - [`bind`]: a quinn endpoint over a [`FaultySocket`], whose [`Faults`] switch can
-//!   black-hole the socket (an abrupt crash: no CONNECTION_CLOSE reaches anyone) or drop a
-//!   fraction of datagrams (tests).
+//!   black-hole the socket (an abrupt crash: no CONNECTION_CLOSE reaches anyone) or drop
+//!   every datagram to chosen addresses (a partition; tests).
 
 #![forbid(unsafe_code)]
 
@@ -71,7 +71,7 @@ pub struct NodeId(pub [u8; 32]);
 impl NodeId {
     /// All 64 hex characters.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(self.0)
     }
 
     /// The first 10 hex characters, for logs.

@@ -1,12 +1,12 @@
-//! A UDP socket wrapper for fault injection: black hole (crash), partitions (blocked
-//! destinations) and random loss.
+//! A UDP socket wrapper for fault injection: black hole (crash) and partitions (blocked
+//! destinations).
 
 use std::collections::HashSet;
 use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
@@ -17,8 +17,6 @@ use quinn::{AsyncUdpSocket, UdpPoller};
 #[derive(Debug, Default)]
 pub struct Faults {
     black_hole: AtomicBool,
-    loss_per_million: AtomicU32,
-    rng: AtomicU64,
     dropped: AtomicU64,
     /// Destinations whose datagrams are dropped (a partition); empty almost always.
     blocked: RwLock<HashSet<SocketAddr>>,
@@ -56,31 +54,9 @@ impl Faults {
         self.any_blocked.load(Ordering::Relaxed) && self.blocked.read().unwrap_or_else(|e| e.into_inner()).contains(to)
     }
 
-    /// Drop this fraction (0.0–1.0) of outgoing datagrams at random.
-    pub fn set_loss(&self, fraction: f64) {
-        let v = (fraction.clamp(0.0, 1.0) * 1e6) as u32;
-        self.loss_per_million.store(v, Ordering::SeqCst);
-    }
-
     /// Datagrams dropped so far.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
-    }
-
-    fn drop_outgoing(&self) -> bool {
-        if self.is_black_holed() {
-            return true;
-        }
-        let loss = self.loss_per_million.load(Ordering::Relaxed);
-        if loss == 0 {
-            return false;
-        }
-        // SplitMix64 step on a shared counter: cheap, good enough for test loss.
-        let mut z = self.rng.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed).wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z % 1_000_000) < loss as u64
     }
 }
 
@@ -109,7 +85,7 @@ impl AsyncUdpSocket for FaultySocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        if self.faults.drop_outgoing() || self.faults.is_blocked(&transmit.destination) {
+        if self.faults.is_black_holed() || self.faults.is_blocked(&transmit.destination) {
             self.faults.dropped.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }

@@ -4,14 +4,14 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use plumcast_transport::{Hello, Identity, NodeId, PeerInfo, client_config, close_code, encode_frame};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rustc_hash::FxHashMap;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -80,6 +80,8 @@ pub(crate) struct Actor {
     backlog: VecDeque<Event>,
     congested: bool,
     drained: Arc<Notify>,
+    /// Frames the connection writers discarded when their connection failed.
+    writer_drops: Arc<AtomicU64>,
     left_to: Vec<NodeId>,
     /// The envelope bytes of the last Gossip, shared by every eager push of it.
     envelopes: EnvelopeCache,
@@ -118,6 +120,7 @@ impl Actor {
             backlog: VecDeque::new(),
             congested: false,
             drained: Arc::new(Notify::new()),
+            writer_drops: Arc::new(AtomicU64::new(0)),
             left_to: Vec::new(),
             envelopes: EnvelopeCache::default(),
             scratch: Vec::new(),
@@ -128,7 +131,8 @@ impl Actor {
 
     pub(crate) async fn run(mut self) {
         info!(addr = %self.me.addr, id = %self.me.id, "node listening");
-        self.dial_bootstrap().await;
+        let contacts = self.config.bootstrap.clone();
+        self.spawn_bootstrap(contacts);
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -149,7 +153,10 @@ impl Actor {
                         let _ = reply.send(());
                         return;
                     }
-                    Some(c) => self.on_control(c),
+                    Some(Control::Neighbors(reply)) => self.reply_neighbors(reply),
+                    Some(Control::Stats(reply)) => {
+                        let _ = reply.send(self.snapshot());
+                    }
                     None => {
                         // Every Node handle was dropped: leave without anyone waiting.
                         self.leave().await;
@@ -161,7 +168,7 @@ impl Actor {
                 Some(cmd) = self.bcast_rx.recv(), if accept_broadcasts => self.on_broadcast(cmd),
                 () = self.drained.notified(), if self.congested => self.recheck_congestion(),
                 Some(incoming) = self.endpoint.accept() => self.accept(incoming),
-                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => self.on_task_done(done),
                 _ = sweep.tick() => self.sweep(),
             }
             self.flush_app().await;
@@ -180,16 +187,18 @@ impl Actor {
         }
     }
 
-    fn on_control(&mut self, c: Control) {
-        match c {
-            Control::Neighbors(reply) => {
-                let _ = reply.send(self.proto.membership().active_view().to_vec());
+    /// A connection task ended. Its errors reached us as events; a panic did not.
+    fn on_task_done(&mut self, done: Result<(), tokio::task::JoinError>) {
+        if let Err(e) = done {
+            if e.is_panic() {
+                self.stats.task_panics += 1;
+                tracing::error!(error = %e, "a connection task panicked");
             }
-            Control::Stats(reply) => {
-                let _ = reply.send(self.snapshot());
-            }
-            Control::Shutdown(_) => {}
         }
+    }
+
+    fn reply_neighbors(&self, reply: oneshot::Sender<Vec<PeerInfo>>) {
+        let _ = reply.send(self.proto.membership().active_view().to_vec());
     }
 
     fn snapshot(&self) -> NodeStats {
@@ -197,6 +206,7 @@ impl Actor {
         let b = self.proto.broadcast_state();
         let mut net = self.stats.clone();
         net.unroutable = self.proto.unroutable();
+        net.frames_dropped.connection_lost += self.writer_drops.load(Ordering::Relaxed);
         NodeStats {
             active_view: m.active_view().to_vec(),
             passive_view: m.passive_view().to_vec(),
@@ -303,19 +313,22 @@ impl Actor {
         let frame = match frame {
             Ok(f) => f,
             Err(e) => {
-                warn!(error = %e, "cannot encode a frame");
+                warn!(peer = ?to, error = %e, "cannot encode a frame: dropped");
+                self.stats.frames_dropped.unencodable += 1;
                 return;
             }
         };
-        self.stats.frames_sent += 1;
-        self.stats.bytes_sent += frame.len() as u64;
         if let Some(link) = self.links.get_mut(&to.id) {
             let depth = link.depth.fetch_add(1, Ordering::Relaxed) + 1;
             link.last_active = self.now;
+            let len = frame.len() as u64;
             if link.tx.send(frame).is_err() {
                 link.depth.fetch_sub(1, Ordering::Relaxed);
+                self.stats.frames_dropped.connection_lost += 1;
                 return;
             }
+            self.stats.frames_sent += 1;
+            self.stats.bytes_sent += len;
             if depth > self.config.peer_queue_hard_limit {
                 warn!(peer = ?to, depth, "peer cannot keep up: disconnecting it");
                 self.stats.slow_peer_disconnects += 1;
@@ -332,7 +345,7 @@ impl Actor {
                 if p.frames.len() < self.config.peer_queue_soft_limit {
                     p.frames.push(frame);
                 } else {
-                    self.stats.frames_undeliverable += 1;
+                    self.stats.frames_dropped.dial_queue_full += 1;
                 }
             }
             None => {
@@ -360,6 +373,7 @@ impl Actor {
             max_frame: self.config.transport.max_frame_size,
             handshake_timeout: self.config.transport.handshake_timeout,
             drained: self.drained.clone(),
+            writer_drops: self.writer_drops.clone(),
             dial,
         }
     }
@@ -397,13 +411,6 @@ impl Actor {
                 self.stats.handshake_failures += 1;
                 debug!(error = %e, "incoming connection failed");
             }
-        }
-    }
-
-    async fn dial_bootstrap(&mut self) {
-        let addrs = self.config.bootstrap.clone();
-        if !addrs.is_empty() {
-            self.spawn_bootstrap(addrs);
         }
     }
 
@@ -490,7 +497,7 @@ impl Actor {
                     Some(p) => {
                         debug!(peer = ?p, %reason, "dial failed");
                         if let Some(pending) = self.dialing.remove(&p.id) {
-                            self.stats.frames_undeliverable += pending.frames.len() as u64;
+                            self.stats.frames_dropped.dial_failed += pending.frames.len() as u64;
                         }
                         self.input(proto::Input::ConnectionLost { peer: p });
                     }
@@ -548,11 +555,18 @@ impl Actor {
     }
 
     fn push_frame(&mut self, peer: NodeId, frame: Frame) {
-        if let Some(l) = self.links.get(&peer) {
-            l.depth.fetch_add(1, Ordering::Relaxed);
-            if l.tx.send(frame).is_err() {
-                l.depth.fetch_sub(1, Ordering::Relaxed);
-            }
+        let Some(l) = self.links.get(&peer) else {
+            self.stats.frames_dropped.connection_lost += 1;
+            return;
+        };
+        l.depth.fetch_add(1, Ordering::Relaxed);
+        let len = frame.len() as u64;
+        if l.tx.send(frame).is_err() {
+            l.depth.fetch_sub(1, Ordering::Relaxed);
+            self.stats.frames_dropped.connection_lost += 1;
+        } else {
+            self.stats.frames_sent += 1;
+            self.stats.bytes_sent += len;
         }
     }
 

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -78,6 +78,8 @@ pub(crate) struct ConnCtx {
     pub max_frame: usize,
     pub handshake_timeout: Duration,
     pub drained: Arc<Notify>,
+    /// Counts the frames this connection's writer discards when the connection fails.
+    pub writer_drops: Arc<AtomicU64>,
     /// `Some` when we dialed: the peer we expect (None for a bootstrap address).
     pub dial: Option<Dial>,
 }
@@ -92,7 +94,7 @@ pub(crate) async fn run(
     connecting: impl std::future::Future<Output = Result<quinn::Connection, quinn::ConnectionError>>,
     ctx: ConnCtx,
 ) {
-    let ConnCtx { conn_id, net_tx, hello, max_frame, handshake_timeout, drained, dial } = ctx;
+    let ConnCtx { conn_id, net_tx, hello, max_frame, handshake_timeout, drained, writer_drops, dial } = ctx;
     let fail = |reason: String, kind: Refusal, peer: Option<PeerInfo>| {
         let net_tx = net_tx.clone();
         let dial_info = dial.as_ref().map(|d| (d.expected, d.addr));
@@ -147,7 +149,7 @@ pub(crate) async fn run(
     if net_tx.send(up).await.is_err() {
         return;
     }
-    let writer = write_frames(send, rx, depth, drained, net_tx.clone(), conn_id);
+    let writer = write_frames(send, rx, Queue { depth, drained, dropped: writer_drops }, net_tx.clone(), conn_id);
     tokio::pin!(writer);
     let mut writer_done = false;
     let reason = loop {
@@ -191,6 +193,14 @@ pub(crate) async fn run(
     let _ = net_tx.send(NetEvent::Down { peer: peer.id, conn_id, reason }).await;
 }
 
+/// A writer's side of its send queue: the depth it shares with the actor, the signal that
+/// it emptied, and the count of frames it had to discard.
+struct Queue {
+    depth: Arc<AtomicUsize>,
+    drained: Arc<Notify>,
+    dropped: Arc<AtomicU64>,
+}
+
 /// Write queued frames, coalescing whatever is queued into one write (many frames per
 /// QUIC packet). Frames go to quinn as chunks, without copying: a forwarded Gossip's
 /// envelope bytes are shared with the other eager peers' queues. When the actor drops the
@@ -198,11 +208,11 @@ pub(crate) async fn run(
 async fn write_frames(
     mut send: quinn::SendStream,
     mut rx: mpsc::UnboundedReceiver<Frame>,
-    depth: Arc<AtomicUsize>,
-    drained: Arc<Notify>,
+    queue: Queue,
     net_tx: mpsc::Sender<NetEvent>,
     conn_id: u64,
 ) {
+    let Queue { depth, drained, dropped } = queue;
     let mut chunks: Vec<Bytes> = Vec::new();
     while let Some(first) = rx.recv().await {
         chunks.clear();
@@ -221,10 +231,12 @@ async fn write_frames(
         }
         if send.write_all_chunks(&mut chunks).await.is_err() {
             depth.fetch_sub(n, Ordering::Relaxed);
-            // The connection is gone; the reader reports it. Keep draining so the depth
-            // stays honest until the actor drops the queue.
+            dropped.fetch_add(n as u64, Ordering::Relaxed);
+            // The connection is gone; the reader reports it. Keep draining (and counting)
+            // so the depth stays honest until the actor drops the queue.
             while let Some(_f) = rx.recv().await {
                 depth.fetch_sub(1, Ordering::Relaxed);
+                dropped.fetch_add(1, Ordering::Relaxed);
             }
             let _ = net_tx.send(NetEvent::WriterDone { conn_id }).await;
             return;

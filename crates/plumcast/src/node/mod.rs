@@ -360,10 +360,16 @@ pub struct NodeStats {
 /// Transport and actor counters: every drop and refusal shows here.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NetStats {
-    /// Frames queued for sending.
+    /// Frames handed to a connection's writer (one that is lost with its connection
+    /// afterwards is also counted in [`FrameDrops::connection_lost`]).
     pub frames_sent: u64,
     /// Bytes of those frames (with length prefixes).
     pub bytes_sent: u64,
+    /// Frames dropped on the way out, by reason.
+    pub frames_dropped: FrameDrops,
+    /// Connection tasks that panicked (each logged at error level; the peer's connection
+    /// is gone, the node goes on).
+    pub task_panics: u64,
     /// Frames received and decoded.
     pub frames_received: u64,
     /// Outgoing connections established.
@@ -386,8 +392,6 @@ pub struct NetStats {
     pub oversized_frames: u64,
     /// Peers disconnected because their send queue passed the hard limit.
     pub slow_peer_disconnects: u64,
-    /// Frames dropped because their destination could not be dialed.
-    pub frames_undeliverable: u64,
     /// Plumtree frames for a peer that was no longer a neighbour.
     pub unroutable: u64,
     /// Times the actor stopped accepting broadcasts because a peer queue was full.
@@ -396,6 +400,23 @@ pub struct NetStats {
     pub broadcasts: u64,
     /// Events handed to the application.
     pub app_events: u64,
+}
+
+/// Outgoing frames dropped, by reason. Nothing the protocol asked to send disappears
+/// without one of these counting it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct FrameDrops {
+    /// The connection was gone before the frame was written: its queue had closed, or the
+    /// write failed and the frames still queued were discarded.
+    pub connection_lost: u64,
+    /// The destination was still being dialed and already had
+    /// [`NodeConfig::peer_queue_soft_limit`] frames waiting.
+    pub dial_queue_full: u64,
+    /// The dial failed; the frames waiting for it were discarded.
+    pub dial_failed: u64,
+    /// The frame could not be encoded (logged with the error).
+    pub unencodable: u64,
 }
 
 pub(crate) enum Control {

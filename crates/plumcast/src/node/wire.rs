@@ -8,8 +8,6 @@
 //! receipt the payload is a slice of the frame, not a copy. The bytes on the wire are
 //! exactly what `encode_frame` would produce: receivers need no change.
 
-use std::sync::OnceLock;
-
 use bytes::{BufMut, Bytes, BytesMut};
 use plumcast_transport::{NodeId, PeerInfo, TransportError, decode_body};
 use serde::Deserialize;
@@ -33,21 +31,16 @@ struct EnvelopeRef<'a> {
     payload: &'a [u8],
 }
 
-/// The bytes that open every Gossip body: postcard's variant indices of
-/// `proto::Message::Broadcast` and `broadcast::Message::Gossip`, taken from an encoding
-/// so that reordering the enums cannot break it.
-fn gossip_tags() -> &'static [u8] {
-    static TAGS: OnceLock<Vec<u8>> = OnceLock::new();
-    TAGS.get_or_init(|| {
-        let envelope = broadcast::Envelope { origin: NodeId([0; 32]), incarnation: 0, seq: 0, payload: Bytes::new() };
-        // A struct encodes as its fields in order: what precedes them is the tags.
-        let fields = postcard::to_stdvec(&(0u32, &envelope)).unwrap_or_default();
-        let sample: proto::Message<PeerInfo> =
-            proto::Message::Broadcast(broadcast::Message::Gossip { round: 0, envelope });
-        let body = postcard::to_stdvec(&sample).unwrap_or_default();
-        body[..body.len().saturating_sub(fields.len())].to_vec()
-    })
-}
+/// The bytes that open every Gossip body: postcard's variant indices (varints) of
+/// `proto::Message::Broadcast` (1) and `broadcast::Message::Gossip` (0). A test encodes a
+/// Gossip and checks them, so reordering either enum fails it.
+const GOSSIP_TAGS: [u8; 2] = [1, 0];
+
+/// Longest postcard varint of a `u32`, bytes.
+const U32_VARINT_MAX: usize = 5;
+
+/// The headers of this many Gossip frames fit one arena allocation, about.
+const ARENA_BYTES: usize = 4096;
 
 /// Decode one frame body (without its length prefix).
 ///
@@ -55,11 +48,10 @@ fn gossip_tags() -> &'static [u8] {
 /// [`TransportError::Frame`] for malformed bytes, an unknown message, or bytes after a
 /// Gossip's payload.
 pub(crate) fn decode(body: Bytes) -> Result<Decoded, TransportError> {
-    let tags = gossip_tags();
-    if !body.starts_with(tags) {
+    if !body.starts_with(&GOSSIP_TAGS) {
         return Ok(Decoded { message: decode_body(&body)?, envelope: None });
     }
-    let (round, rest): (u32, &[u8]) = postcard::take_from_bytes(&body[tags.len()..])?;
+    let (round, rest): (u32, &[u8]) = postcard::take_from_bytes(&body[GOSSIP_TAGS.len()..])?;
     let start = body.len() - rest.len();
     let (e, trailing): (EnvelopeRef<'_>, &[u8]) = postcard::take_from_bytes(rest)?;
     if !trailing.is_empty() {
@@ -88,16 +80,16 @@ fn encode_envelope(envelope: &broadcast::Envelope<NodeId>) -> Result<Bytes, Tran
 /// The frame header (length prefix, tags, round) for a Gossip whose envelope bytes are
 /// `envelope_len` long, cut from `arena` (one allocation per few hundred headers).
 fn gossip_header(arena: &mut BytesMut, round: u32, envelope_len: usize) -> Bytes {
-    let tags = gossip_tags();
-    let mut r = [0u8; 5];
-    // A u32 varint takes at most 5 bytes, so this cannot fail.
-    let round = postcard::to_slice(&round, &mut r).map(|s| &*s).unwrap_or(&[0]);
-    if arena.capacity() < 16 {
-        arena.reserve(4096);
+    let mut r = [0u8; U32_VARINT_MAX];
+    // A u32 varint takes at most 5 bytes, so the buffer always has room (tested).
+    let round = postcard::to_slice(&round, &mut r).expect("a u32 varint fits 5 bytes");
+    let head_len = 4 + GOSSIP_TAGS.len() + round.len();
+    if arena.capacity() < head_len {
+        arena.reserve(ARENA_BYTES);
     }
-    let body_len = tags.len() + round.len() + envelope_len;
+    let body_len = GOSSIP_TAGS.len() + round.len() + envelope_len;
     arena.put_u32(body_len as u32);
-    arena.put_slice(tags);
+    arena.put_slice(&GOSSIP_TAGS);
     arena.put_slice(round);
     arena.split().freeze()
 }
@@ -196,7 +188,7 @@ mod tests {
 
     #[test]
     fn a_forwarded_frame_is_byte_for_byte_the_encoded_one_and_decodes_without_copy() {
-        for (round, len) in [(0, 300), (1, 0), (127, 1), (128, 300), (70_000, 65_536)] {
+        for (round, len) in [(0, 300), (1, 0), (127, 1), (128, 300), (70_000, 65_536), (u32::MAX, 3)] {
             let m = gossip(round, &vec![9; len]);
             let frame = encode_frame(&m).unwrap();
             let d = decode(frame.slice(4..)).unwrap();
@@ -211,6 +203,25 @@ mod tests {
             let mut arena = BytesMut::new();
             let head = gossip_header(&mut arena, round, env.len());
             assert_eq!([head, env].concat(), frame.to_vec(), "round {round}");
+        }
+    }
+
+    #[test]
+    fn gossip_bodies_open_with_the_tags_and_rounds_take_at_most_5_bytes() {
+        for round in [0, 127, 128, 16_383, 16_384, u32::MAX] {
+            let body = encode_frame(&gossip(round, b"x")).unwrap().slice(4..);
+            assert!(body.starts_with(&GOSSIP_TAGS), "round {round}: {:?}", &body[..4]);
+            let mut r = [0u8; U32_VARINT_MAX];
+            let varint = postcard::to_slice(&round, &mut r).unwrap();
+            assert_eq!(&body[GOSSIP_TAGS.len()..GOSSIP_TAGS.len() + varint.len()], &*varint);
+        }
+        // No other message opens with the tags.
+        let others: [proto::Message<PeerInfo>; 2] = [
+            proto::Message::Broadcast(broadcast::Message::IHave(Vec::new())),
+            proto::Message::Broadcast(broadcast::Message::Prune { origin: NodeId([0; 32]) }),
+        ];
+        for m in others {
+            assert!(!encode_frame(&m).unwrap().slice(4..).starts_with(&GOSSIP_TAGS), "{m:?}");
         }
     }
 
