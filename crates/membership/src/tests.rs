@@ -1,4 +1,5 @@
 use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use rand::SeedableRng;
@@ -286,7 +287,9 @@ fn rejoin_with_backoff_when_views_empty() {
     assert!(out.iter().any(|o| matches!(o, Output::Timer { timer: Timer::Rejoin { attempt: 1 }, at } if *at == t0 + Duration::from_millis(1500))));
 }
 
-/// A tiny in-memory network: FIFO delivery, random interleaving by seed.
+/// A tiny in-memory network: one FIFO queue, delivered in order (the randomness is in
+/// each node's seeded RNG and the operation sequences of the tests, not in delivery).
+/// A Disconnect travels as a Heartbeat marker and reaches the peer as ConnectionLost.
 pub(crate) struct Net {
     nodes: BTreeMap<u32, S>,
     queue: VecDeque<(u32, u32, Message<u32>)>,

@@ -1,0 +1,171 @@
+//! Plumtree configuration: spreading mode, tree kind, timers and bounds, each default
+//! with its source.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[cfg(doc)]
+use crate::{Input, State, Stats};
+
+/// Which spanning tree a link belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Tree {
+    /// One tree for all senders, as in the paper. A link pruned for one sender is lazy
+    /// for every sender; with many concurrent senders, prunes on two edges of one cycle
+    /// can split the tree, and repairs wait on Graft timers.
+    Shared,
+    /// One tree per origin (as riak_core's Plumtree): eager/lazy state is kept per origin,
+    /// a new origin starts with every neighbour eager. Costs a small map per active origin
+    /// (bounded by [`Config::max_trees`]): its lazy links, its tree parent and the round
+    /// each lazy neighbour last announced (at most one entry per neighbour). Enables the
+    /// optimisation on arrival and parent repair (module docs).
+    PerOrigin,
+}
+
+/// How payloads spread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    /// Plumtree: eager push on the tree, lazy push elsewhere.
+    Plumtree,
+    /// Eager flooding to every neighbour, never pruning: the baseline both papers compare
+    /// against (RMR ≈ fanout − 1).
+    Flood,
+}
+
+/// Plumtree configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct Config {
+    /// Spreading mode. Default [`Mode::Plumtree`].
+    pub mode: Mode,
+    /// One shared tree (the paper) or one tree per origin. Default: per origin, which
+    /// measured faster for random senders (docs/performance.md).
+    pub tree: Tree,
+    /// Most per-origin trees kept; the least recently used is forgotten beyond it (its
+    /// links turn eager again; counted in [`Stats::trees_evicted`]).
+    pub max_trees: usize,
+    /// Timer 1: wait after the first IHave for a missing payload before grafting. The
+    /// paper gives no number (§3.6); iroh-gossip uses 80 ms. LAN default 80 ms.
+    pub graft_timeout_1: Duration,
+    /// Timer 2: wait for a grafted payload before grafting the next announcer ("about one
+    /// round trip", paper §3.6). A floor: the wait is the larger of this and twice the
+    /// smoothed RTT to the grafted peer when the node reports it ([`State::set_rtt`]; the
+    /// QUIC node feeds quinn's estimate every 500 ms), so slow links are not given up on
+    /// early. LAN default 40 ms.
+    pub graft_timeout_2: Duration,
+    /// IHave batching window; 0 sends each announcement at once. iroh-gossip: 5 ms.
+    pub ihave_batch_window: Duration,
+    /// Most announcements in one IHave frame.
+    pub ihave_batch_max: usize,
+    /// Tree optimisation threshold in rounds (paper §3.8, §4: 3 for one sender, 7 for
+    /// many); `None` disables the optimisation.
+    pub optimization_threshold: Option<u32>,
+    /// Message cache bound: number of payloads kept to answer Grafts.
+    pub cache_max_messages: usize,
+    /// Message cache bound: payload bytes kept.
+    pub cache_max_bytes: usize,
+    /// Message cache bound: age. iroh-gossip keeps payloads 30 s.
+    pub cache_max_age: Duration,
+    /// Most missing-message records (IHave seen, payload not) kept at once; further
+    /// announcements are dropped and counted in [`Stats::missing_dropped`].
+    pub max_missing: usize,
+    /// Most out-of-order sequence numbers kept above one origin's watermark before the
+    /// watermark is forced forward (counted in [`Stats::dedupe_window_overflows`]).
+    pub dedupe_window: usize,
+    /// Deliver our own broadcasts to ourselves too. Default `false`.
+    pub deliver_own: bool,
+    /// Catch-up on NeighborUp: a new neighbour is sent IHave announcements for the payloads
+    /// cached in this last span, so a message that was spreading while the link was down
+    /// (a failure, a partition, a node that broadcast with no neighbour) is grafted instead
+    /// of lost. Zero disables it.
+    pub catch_up_window: Duration,
+    /// Most announcements in one catch-up.
+    pub catch_up_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::lan()
+    }
+}
+
+/// [`Config::max_trees`] default: per-origin trees kept. Each costs a few dozen bytes per
+/// neighbour; 4,096 active origins per node is ≈ 1 MiB at 5 neighbours, and covers every
+/// cluster the simulator runs with random senders (eviction is counted, never silent).
+pub const MAX_TREES: usize = 4096;
+/// [`Config::graft_timeout_1`] LAN default. Plumtree §3.6 gives no number; iroh-gossip
+/// uses 80 ms; 40 ms measured too eager under saturation (RMR 0.6–1.2, docs/performance.md).
+pub const GRAFT_TIMEOUT_1: Duration = Duration::from_millis(80);
+/// [`Config::graft_timeout_2`] LAN default: "about one round trip" (Plumtree §3.6) as a
+/// floor; iroh-gossip uses 40 ms.
+pub const GRAFT_TIMEOUT_2: Duration = Duration::from_millis(40);
+/// [`Config::ihave_batch_window`] LAN default: iroh-gossip batches IHaves for 5 ms.
+pub const IHAVE_BATCH_WINDOW: Duration = Duration::from_millis(5);
+/// [`Config::ihave_batch_max`] default: 256 announcements of ≈ 80 bytes make a ≈ 20 KiB
+/// frame, under the 32 KiB QUIC stream window the node opens per peer.
+pub const IHAVE_BATCH_MAX: usize = 256;
+/// [`Config::optimization_threshold`] default: Plumtree §4 uses 3 rounds for one sender
+/// and 7 for many; plumcast's default has many senders.
+pub const OPTIMIZATION_THRESHOLD: u32 = 7;
+/// [`Config::cache_max_messages`] default: 30 s ([`CACHE_MAX_AGE`]) of a cluster-wide
+/// rate of ≈ 550 msg/s, the rate at which the 2-core benchmark machine keeps 50 nodes busy.
+pub const CACHE_MAX_MESSAGES: usize = 16_384;
+/// [`Config::cache_max_bytes`] default: 64 MiB bounds the cache at 16,384 payloads of
+/// 4 KiB; larger payloads shorten what is kept (evictions are counted).
+pub const CACHE_MAX_BYTES: usize = 64 << 20;
+/// [`Config::cache_max_age`] default: iroh-gossip keeps payloads 30 s.
+pub const CACHE_MAX_AGE: Duration = Duration::from_secs(30);
+/// [`Config::max_missing`] default: as many missing-message records as cached payloads.
+pub const MAX_MISSING: usize = CACHE_MAX_MESSAGES;
+/// [`Config::dedupe_window`] default: out-of-order sequence numbers kept above one
+/// origin's watermark; 65,536 is 2 minutes of one origin at 500 msg/s arriving out of order.
+pub const DEDUPE_WINDOW: usize = 65_536;
+/// [`Config::catch_up_window`] default: one membership round (the Shuffle period, 10 s),
+/// within which a failed link is replaced.
+pub const CATCH_UP_WINDOW: Duration = Duration::from_secs(10);
+/// [`Config::catch_up_max`] default: 1,024 announcements (≈ 80 KiB) fit one frame well
+/// under the 1 MiB frame limit.
+pub const CATCH_UP_MAX: usize = 1024;
+/// [`Config::wan`]'s timer 1: iroh-gossip's 80 ms scaled to ≈ 100 ms round trips.
+pub const WAN_GRAFT_TIMEOUT_1: Duration = Duration::from_millis(250);
+/// [`Config::wan`]'s timer 2: a bit over one 100 ms round trip (Plumtree §3.6).
+pub const WAN_GRAFT_TIMEOUT_2: Duration = Duration::from_millis(150);
+/// [`Config::wan`]'s IHave batching window: fewer, larger frames where a round trip is long.
+pub const WAN_IHAVE_BATCH_WINDOW: Duration = Duration::from_millis(20);
+
+impl Config {
+    /// LAN / local preset (see each field).
+    pub fn lan() -> Self {
+        Self {
+            mode: Mode::Plumtree,
+            tree: Tree::PerOrigin,
+            max_trees: MAX_TREES,
+            graft_timeout_1: GRAFT_TIMEOUT_1,
+            graft_timeout_2: GRAFT_TIMEOUT_2,
+            ihave_batch_window: IHAVE_BATCH_WINDOW,
+            ihave_batch_max: IHAVE_BATCH_MAX,
+            optimization_threshold: Some(OPTIMIZATION_THRESHOLD),
+            cache_max_messages: CACHE_MAX_MESSAGES,
+            cache_max_bytes: CACHE_MAX_BYTES,
+            cache_max_age: CACHE_MAX_AGE,
+            max_missing: MAX_MISSING,
+            dedupe_window: DEDUPE_WINDOW,
+            deliver_own: false,
+            catch_up_window: CATCH_UP_WINDOW,
+            catch_up_max: CATCH_UP_MAX,
+        }
+    }
+
+    /// WAN preset: graft timers for ~100 ms round trips (iroh-gossip's 80/40 ms scaled
+    /// up by the round trip: 250 / 150 ms), IHaves batched for 20 ms.
+    pub fn wan() -> Self {
+        Self {
+            graft_timeout_1: WAN_GRAFT_TIMEOUT_1,
+            graft_timeout_2: WAN_GRAFT_TIMEOUT_2,
+            ihave_batch_window: WAN_IHAVE_BATCH_WINDOW,
+            ..Self::lan()
+        }
+    }
+}

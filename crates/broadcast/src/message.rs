@@ -1,0 +1,149 @@
+//! The Plumtree wire messages and the message identity.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::PeerId;
+#[cfg(doc)]
+use crate::Tree;
+
+/// Identifier of one broadcast: BLAKE3 over the postcard encoding of
+/// `(origin, incarnation, seq)` followed by the payload. Never the payload hash alone:
+/// two equal payloads are two messages.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MessageId(pub [u8; 32]);
+
+impl MessageId {
+    /// Lower-case hex of all 32 bytes.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+/// A postcard output that feeds a BLAKE3 hasher through a small buffer: it never runs out
+/// of room, so encoding into it cannot fail for lack of space (one `update` for a header
+/// of up to 64 bytes).
+struct HashOutput<'a> {
+    hasher: &'a mut blake3::Hasher,
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl HashOutput<'_> {
+    fn flush(&mut self) {
+        self.hasher.update(&self.buf[..self.len]);
+        self.len = 0;
+    }
+}
+
+impl postcard::ser_flavors::Flavor for HashOutput<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, b: u8) -> postcard::Result<()> {
+        if self.len == self.buf.len() {
+            self.flush();
+        }
+        self.buf[self.len] = b;
+        self.len += 1;
+        Ok(())
+    }
+
+    fn try_extend(&mut self, b: &[u8]) -> postcard::Result<()> {
+        if self.len + b.len() > self.buf.len() {
+            self.flush();
+            self.hasher.update(b);
+        } else {
+            self.buf[self.len..self.len + b.len()].copy_from_slice(b);
+            self.len += b.len();
+        }
+        Ok(())
+    }
+
+    fn finalize(mut self) -> postcard::Result<()> {
+        self.flush();
+        Ok(())
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({})", &self.to_hex()[..12])
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// One broadcast as it travels: who sent it, in which life (`incarnation`, the origin's
+/// start time in ms), its per-incarnation sequence number (from 1), and the payload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope<P> {
+    /// The node that broadcast it.
+    pub origin: P,
+    /// The origin's incarnation (start time in ms since the Unix epoch in the node).
+    pub incarnation: u64,
+    /// Sequence number within the incarnation, starting at 1.
+    pub seq: u64,
+    /// Application bytes.
+    pub payload: Bytes,
+}
+
+impl<P: PeerId> Envelope<P> {
+    /// The [`MessageId`] of this envelope (recomputed on receipt, never trusted).
+    pub fn id(&self) -> MessageId {
+        let mut h = blake3::Hasher::new();
+        let head = (&self.origin, self.incarnation, self.seq);
+        let out = HashOutput { hasher: &mut h, buf: [0; 64], len: 0 };
+        // The output never fails and integers never do; only a `PeerId` whose `Serialize`
+        // returns an error could, which the trait rules out (see `PeerId`).
+        postcard::serialize_with_flavor::<_, _, ()>(&head, out).expect("PeerId serialization is infallible");
+        h.update(&self.payload);
+        MessageId(*h.finalize().as_bytes())
+    }
+}
+
+/// A lazy-push announcement: enough to decide exactly whether the payload is missing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement<P> {
+    /// The message.
+    pub id: MessageId,
+    /// Its origin.
+    pub origin: P,
+    /// Its origin's incarnation.
+    pub incarnation: u64,
+    /// Its sequence number.
+    pub seq: u64,
+    /// The round at which the announcer would forward it (the receiver's hop count − 1).
+    pub round: u32,
+}
+
+/// A Plumtree wire message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message<P> {
+    /// Eager push of a payload (paper Alg. 1, `GOSSIP`). `round` is 0 from the origin.
+    Gossip {
+        /// Hops travelled minus one.
+        round: u32,
+        /// The broadcast.
+        envelope: Envelope<P>,
+    },
+    /// Lazy push: a batch of announcements (paper Alg. 1, `IHAVE`).
+    IHave(Vec<Announcement<P>>),
+    /// Make the link eager again and, with an id, send that payload (paper Alg. 2).
+    Graft {
+        /// The missing message, or `None` for a tree-optimisation graft.
+        id: Option<MessageId>,
+        /// Whose tree the link joins ([`Tree::PerOrigin`]; ignored with a shared tree).
+        origin: P,
+    },
+    /// Make the link lazy (paper Alg. 1, `PRUNE`).
+    Prune {
+        /// Whose tree the link leaves ([`Tree::PerOrigin`]; ignored with a shared tree).
+        origin: P,
+    },
+}

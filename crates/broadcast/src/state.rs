@@ -1,0 +1,560 @@
+//! The Plumtree state machine of one node: eager and lazy push, Graft and Prune, tree
+//! optimisation and parent repair, over the dedupe, the payload cache and the trees.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::cache::{Cached, PayloadCache};
+use crate::dedupe::{Dedupe, Seen};
+use crate::trees::Trees;
+use crate::{
+    Announcement, Config, Delivery, Envelope, Input, Message, MessageId, Mode, Output, PeerId, Stats, Timer, Tree,
+};
+
+/// How often, at most, expired payloads and missing records are swept: an entry lives at
+/// most this long past its age limit, and the per-input cost is one comparison.
+const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
+
+/// A message announced (IHave) but not received yet.
+#[derive(Clone, Debug)]
+struct Missing<P> {
+    origin: P,
+    since: Instant,
+    announcers: VecDeque<P>,
+    /// The announcer with the lowest round so far (first wins ties), for the
+    /// optimisation on arrival (paper §3.8, Algorithm 2).
+    best: Option<(P, u32)>,
+    attempt: u32,
+    armed: bool,
+}
+
+/// Where a Gossip came from: a neighbour shapes the tree, anyone else only delivers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sender {
+    Neighbor,
+    Stranger,
+}
+
+/// The Plumtree state of one node.
+#[derive(Clone)]
+pub struct State<P> {
+    me: P,
+    incarnation: u64,
+    next_seq: u64,
+    config: Config,
+    neighbors: BTreeSet<P>,
+    trees: Trees<P>,
+    dedupe: Dedupe<P>,
+    cache: PayloadCache<P>,
+    /// Keyed by peer-announced ids, so SipHash; looked up, and iterated only to forget a
+    /// neighbour (no output depends on its order).
+    missing: HashMap<MessageId, Missing<P>>,
+    missing_order: VecDeque<(MessageId, Instant)>,
+    ihave_queue: BTreeMap<P, Vec<Announcement<P>>>,
+    /// Smoothed round-trip time per neighbour, as reported by the transport.
+    rtt: BTreeMap<P, Duration>,
+    ihave_armed: bool,
+    next_expiry: Option<Instant>,
+    stats: Stats,
+    out: Vec<Output<P>>,
+}
+
+impl<P: PeerId> State<P> {
+    /// A node `me` in life `incarnation` (the node passes its start time in ms).
+    pub fn new(me: P, incarnation: u64, config: Config) -> Self {
+        Self {
+            me,
+            incarnation,
+            next_seq: 1,
+            neighbors: BTreeSet::new(),
+            trees: Trees::new(config.tree, config.max_trees),
+            dedupe: Dedupe::new(config.dedupe_window),
+            cache: PayloadCache::new(config.cache_max_messages, config.cache_max_bytes, config.cache_max_age),
+            missing: HashMap::new(),
+            missing_order: VecDeque::new(),
+            ihave_queue: BTreeMap::new(),
+            rtt: BTreeMap::new(),
+            ihave_armed: false,
+            next_expiry: None,
+            stats: Stats::default(),
+            out: Vec::new(),
+            config,
+        }
+    }
+
+    /// Neighbours on the tree of `origin` (payloads from it go here); with a shared tree
+    /// the origin does not matter.
+    pub fn eager_peers_for(&self, origin: &P) -> BTreeSet<P> {
+        self.neighbors.iter().filter(|p| !self.trees.is_lazy(origin, p)).cloned().collect()
+    }
+
+    /// Neighbours off the tree of `origin` (announcements go here).
+    pub fn lazy_peers_for(&self, origin: &P) -> BTreeSet<P> {
+        self.neighbors.iter().filter(|p| self.trees.is_lazy(origin, p)).cloned().collect()
+    }
+
+    /// Eager neighbours of our own broadcasts' tree (of the shared tree).
+    pub fn eager_peers(&self) -> BTreeSet<P> {
+        self.eager_peers_for(&self.me)
+    }
+
+    /// Lazy neighbours of our own broadcasts' tree (of the shared tree).
+    pub fn lazy_peers(&self) -> BTreeSet<P> {
+        self.lazy_peers_for(&self.me)
+    }
+
+    /// Neighbours (eager or lazy).
+    pub fn neighbors(&self) -> &BTreeSet<P> {
+        &self.neighbors
+    }
+
+    /// Per-origin trees held.
+    pub fn trees_len(&self) -> usize {
+        self.trees.len()
+    }
+
+    /// The transport's smoothed round-trip estimate to neighbour `peer` (ignored for
+    /// non-neighbours; forgotten on NeighborDown). Sets the Graft retry wait
+    /// ([`Config::graft_timeout_2`]).
+    pub fn set_rtt(&mut self, peer: P, rtt: Duration) {
+        if self.neighbors.contains(&peer) {
+            self.rtt.insert(peer, rtt);
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Payloads cached, and their bytes.
+    pub fn cache_len(&self) -> (usize, usize) {
+        self.cache.len()
+    }
+
+    /// Missing-message records in use.
+    pub fn missing_len(&self) -> usize {
+        self.missing.len()
+    }
+
+    /// Switch between Plumtree and eager flooding (the simulator's baseline). Takes effect
+    /// for the next message; the eager and lazy sets are kept.
+    pub fn set_mode(&mut self, mode: Mode) {
+        self.config.mode = mode;
+    }
+
+    /// Switch between one shared tree and per-origin trees. All links start eager again.
+    pub fn set_tree(&mut self, tree: Tree) {
+        self.config.tree = tree;
+        self.trees.set_kind(tree);
+    }
+
+    /// This node's incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// Broadcast `payload`: eager push to the eager set, IHave to the lazy set (paper
+    /// Alg. 1, `Broadcast`). Returns the new message's id and the outputs.
+    pub fn broadcast(&mut self, now: Instant, payload: Bytes) -> (MessageId, std::vec::Drain<'_, Output<P>>) {
+        self.expire(now);
+        let envelope = Envelope { origin: self.me.clone(), incarnation: self.incarnation, seq: self.next_seq, payload };
+        self.next_seq += 1;
+        let id = envelope.id();
+        self.stats.broadcasts += 1;
+        self.mark_seen(&envelope);
+        if self.config.deliver_own {
+            self.stats.delivered += 1;
+            self.out.push(Output::Deliver(Delivery { id, envelope: envelope.clone(), hops: 0, from: None }));
+        }
+        self.push(now, id, &envelope, 0, None);
+        self.cache_insert(now, id, Cached { envelope, send_round: 0, parent: None });
+        (id, self.out.drain(..))
+    }
+
+    /// Process one input at `now`. Never panics on peer input.
+    pub fn handle(&mut self, now: Instant, input: Input<P>) -> std::vec::Drain<'_, Output<P>> {
+        self.expire(now);
+        match input {
+            Input::Message { from, message } => self.on_message(now, from, message),
+            Input::Timer(Timer::Graft { id, attempt }) => self.on_graft_timer(now, id, attempt),
+            Input::Timer(Timer::IHaveFlush) => {
+                self.ihave_armed = false;
+                self.flush_ihave();
+            }
+            Input::NeighborUp(p) => {
+                if p != self.me {
+                    // A new neighbour starts eager in every tree.
+                    self.trees.neighbor_up(&p);
+                    self.neighbors.insert(p.clone());
+                    self.catch_up(now, p);
+                }
+            }
+            Input::NeighborDown(p) => self.on_neighbor_down(p),
+        }
+        self.out.drain(..)
+    }
+
+    fn on_neighbor_down(&mut self, p: P) {
+        self.neighbors.remove(&p);
+        for (origin, q) in self.trees.neighbor_down(&p) {
+            // The tree parent of `origin` failed: graft at once the lazy neighbour that
+            // announced this origin's messages at the lowest round, so the next message
+            // need not wait for a Graft timer (a departure from the paper, where the
+            // repair waits for the next IHave and timer 1).
+            self.stats.parent_repairs += 1;
+            self.stats.grafts_sent += 1;
+            self.out.push(Output::Send { to: q, message: Message::Graft { id: None, origin } });
+        }
+        self.ihave_queue.remove(&p);
+        self.rtt.remove(&p);
+        for m in self.missing.values_mut() {
+            m.announcers.retain(|a| a != &p);
+            if m.best.as_ref().is_some_and(|(b, _)| b == &p) {
+                m.best = None;
+            }
+        }
+    }
+
+    /// Move `p` off the tree of `origin` (only a neighbour, only with Plumtree).
+    fn set_lazy(&mut self, origin: &P, p: &P) {
+        if self.config.mode != Mode::Plumtree || !self.neighbors.contains(p) {
+            return;
+        }
+        if self.trees.set_lazy(origin, p) {
+            self.stats.trees_evicted += 1;
+        }
+    }
+
+    /// How long to wait for the payload after grafting `p` (paper §3.6: about one round
+    /// trip; never less than [`Config::graft_timeout_2`]).
+    fn graft_wait(&self, p: &P) -> Duration {
+        let rtt = self.rtt.get(p).copied().unwrap_or_default();
+        self.config.graft_timeout_2.max(rtt.saturating_mul(2))
+    }
+
+    fn on_message(&mut self, now: Instant, from: P, message: Message<P>) {
+        if !self.neighbors.contains(&from) {
+            // Not a neighbour (yet, or any more): still take payloads, but do not let it
+            // shape the tree.
+            if let Message::Gossip { round, envelope } = message {
+                self.on_gossip(now, Sender::Stranger, from, round, envelope);
+            }
+            return;
+        }
+        match message {
+            Message::Gossip { round, envelope } => self.on_gossip(now, Sender::Neighbor, from, round, envelope),
+            Message::IHave(anns) => self.on_ihave(now, from, anns),
+            Message::Graft { id, origin } => {
+                self.stats.grafts_received += 1;
+                self.trees.set_eager(&origin, &from);
+                if let Some(id) = id {
+                    match self.cache.get(&id) {
+                        Some(c) => {
+                            let message = Message::Gossip { round: c.send_round, envelope: c.envelope.clone() };
+                            self.stats.gossip_sent += 1;
+                            self.out.push(Output::Send { to: from, message });
+                        }
+                        None => self.stats.graft_misses += 1,
+                    }
+                }
+            }
+            Message::Prune { origin } => {
+                self.stats.prunes_received += 1;
+                self.set_lazy(&origin, &from);
+            }
+        }
+    }
+
+    fn on_gossip(&mut self, now: Instant, sender: Sender, from: P, round: u32, envelope: Envelope<P>) {
+        self.stats.gossip_received += 1;
+        let id = envelope.id();
+        let neighbor = sender == Sender::Neighbor;
+        match self.dedupe.check(&envelope.origin, envelope.incarnation, envelope.seq) {
+            Seen::Stale => {
+                self.stats.stale_incarnation += 1;
+                return;
+            }
+            Seen::Yes => {
+                self.stats.duplicates += 1;
+                if self.config.mode == Mode::Plumtree && neighbor {
+                    self.set_lazy(&envelope.origin, &from);
+                    self.stats.prunes_sent += 1;
+                    self.out.push(Output::Send { to: from, message: Message::Prune { origin: envelope.origin } });
+                }
+                return;
+            }
+            Seen::No => {}
+        }
+        self.mark_seen(&envelope);
+        let missing = self.missing.remove(&id);
+        self.stats.delivered += 1;
+        if neighbor {
+            if self.config.mode == Mode::Plumtree && self.trees.is_lazy(&envelope.origin, &from) {
+                // A payload from a peer we pruned, sent before our Prune reached it: it
+                // becomes our parent for this message, but its side of the link is lazy
+                // by now. Without this Graft (no payload asked) a duplicate from our old
+                // parent would make us prune that one too, and no one would push to us
+                // any more: every later message would wait for a Graft timer.
+                self.stats.regrafts += 1;
+                self.out.push(Output::Send {
+                    to: from.clone(),
+                    message: Message::Graft { id: None, origin: envelope.origin.clone() },
+                });
+            }
+            self.trees.set_eager(&envelope.origin, &from);
+            self.trees.set_parent(&envelope.origin, &from);
+        }
+        self.out.push(Output::Deliver(Delivery {
+            id,
+            envelope: envelope.clone(),
+            hops: round.saturating_add(1),
+            from: Some(from.clone()),
+        }));
+        let send_round = round.saturating_add(1);
+        self.push(now, id, &envelope, send_round, Some(&from));
+        // Paper §3.8 (Algorithm 2): an IHave that came before the payload and announced it
+        // `threshold` rounds earlier than the tree delivered it. Only with one tree per
+        // origin: on a shared tree the rounds of one origin say nothing about the next
+        // origin's, and the swaps thrashed (docs/performance.md).
+        let swap = match (neighbor, self.config.tree, missing.and_then(|m| m.best)) {
+            (true, Tree::PerOrigin, Some(best)) => Some((envelope.origin.clone(), best)),
+            _ => None,
+        };
+        self.cache_insert(now, id, Cached { envelope, send_round, parent: Some(from) });
+        if let Some((origin, (announcer, announced))) = swap {
+            self.maybe_swap_parent(id, &origin, round, announcer, announced);
+        }
+    }
+
+    fn on_ihave(&mut self, now: Instant, from: P, anns: Vec<Announcement<P>>) {
+        for a in anns {
+            self.stats.announcements_received += 1;
+            self.trees.announced(&a.origin, &from, a.round);
+            match self.dedupe.check(&a.origin, a.incarnation, a.seq) {
+                Seen::Stale => continue,
+                Seen::Yes => {
+                    self.maybe_optimize(&from, &a);
+                    continue;
+                }
+                Seen::No => {}
+            }
+            if let Some(m) = self.missing.get_mut(&a.id) {
+                if !m.announcers.contains(&from) {
+                    m.announcers.push_back(from.clone());
+                }
+                if m.best.as_ref().is_none_or(|(_, r)| a.round < *r) {
+                    m.best = Some((from.clone(), a.round));
+                }
+                if !m.armed {
+                    m.armed = true;
+                    let timer = Timer::Graft { id: a.id, attempt: m.attempt };
+                    self.out.push(Output::Timer { at: now + self.config.graft_timeout_2, timer });
+                }
+                continue;
+            }
+            if self.missing.len() >= self.config.max_missing {
+                self.stats.missing_dropped += 1;
+                continue;
+            }
+            self.missing.insert(
+                a.id,
+                Missing {
+                    origin: a.origin.clone(),
+                    since: now,
+                    announcers: VecDeque::from([from.clone()]),
+                    best: Some((from.clone(), a.round)),
+                    attempt: 0,
+                    armed: true,
+                },
+            );
+            self.missing_order.push_back((a.id, now));
+            self.out.push(Output::Timer {
+                at: now + self.config.graft_timeout_1,
+                timer: Timer::Graft { id: a.id, attempt: 0 },
+            });
+        }
+    }
+
+    /// Paper §3.8: a lazy link that announces a message `threshold` rounds earlier than
+    /// the tree delivered it replaces the tree link it came through.
+    fn maybe_optimize(&mut self, from: &P, a: &Announcement<P>) {
+        let Some(received_round) = self.cache.get(&a.id).map(|c| c.send_round.saturating_sub(1)) else { return };
+        self.maybe_swap_parent(a.id, &a.origin, received_round, from.clone(), a.round);
+    }
+
+    /// Make `announcer` (a lazy link that announced message `id` at round `announced`) the
+    /// tree parent instead of the link that delivered it at round `received`, if the
+    /// announcement is at least the threshold earlier: Graft (no payload) to the one,
+    /// Prune to the other (paper §3.8).
+    fn maybe_swap_parent(&mut self, id: MessageId, origin: &P, received: u32, announcer: P, announced: u32) {
+        let Some(threshold) = self.config.optimization_threshold else { return };
+        if self.config.mode != Mode::Plumtree || received < announced.saturating_add(threshold) {
+            return;
+        }
+        let Some(c) = self.cache.get_mut(&id) else { return };
+        let Some(parent) = c.parent.clone() else { return };
+        if parent == announcer {
+            return;
+        }
+        c.parent = Some(announcer.clone());
+        c.send_round = announced.saturating_add(1);
+        self.trees.set_parent(origin, &announcer);
+        self.stats.optimizations += 1;
+        self.stats.grafts_sent += 1;
+        self.stats.prunes_sent += 1;
+        self.trees.set_eager(origin, &announcer);
+        self.out.push(Output::Send { to: announcer, message: Message::Graft { id: None, origin: origin.clone() } });
+        self.set_lazy(origin, &parent);
+        self.out.push(Output::Send { to: parent, message: Message::Prune { origin: origin.clone() } });
+    }
+
+    fn on_graft_timer(&mut self, now: Instant, id: MessageId, attempt: u32) {
+        let Some(m) = self.missing.get_mut(&id) else { return };
+        if m.attempt != attempt || !m.armed {
+            return;
+        }
+        match m.announcers.pop_front() {
+            Some(p) => {
+                m.attempt += 1;
+                let origin = m.origin.clone();
+                let timer = Timer::Graft { id, attempt: m.attempt };
+                let wait = self.graft_wait(&p);
+                self.out.push(Output::Timer { at: now + wait, timer });
+                self.stats.grafts_sent += 1;
+                self.trees.set_eager(&origin, &p);
+                self.out.push(Output::Send { to: p, message: Message::Graft { id: Some(id), origin } });
+            }
+            None => {
+                m.armed = false;
+                m.attempt += 1;
+            }
+        }
+    }
+
+    /// Eager push to the eager set (all neighbours when flooding), lazy push to the rest.
+    fn push(&mut self, now: Instant, id: MessageId, envelope: &Envelope<P>, round: u32, except: Option<&P>) {
+        let flood = self.config.mode == Mode::Flood;
+        self.trees.touch(&envelope.origin);
+        let mut lazy = Vec::new();
+        for p in &self.neighbors {
+            if Some(p) == except {
+                continue;
+            }
+            if !flood && self.trees.is_lazy(&envelope.origin, p) {
+                lazy.push(p.clone());
+                continue;
+            }
+            self.stats.gossip_sent += 1;
+            self.out
+                .push(Output::Send { to: p.clone(), message: Message::Gossip { round, envelope: envelope.clone() } });
+        }
+        for p in lazy {
+            let ann = Announcement {
+                id,
+                origin: envelope.origin.clone(),
+                incarnation: envelope.incarnation,
+                seq: envelope.seq,
+                round,
+            };
+            let q = self.ihave_queue.entry(p).or_default();
+            q.push(ann);
+            if q.len() >= self.config.ihave_batch_max {
+                // A full batch goes out at once.
+                self.flush_ihave();
+            }
+        }
+        if !self.ihave_queue.is_empty() {
+            if self.config.ihave_batch_window.is_zero() {
+                self.flush_ihave();
+            } else if !self.ihave_armed {
+                self.ihave_armed = true;
+                self.out.push(Output::Timer { at: now + self.config.ihave_batch_window, timer: Timer::IHaveFlush });
+            }
+        }
+    }
+
+    /// Announce recently cached payloads to a new neighbour (newest first, bounded).
+    fn catch_up(&mut self, now: Instant, p: P) {
+        if self.config.catch_up_window.is_zero() || self.config.catch_up_max == 0 || self.config.mode == Mode::Flood {
+            return;
+        }
+        let anns: Vec<Announcement<P>> = self
+            .cache
+            .recent(now, self.config.catch_up_window, self.config.catch_up_max)
+            .map(|(id, c)| Announcement {
+                id,
+                origin: c.envelope.origin.clone(),
+                incarnation: c.envelope.incarnation,
+                seq: c.envelope.seq,
+                round: c.send_round,
+            })
+            .collect();
+        if !anns.is_empty() {
+            self.stats.catch_ups += 1;
+            self.stats.ihave_sent += 1;
+            self.stats.announcements_sent += anns.len() as u64;
+            self.out.push(Output::Send { to: p, message: Message::IHave(anns) });
+        }
+    }
+
+    fn flush_ihave(&mut self) {
+        for (p, anns) in std::mem::take(&mut self.ihave_queue) {
+            if anns.is_empty() {
+                continue;
+            }
+            self.stats.ihave_sent += 1;
+            self.stats.announcements_sent += anns.len() as u64;
+            self.out.push(Output::Send { to: p, message: Message::IHave(anns) });
+        }
+    }
+
+    fn mark_seen(&mut self, e: &Envelope<P>) {
+        self.stats.dedupe_window_overflows += self.dedupe.mark(&e.origin, e.incarnation, e.seq);
+    }
+
+    fn cache_insert(&mut self, now: Instant, id: MessageId, entry: Cached<P>) {
+        self.stats.cache_evictions += self.cache.insert(now, id, entry);
+    }
+
+    /// Drop cached payloads and missing records older than `cache_max_age`, at most once
+    /// per [`EXPIRY_SWEEP`] of `now`.
+    fn expire(&mut self, now: Instant) {
+        if self.next_expiry.is_some_and(|t| now < t) {
+            return;
+        }
+        self.next_expiry = Some(now + EXPIRY_SWEEP);
+        self.stats.cache_evictions += self.cache.expire(now);
+        let max = self.config.cache_max_age;
+        while let Some((id, t)) = self.missing_order.front().copied() {
+            if now.saturating_duration_since(t) <= max {
+                break;
+            }
+            self.missing_order.pop_front();
+            if self.missing.get(&id).is_some_and(|m| m.since == t) {
+                self.missing.remove(&id);
+                self.stats.missing_expired += 1;
+            }
+        }
+        // Records delivered early leave stale order entries; keep the queue bounded.
+        if self.missing_order.len() > 2 * self.config.max_missing.max(1) {
+            let missing = &self.missing;
+            self.missing_order.retain(|(id, t)| missing.get(id).is_some_and(|m| m.since == *t));
+        }
+    }
+}
+
+#[cfg(test)]
+impl<P: PeerId> State<P> {
+    /// No tree keeps a lazy link to a peer that is not a neighbour.
+    pub(crate) fn lazy_links_are_neighbors(&self) -> bool {
+        self.trees.all_lazy().all(|p| self.neighbors.contains(p))
+    }
+}

@@ -1,0 +1,59 @@
+//! Plumtree counters.
+
+use serde::{Deserialize, Serialize};
+
+#[cfg(doc)]
+use crate::{Config, Tree};
+
+/// Counters. Monotonic.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Messages broadcast here.
+    pub broadcasts: u64,
+    /// Messages delivered to the application.
+    pub delivered: u64,
+    /// Gossip (payload) messages sent.
+    pub gossip_sent: u64,
+    /// Gossip messages received.
+    pub gossip_received: u64,
+    /// Of those, duplicates (each answered with Prune).
+    pub duplicates: u64,
+    /// Announcements sent (inside IHave batches).
+    pub announcements_sent: u64,
+    /// IHave frames sent.
+    pub ihave_sent: u64,
+    /// Announcements received.
+    pub announcements_received: u64,
+    /// Grafts sent (including optimisation grafts).
+    pub grafts_sent: u64,
+    /// Grafts received.
+    pub grafts_received: u64,
+    /// Grafts for a message no longer cached.
+    pub graft_misses: u64,
+    /// Prunes sent.
+    pub prunes_sent: u64,
+    /// Prunes received.
+    pub prunes_received: u64,
+    /// Tree optimisations performed (§3.8).
+    pub optimizations: u64,
+    /// Tree parents replaced at once when they failed ([`Tree::PerOrigin`]): the lazy
+    /// neighbour with the lowest announced round was grafted without waiting for a message.
+    pub parent_repairs: u64,
+    /// Payloads evicted from the cache.
+    pub cache_evictions: u64,
+    /// Announcements dropped because `max_missing` records were in use.
+    pub missing_dropped: u64,
+    /// Missing-message records that expired unanswered.
+    pub missing_expired: u64,
+    /// Messages from an older incarnation of their origin, dropped.
+    pub stale_incarnation: u64,
+    /// Times an origin's dedupe window overflowed and its watermark was forced forward.
+    pub dedupe_window_overflows: u64,
+    /// Per-origin trees forgotten because `max_trees` were in use.
+    pub trees_evicted: u64,
+    /// Catch-up announcements sent to new neighbours.
+    pub catch_ups: u64,
+    /// Grafts without payload sent to a pruned peer whose payload arrived first (the
+    /// Prune/payload race, see `on_gossip`).
+    pub regrafts: u64,
+}
