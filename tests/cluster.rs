@@ -176,16 +176,15 @@ impl plumcast::MessageHandler for SlowHandler {
 async fn slow_handler_slows_the_sender_and_loses_nothing() {
     let _g = SERIAL.lock().await;
     init_tracing();
-    let config = plumcast::NodeConfig {
-        protocol: plumcast::proto::Config::local(),
-        app_queue: 8,
-        peer_queue_soft_limit: 32,
-        ..Default::default()
-    };
+    let mut config = plumcast::NodeConfig::default();
+    config.protocol = plumcast::proto::Config::local();
+    config.app_queue = 8;
+    config.peer_queue_soft_limit = 32;
     let (sender, _events) = plumcast::Node::builder().config(config.clone()).spawn().await.unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
     let slow = plumcast::Node::builder()
-        .config(plumcast::NodeConfig { bootstrap: vec![sender.addr().to_string()], ..config })
+        .config(config)
+        .bootstrap(sender.addr().to_string())
         .spawn_with_handler(SlowHandler { seen: seen.clone() })
         .await
         .unwrap();

@@ -13,8 +13,8 @@ pub mod proto;
 
 #[cfg(feature = "net")]
 pub use node::{
-    Delivered, Error, Event, Events, Faults, Identity, MessageHandler, NetStats, Node, NodeBuilder, NodeConfig, NodeId,
-    NodeStats, PeerInfo, TransportConfig, TransportError,
+    Delivered, Error, Event, Events, Faults, FrameDrops, Identity, MessageHandler, NetStats, Node, NodeBuilder,
+    NodeConfig, NodeId, NodeStats, PeerInfo, TransportConfig, TransportError,
 };
 
 pub use bytes::Bytes;

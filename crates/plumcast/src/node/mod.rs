@@ -7,7 +7,11 @@
 //! QUIC flow control pushes back to the senders, which then stop accepting broadcasts.
 
 mod actor;
+mod config;
 mod conn;
+mod error;
+mod event;
+mod stats;
 mod wire;
 
 use std::net::SocketAddr;
@@ -16,12 +20,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use config::NodeConfig;
+pub use error::Error;
+pub use event::{Delivered, Event, Events, MessageHandler};
 pub use plumcast_transport::{Faults, Identity, NodeId, PeerInfo, TransportConfig, TransportError};
+pub use stats::{FrameDrops, NetStats, NodeStats};
 
-use crate::proto::{self, DownReason, MessageId};
+use crate::proto::{self, MessageId};
 
 impl proto::Peer for PeerInfo {
     type Id = NodeId;
@@ -30,153 +37,8 @@ impl proto::Peer for PeerInfo {
     }
 }
 
-/// Errors of the [`Node`] API.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The payload is larger than [`NodeConfig::max_payload_size`]; nothing was sent.
-    #[error("payload of {size} bytes exceeds the maximum of {max} bytes")]
-    PayloadTooLarge {
-        /// The payload's size, bytes.
-        size: usize,
-        /// The configured maximum, bytes.
-        max: usize,
-    },
-    /// `try_broadcast` found the broadcast queue full; retry later or use `broadcast`.
-    #[error("the node is busy: its broadcast queue is full")]
-    Busy,
-    /// The node has shut down or crashed.
-    #[error("the node has stopped")]
-    Stopped,
-    /// A wait ran out of time.
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-    /// The transport could not be set up (socket, TLS, identity).
-    #[error(transparent)]
-    Transport(#[from] TransportError),
-    /// A bootstrap name could not be resolved or the configuration is invalid.
-    #[error("invalid configuration: {0}")]
-    Config(String),
-}
-
-/// A broadcast delivered to this node.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Delivered {
-    /// Message id (hash over origin, incarnation, seq and payload).
-    pub id: MessageId,
-    /// The node that broadcast it.
-    pub origin: NodeId,
-    /// The origin's incarnation (its start time, ms since the Unix epoch).
-    pub incarnation: u64,
-    /// Sequence number within that incarnation, from 1.
-    pub seq: u64,
-    /// Hops travelled: 1 when received straight from the origin.
-    pub hops: u32,
-    /// The application bytes.
-    pub payload: Bytes,
-}
-
-/// What the node tells the application.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// A broadcast was delivered (exactly once per message).
-    Delivered(Delivered),
-    /// A peer entered the active view.
-    NeighborUp(PeerInfo),
-    /// A peer left the active view.
-    NeighborDown {
-        /// The peer.
-        peer: PeerInfo,
-        /// Why.
-        reason: DownReason,
-    },
-}
-
-/// Application callbacks. They run on one dedicated thread, in delivery order; a slow
-/// handler slows the cluster's senders down (backpressure) and loses nothing.
-pub trait MessageHandler: Send + 'static {
-    /// A broadcast from another node (or our own with `deliver_own`).
-    fn on_message(&mut self, message: &Delivered);
-    /// A peer entered the active view. Default: nothing.
-    fn on_neighbor_up(&mut self, _peer: &PeerInfo) {}
-    /// A peer left the active view. Default: nothing.
-    fn on_neighbor_down(&mut self, _peer: &PeerInfo, _reason: DownReason) {}
-}
-
-/// The event stream, for applications that prefer pulling to a [`MessageHandler`].
-/// Bounded ([`NodeConfig::app_queue`]): while it is full the node stops reading from its
-/// peers; nothing is dropped. Dropping it discards further events.
-#[derive(Debug)]
-pub struct Events {
-    rx: mpsc::Receiver<Event>,
-}
-
-impl Events {
-    /// The next event, or `None` once the node has stopped and all events were read.
-    pub async fn recv(&mut self) -> Option<Event> {
-        self.rx.recv().await
-    }
-
-    /// The next event if one is ready.
-    pub fn try_recv(&mut self) -> Option<Event> {
-        self.rx.try_recv().ok()
-    }
-}
-
-/// Node configuration. Plain data with `#[serde(default)]`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default)]
-pub struct NodeConfig {
-    /// UDP address to bind. Default `127.0.0.1:0` (an ephemeral loopback port).
-    pub bind: SocketAddr,
-    /// Address other nodes should dial; default: the bound address.
-    pub advertise: Option<SocketAddr>,
-    /// Bootstrap contacts, `IP:PORT` or `HOST:PORT`. Empty: this node starts a cluster.
-    pub bootstrap: Vec<String>,
-    /// Cluster name, exchanged in the handshake: nodes of other clusters are refused.
-    pub cluster: String,
-    /// Protocol parameters (presets: `proto::Config::{lan, wan, local}`).
-    pub protocol: proto::Config,
-    /// QUIC parameters.
-    pub transport: TransportConfig,
-    /// Largest payload accepted by `broadcast`, bytes. Default 64 KiB.
-    pub max_payload_size: usize,
-    /// Broadcasts queued towards the actor before `broadcast` waits / `try_broadcast`
-    /// returns `Busy`.
-    pub broadcast_queue: usize,
-    /// Events queued towards the application before the node stops reading from peers.
-    pub app_queue: usize,
-    /// Frames queued for one peer above which the node stops accepting new broadcasts
-    /// (backpressure). Nothing is shed: IHave announcements are queued too, because a
-    /// node that lost its eager parent learns of a message only through them.
-    pub peer_queue_soft_limit: usize,
-    /// Frames queued for one peer above which the peer is disconnected as too slow
-    /// (counted; HyParView replaces it).
-    pub peer_queue_hard_limit: usize,
-    /// How long `shutdown` waits for queued frames to be acknowledged.
-    pub shutdown_linger: Duration,
-    /// A connection to a peer in neither view, idle this long, is closed.
-    pub idle_link_timeout: Duration,
-}
-
-impl Default for NodeConfig {
-    fn default() -> Self {
-        Self {
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            advertise: None,
-            bootstrap: Vec::new(),
-            cluster: "plumcast".to_string(),
-            protocol: proto::Config::lan(),
-            transport: TransportConfig::default(),
-            max_payload_size: 64 << 10,
-            broadcast_queue: 128,
-            app_queue: 4096,
-            peer_queue_soft_limit: 64,
-            peer_queue_hard_limit: 1 << 18,
-            shutdown_linger: Duration::from_secs(2),
-            idle_link_timeout: Duration::from_secs(10),
-        }
-    }
-}
+/// Control requests to the actor.
+const CONTROL_QUEUE: usize = 64;
 
 /// Builds a [`Node`].
 ///
@@ -305,7 +167,7 @@ impl NodeBuilder {
         let incarnation = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         let seed = self.rng_seed.unwrap_or_else(|| rand::RngCore::next_u64(&mut rand::rngs::OsRng));
         let (bcast_tx, bcast_rx) = mpsc::channel(config.broadcast_queue.max(1));
-        let (ctl_tx, ctl_rx) = mpsc::channel(64);
+        let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
         let (app_tx, app_rx) = mpsc::channel(config.app_queue.max(1));
         let (neighbors_tx, neighbors_rx) = watch::channel(0usize);
         let max_payload = config.max_payload_size;
@@ -336,87 +198,6 @@ impl NodeBuilder {
         };
         Ok((node, app_rx))
     }
-}
-
-/// Counters and views of a running node (see [`Node::stats`]).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct NodeStats {
-    /// The active view.
-    pub active_view: Vec<PeerInfo>,
-    /// The passive view.
-    pub passive_view: Vec<PeerInfo>,
-    /// Eager (tree) neighbours.
-    pub eager: usize,
-    /// Lazy neighbours.
-    pub lazy: usize,
-    /// HyParView counters.
-    pub membership: proto::membership::Stats,
-    /// Plumtree counters.
-    pub broadcast: proto::broadcast::Stats,
-    /// Transport and actor counters.
-    pub net: NetStats,
-}
-
-/// Transport and actor counters: every drop and refusal shows here.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct NetStats {
-    /// Frames handed to a connection's writer (one that is lost with its connection
-    /// afterwards is also counted in [`FrameDrops::connection_lost`]).
-    pub frames_sent: u64,
-    /// Bytes of those frames (with length prefixes).
-    pub bytes_sent: u64,
-    /// Frames dropped on the way out, by reason.
-    pub frames_dropped: FrameDrops,
-    /// Connection tasks that panicked (each logged at error level; the peer's connection
-    /// is gone, the node goes on).
-    pub task_panics: u64,
-    /// Frames received and decoded.
-    pub frames_received: u64,
-    /// Outgoing connections established.
-    pub connections_dialed: u64,
-    /// Incoming connections established.
-    pub connections_accepted: u64,
-    /// Duplicate connections retired (simultaneous dials).
-    pub connections_retired: u64,
-    /// Idle transient connections closed.
-    pub connections_idle_closed: u64,
-    /// Dials that failed (unreachable, handshake refused, id mismatch).
-    pub dial_failures: u64,
-    /// Handshakes refused or failed on either side (including id mismatches).
-    pub handshake_failures: u64,
-    /// Peers refused because they belong to another cluster.
-    pub cluster_mismatches: u64,
-    /// Connections closed for a malformed frame or unknown message.
-    pub malformed_frames: u64,
-    /// Connections closed for a frame above the maximum size.
-    pub oversized_frames: u64,
-    /// Peers disconnected because their send queue passed the hard limit.
-    pub slow_peer_disconnects: u64,
-    /// Plumtree frames for a peer that was no longer a neighbour.
-    pub unroutable: u64,
-    /// Times the actor stopped accepting broadcasts because a peer queue was full.
-    pub backpressure_events: u64,
-    /// Broadcasts accepted from the application.
-    pub broadcasts: u64,
-    /// Events handed to the application.
-    pub app_events: u64,
-}
-
-/// Outgoing frames dropped, by reason. Nothing the protocol asked to send disappears
-/// without one of these counting it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct FrameDrops {
-    /// The connection was gone before the frame was written: its queue had closed, or the
-    /// write failed and the frames still queued were discarded.
-    pub connection_lost: u64,
-    /// The destination was still being dialed and already had
-    /// [`NodeConfig::peer_queue_soft_limit`] frames waiting.
-    pub dial_queue_full: u64,
-    /// The dial failed; the frames waiting for it were discarded.
-    pub dial_failed: u64,
-    /// The frame could not be encoded (logged with the error).
-    pub unencodable: u64,
 }
 
 pub(crate) enum Control {

@@ -1,0 +1,74 @@
+//! What the node tells the application: delivered messages and neighbour changes, as a
+//! stream ([`Events`]) or through a [`MessageHandler`].
+
+use bytes::Bytes;
+use plumcast_transport::{NodeId, PeerInfo};
+use tokio::sync::mpsc;
+
+#[cfg(doc)]
+use super::NodeConfig;
+use crate::proto::{DownReason, MessageId};
+
+/// A broadcast delivered to this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivered {
+    /// Message id (hash over origin, incarnation, seq and payload).
+    pub id: MessageId,
+    /// The node that broadcast it.
+    pub origin: NodeId,
+    /// The origin's incarnation (its start time, ms since the Unix epoch).
+    pub incarnation: u64,
+    /// Sequence number within that incarnation, from 1.
+    pub seq: u64,
+    /// Hops travelled: 1 when received straight from the origin.
+    pub hops: u32,
+    /// The application bytes.
+    pub payload: Bytes,
+}
+
+/// What the node tells the application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A broadcast was delivered (exactly once per message).
+    Delivered(Delivered),
+    /// A peer entered the active view.
+    NeighborUp(PeerInfo),
+    /// A peer left the active view.
+    NeighborDown {
+        /// The peer.
+        peer: PeerInfo,
+        /// Why.
+        reason: DownReason,
+    },
+}
+
+/// Application callbacks. They run on one dedicated thread, in delivery order; a slow
+/// handler slows the cluster's senders down (backpressure) and loses nothing.
+pub trait MessageHandler: Send + 'static {
+    /// A broadcast from another node (or our own with `deliver_own`).
+    fn on_message(&mut self, message: &Delivered);
+    /// A peer entered the active view. Default: nothing.
+    fn on_neighbor_up(&mut self, _peer: &PeerInfo) {}
+    /// A peer left the active view. Default: nothing.
+    fn on_neighbor_down(&mut self, _peer: &PeerInfo, _reason: DownReason) {}
+}
+
+/// The event stream, for applications that prefer pulling to a [`MessageHandler`].
+/// Bounded ([`NodeConfig::app_queue`]): while it is full the node stops reading from its
+/// peers; nothing is dropped. Dropping it discards further events.
+#[derive(Debug)]
+pub struct Events {
+    pub(super) rx: mpsc::Receiver<Event>,
+}
+
+impl Events {
+    /// The next event, or `None` once the node has stopped and all events were read.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// The next event if one is ready.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        self.rx.try_recv().ok()
+    }
+}

@@ -1,0 +1,91 @@
+//! Views and counters of a running node ([`Node::stats`](super::Node::stats)).
+
+use plumcast_transport::PeerInfo;
+use serde::{Deserialize, Serialize};
+
+#[cfg(doc)]
+use super::NodeConfig;
+use crate::proto;
+
+/// Counters and views of a running node (see [`Node::stats`]).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct NodeStats {
+    /// The active view.
+    pub active_view: Vec<PeerInfo>,
+    /// The passive view.
+    pub passive_view: Vec<PeerInfo>,
+    /// Eager (tree) neighbours.
+    pub eager: usize,
+    /// Lazy neighbours.
+    pub lazy: usize,
+    /// HyParView counters.
+    pub membership: proto::membership::Stats,
+    /// Plumtree counters.
+    pub broadcast: proto::broadcast::Stats,
+    /// Transport and actor counters.
+    pub net: NetStats,
+}
+
+/// Transport and actor counters: every drop and refusal shows here.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct NetStats {
+    /// Frames handed to a connection's writer (one that is lost with its connection
+    /// afterwards is also counted in [`FrameDrops::connection_lost`]).
+    pub frames_sent: u64,
+    /// Bytes of those frames (with length prefixes).
+    pub bytes_sent: u64,
+    /// Frames dropped on the way out, by reason.
+    pub frames_dropped: FrameDrops,
+    /// Connection tasks that panicked (each logged at error level; the peer's connection
+    /// is gone, the node goes on).
+    pub task_panics: u64,
+    /// Frames received and decoded.
+    pub frames_received: u64,
+    /// Outgoing connections established.
+    pub connections_dialed: u64,
+    /// Incoming connections established.
+    pub connections_accepted: u64,
+    /// Duplicate connections retired (simultaneous dials).
+    pub connections_retired: u64,
+    /// Idle transient connections closed.
+    pub connections_idle_closed: u64,
+    /// Dials that failed (unreachable, handshake refused, id mismatch).
+    pub dial_failures: u64,
+    /// Handshakes refused or failed on either side (including id mismatches).
+    pub handshake_failures: u64,
+    /// Peers refused because they belong to another cluster.
+    pub cluster_mismatches: u64,
+    /// Connections closed for a malformed frame or unknown message.
+    pub malformed_frames: u64,
+    /// Connections closed for a frame above the maximum size.
+    pub oversized_frames: u64,
+    /// Peers disconnected because their send queue passed the hard limit.
+    pub slow_peer_disconnects: u64,
+    /// Plumtree frames for a peer that was no longer a neighbour.
+    pub unroutable: u64,
+    /// Times the actor stopped accepting broadcasts because a peer queue was full.
+    pub backpressure_events: u64,
+    /// Broadcasts accepted from the application.
+    pub broadcasts: u64,
+    /// Events handed to the application.
+    pub app_events: u64,
+}
+
+/// Outgoing frames dropped, by reason. Nothing the protocol asked to send disappears
+/// without one of these counting it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct FrameDrops {
+    /// The connection was gone before the frame was written: its queue had closed, or the
+    /// write failed and the frames still queued were discarded.
+    pub connection_lost: u64,
+    /// The destination was still being dialed and already had
+    /// [`NodeConfig::peer_queue_soft_limit`] frames waiting.
+    pub dial_queue_full: u64,
+    /// The dial failed; the frames waiting for it were discarded.
+    pub dial_failed: u64,
+    /// The frame could not be encoded (logged with the error).
+    pub unencodable: u64,
+}
