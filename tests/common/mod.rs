@@ -15,7 +15,7 @@ use tokio::time::Instant;
 /// Multi-node QUIC tests run one at a time (2 cores): hold this for the whole test.
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Deliveries per node: message id → count, plus the delivery order.
+/// What one node saw: deliveries per message id, and how many neighbour events.
 #[derive(Default)]
 pub struct Record {
     pub counts: HashMap<MessageId, u32>,

@@ -7,6 +7,7 @@ use crate::{Config, Tree};
 
 /// Counters. Monotonic.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Stats {
     /// Messages broadcast here.
     pub broadcasts: u64,

@@ -184,7 +184,8 @@ impl LocalCluster {
         }
     }
 
-    /// The live nodes' active views as indices, or `None` if a node stopped answering.
+    /// Each live node's index with its active view (empty for a node that stopped
+    /// answering).
     pub async fn views(&self) -> Vec<(usize, Vec<NodeId>)> {
         let mut out = Vec::new();
         for i in self.live() {
@@ -231,7 +232,7 @@ impl LocalCluster {
         seen.iter().all(|s| *s)
     }
 
-    /// Sum of a counter over the live nodes' stats.
+    /// The stats of every node that still answers (crashed ones are left out).
     pub async fn stats(&self) -> Vec<NodeStats> {
         let mut out = Vec::new();
         for n in self.nodes.iter().flatten() {

@@ -12,6 +12,7 @@ use crate::State;
 /// absolute timer deadlines.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct Config {
     /// Active view capacity (open, symmetric links). Paper §4: log10(n) + c with c = 1,
     /// which is 5 at n = 10,000.

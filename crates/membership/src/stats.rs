@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Counters of what this state did. Monotonic.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Stats {
     /// Join requests answered as contact.
     pub joins_received: u64,

@@ -59,25 +59,25 @@ impl RunMode {
     }
 }
 
-fn d_seeds() -> Vec<u64> {
+fn default_seeds() -> Vec<u64> {
     vec![1, 2, 3, 4]
 }
-fn d_detectors() -> Vec<Detector> {
+fn default_detectors() -> Vec<Detector> {
     vec![Detector::Paper]
 }
-fn d_modes() -> Vec<RunMode> {
+fn default_modes() -> Vec<RunMode> {
     vec![RunMode::PlumtreeMulti]
 }
-fn d_latency() -> Latency {
+fn default_latency() -> Latency {
     Latency::Static { ms: 10.0 }
 }
-fn d_stabilize() -> u32 {
+fn default_stabilize_rounds() -> u32 {
     50
 }
-fn d_gap() -> u64 {
+fn default_broadcast_gap_ms() -> u64 {
     400
 }
-fn d_true() -> bool {
+fn default_churn_joins() -> bool {
     true
 }
 
@@ -95,22 +95,22 @@ pub struct Scenario {
     /// Number of nodes.
     pub nodes: usize,
     /// Seeds; every figure is a mean over them, the worst seed reported too.
-    #[serde(default = "d_seeds")]
+    #[serde(default = "default_seeds")]
     pub seeds: Vec<u64>,
     /// Failure-detection models to run.
-    #[serde(default = "d_detectors")]
+    #[serde(default = "default_detectors")]
     pub detectors: Vec<Detector>,
     /// Broadcast modes to run.
-    #[serde(default = "d_modes")]
+    #[serde(default = "default_modes")]
     pub modes: Vec<RunMode>,
     /// Link latency.
-    #[serde(default = "d_latency")]
+    #[serde(default = "default_latency")]
     pub latency: Latency,
     /// Message loss probability.
     #[serde(default)]
     pub loss: f64,
     /// Membership rounds (shuffle periods) after the joins, before measuring (paper: 50).
-    #[serde(default = "d_stabilize")]
+    #[serde(default = "default_stabilize_rounds")]
     pub stabilize_rounds: u32,
     /// Failure percentages (failures, massive-failure).
     #[serde(default)]
@@ -122,7 +122,7 @@ pub struct Scenario {
     #[serde(default)]
     pub warmup: usize,
     /// Virtual time between broadcasts, ms.
-    #[serde(default = "d_gap")]
+    #[serde(default = "default_broadcast_gap_ms")]
     pub broadcast_gap_ms: u64,
     /// Plumtree optimisation threshold override (rounds); absent keeps the default.
     #[serde(default)]
@@ -133,7 +133,7 @@ pub struct Scenario {
     /// Churn: each crashed node comes back at once as a fresh node joining through a
     /// random live one (default). `false` is the Plumtree paper's churn: failures only, so
     /// the cluster shrinks by `churn_per_round` every round.
-    #[serde(default = "d_true")]
+    #[serde(default = "default_churn_joins")]
     pub churn_joins: bool,
     /// Churn / partition: rounds to run.
     #[serde(default)]
@@ -586,12 +586,13 @@ fn rounds_to_full_reliability(
         if ok {
             return Some(r);
         }
-        sim.run_for(s_shuffle(sim));
+        sim.run_for(membership_round(sim));
     }
     None
 }
 
-fn s_shuffle(sim: &Sim) -> Duration {
+/// One membership round: the Shuffle period of the simulated nodes.
+fn membership_round(sim: &Sim) -> Duration {
     sim.config().protocol.membership.shuffle_interval
 }
 
@@ -673,7 +674,7 @@ fn massive_failure(s: &Scenario, base: Option<Sim>, mode: RunMode, head: Row, se
         let rel = |sim: &Sim, k| settled(sim, k).map_or(0.0, |(r, _)| r);
         let first = keys.first().map(|k| rel(&sim, *k)).unwrap_or(0.0);
         // Eventual: let repairs run for 3 membership rounds.
-        sim.run_for(s_shuffle(&sim) * 3);
+        sim.run_for(membership_round(&sim) * 3);
         let eventual = keys.iter().map(|k| rel(&sim, *k)).sum::<f64>() / keys.len().max(1) as f64;
         let mut row = head.clone();
         row.failed_pct = Some(pct);
@@ -693,7 +694,7 @@ fn churn(s: &Scenario, base: Option<Sim>, mode: RunMode, mut row: Row, seed: u64
     let t0 = std::time::Instant::now();
     set_mode(&mut sim, mode);
     let gap = Duration::from_millis(s.broadcast_gap_ms);
-    let round = s_shuffle(&sim);
+    let round = membership_round(&sim);
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xc4);
     // Warm-up broadcasts before the churn starts, not measured: a cold tree's first
     // broadcasts flood it (RMR ≈ 3), which is the bootstrap cost `plumtree-stable`
@@ -798,7 +799,7 @@ fn partition_heal(s: &Scenario, base: Option<Sim>, mut row: Row, seed: u64) -> V
     sim.heal();
     let start = sim.now_us();
     let step = Duration::from_millis(500);
-    let limit = s_shuffle(&sim) * s.rounds.max(1) as u32;
+    let limit = membership_round(&sim) * s.rounds.max(1) as u32;
     let mut healed = None;
     while Duration::from_micros(sim.now_us() - start) <= limit {
         if overlay_stats(&sim, seed).components == 1 {
@@ -821,7 +822,7 @@ fn partition_heal(s: &Scenario, base: Option<Sim>, mut row: Row, seed: u64) -> V
     }
     row.reliability = Some(rel / s.broadcasts.max(1) as f64);
     // Eventual: let repairs run for 3 membership rounds.
-    sim.run_for(s_shuffle(&sim) * 3);
+    sim.run_for(membership_round(&sim) * 3);
     let ends: Vec<f64> = keys.iter().filter_map(|k| settled(&sim, *k)).map(|x| x.0).collect();
     row.eventual_reliability = Some(ends.iter().sum::<f64>() / ends.len().max(1) as f64);
     vec![finish(row, &sim, t0)]

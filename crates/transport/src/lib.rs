@@ -43,6 +43,7 @@ pub const SERVER_NAME: &str = "plumcast";
 
 /// Errors of the transport layer.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TransportError {
     /// Socket or file I/O failed.
     #[error("I/O error: {0}")]
@@ -216,6 +217,7 @@ impl Identity {
 /// Transport tuning. Plain data with defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct TransportConfig {
     /// QUIC keep-alive interval. The protocol's own heartbeats keep active links busy;
     /// this keeps idle transient links (shuffle replies) from timing out early.
@@ -244,17 +246,39 @@ pub struct TransportConfig {
     pub udp_send_buffer: usize,
 }
 
+/// [`TransportConfig::keep_alive`] default: 2 s, so a transient link stays open through
+/// the 10 s idle timeout while the protocol's own heartbeats (100 ms) keep active links busy.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// [`TransportConfig::idle_timeout`] default: 10 s (quinn's is 30 s); membership detects a
+/// dead neighbour in ≈ 0.65 s, this only reaps transient links whose peer vanished.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// [`TransportConfig::max_frame_size`] default: 1 MiB, room for a 64 KiB payload with its
+/// headers and for the largest catch-up IHave (1,024 announcements), bounded so that one
+/// peer cannot make a node buffer more per frame.
+pub const MAX_FRAME_SIZE: usize = 1 << 20;
+/// [`TransportConfig::handshake_timeout`] default: 5 s for TLS plus the Hello exchange,
+/// many round trips even on a WAN; a peer that stalls longer is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// [`TransportConfig::stream_receive_window`] default: 32 KiB (see the field).
+pub const STREAM_RECEIVE_WINDOW: u32 = 32 << 10;
+/// [`TransportConfig::send_window`] default: quinn's own, 10 MB.
+pub const SEND_WINDOW: u64 = 10_000_000;
+/// [`TransportConfig::udp_recv_buffer`] and [`TransportConfig::udp_send_buffer`] default:
+/// 2 MiB. Linux's 208 KiB overflowed under bursts (241–508 datagrams dropped per max-rate
+/// run at N = 100–200, none with 2 MiB; docs/performance.md).
+pub const UDP_BUFFER: usize = 2 << 20;
+
 impl Default for TransportConfig {
     fn default() -> Self {
         Self {
-            keep_alive: Duration::from_secs(2),
-            idle_timeout: Duration::from_secs(10),
-            max_frame_size: 1 << 20,
-            handshake_timeout: Duration::from_secs(5),
-            stream_receive_window: 32 << 10,
-            send_window: 10_000_000,
-            udp_recv_buffer: 2 << 20,
-            udp_send_buffer: 2 << 20,
+            keep_alive: KEEP_ALIVE,
+            idle_timeout: IDLE_TIMEOUT,
+            max_frame_size: MAX_FRAME_SIZE,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            stream_receive_window: STREAM_RECEIVE_WINDOW,
+            send_window: SEND_WINDOW,
+            udp_recv_buffer: UDP_BUFFER,
+            udp_send_buffer: UDP_BUFFER,
         }
     }
 }
@@ -267,12 +291,16 @@ impl TransportConfig {
             quinn::IdleTimeout::try_from(self.idle_timeout).map_err(|e| TransportError::Config(e.to_string()))?,
         ));
         t.max_concurrent_bidi_streams(0u32.into());
-        t.max_concurrent_uni_streams(4u32.into());
+        t.max_concurrent_uni_streams(MAX_UNI_STREAMS.into());
         t.stream_receive_window(self.stream_receive_window.into());
         t.send_window(self.send_window);
         Ok(t)
     }
 }
+
+/// Unidirectional streams a peer may open at once: each side sends one stream of frames;
+/// a little room covers a stream still finishing while a new one opens.
+const MAX_UNI_STREAMS: u32 = 4;
 
 /// First frame on every stream: who the sender says it is beyond its TLS key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -297,13 +325,17 @@ pub mod close_code {
     pub const FAILED: u32 = 4;
 }
 
+/// Bytes reserved for an encoded frame: a control message or a 256-byte payload fits
+/// without growing the buffer.
+const FRAME_CAPACITY: usize = 512;
+
 /// Encode `value` as one frame: 4-byte big-endian length, then postcard.
 ///
 /// # Errors
 /// [`TransportError::Frame`] if serialization fails.
 pub fn encode_frame<T: Serialize>(value: &T) -> Result<Bytes, TransportError> {
     // Usually one allocation: the body is encoded after a placeholder for its length.
-    let mut frame = Vec::with_capacity(512);
+    let mut frame = Vec::with_capacity(FRAME_CAPACITY);
     frame.extend_from_slice(&[0; 4]);
     let mut frame = postcard::to_extend(value, frame)?;
     let len = (frame.len() - 4) as u32;

@@ -1,36 +1,41 @@
-//! The node actor: owns `proto::State`, the connection table and the timers.
+//! The node actor: the loop that owns `proto::State`, the links and the timers, and the
+//! dispatch of every input and output. Inputs that outputs give rise to (a peer dropped
+//! as too slow) are queued and handled after the current batch: the actor never
+//! re-enters itself.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use plumcast_transport::{Hello, Identity, NodeId, PeerInfo, client_config, close_code, encode_frame};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rustc_hash::FxHashMap;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::conn::{self, ConnCtx, Dial, NetEvent, Refusal, Up};
+use super::links::{Limits, Links, Sent};
+use super::timers::Timers;
 use super::wire::{EnvelopeCache, Frame};
 use super::{BroadcastCmd, Control, Delivered, Event, NetStats, NodeConfig, NodeStats};
 use crate::proto::{self, broadcast};
 
 type Proto = proto::State<PeerInfo, ChaCha8Rng>;
-type Timer = proto::Timer<PeerInfo>;
 
-/// A duplicate connection stays open this long after it lost the tie-break, so frames
-/// already in flight on it arrive (both sides have seen the winner by then).
-const RETIRE_GRACE: Duration = Duration::from_secs(5);
-/// Period of the housekeeping sweep (retired and idle connections).
+/// Period of the housekeeping sweep (retired and idle connections, RTT estimates).
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
+/// Events from the connection tasks queued towards the actor; a full queue makes the
+/// readers wait (QUIC flow control then pushes back on the peers).
+const NET_QUEUE: usize = 1024;
+/// How long `leave` waits for the endpoint to finish closing its connections.
+const ENDPOINT_CLOSE_WAIT: Duration = Duration::from_millis(100);
+/// An hour: the sleep of a loop iteration with no timer pending.
+const NO_TIMER: Duration = Duration::from_secs(3600);
 
-pub(crate) struct Parts {
+/// What the actor is started with (built by [`super::NodeBuilder`]).
+pub(crate) struct ActorInit {
     pub config: NodeConfig,
     pub identity: Identity,
     pub me: PeerInfo,
@@ -43,17 +48,18 @@ pub(crate) struct Parts {
     pub neighbors_tx: watch::Sender<usize>,
 }
 
-struct Link {
-    conn_id: u64,
-    conn: quinn::Connection,
-    tx: mpsc::UnboundedSender<Frame>,
-    depth: Arc<AtomicUsize>,
-    dialed_by_me: bool,
-    last_active: Instant,
-}
-
-struct Pending {
-    frames: Vec<Frame>,
+/// Counters the actor itself keeps (the links keep theirs).
+#[derive(Clone, Debug, Default)]
+struct ActorStats {
+    frames_received: u64,
+    dial_failures: u64,
+    handshake_failures: u64,
+    cluster_mismatches: u64,
+    malformed_frames: u64,
+    oversized_frames: u64,
+    task_panics: u64,
+    broadcasts: u64,
+    app_events: u64,
 }
 
 pub(crate) struct Actor {
@@ -68,64 +74,60 @@ pub(crate) struct Actor {
     neighbors_tx: watch::Sender<usize>,
     net_tx: mpsc::Sender<NetEvent>,
     net_rx: mpsc::Receiver<NetEvent>,
+    /// The connection and lookup tasks.
     tasks: JoinSet<()>,
-    /// Keyed by authenticated ids; FxHash (a lookup per frame sent) is safe here.
-    links: FxHashMap<NodeId, Link>,
-    retired: HashMap<u64, (quinn::Connection, Instant)>,
-    dialing: HashMap<NodeId, Pending>,
+    links: Links,
+    timers: Timers,
+    /// Bootstrap dials (and name lookups) not yet answered.
     bootstrap_inflight: usize,
-    timers: BinaryHeap<Reverse<(Instant, u64, Timer)>>,
-    timer_seq: u64,
     next_conn_id: u64,
+    /// Events for the application, handed over at the end of each loop iteration.
     backlog: VecDeque<Event>,
-    congested: bool,
-    drained: Arc<Notify>,
-    /// Frames the connection writers discarded when their connection failed.
-    writer_drops: Arc<AtomicU64>,
-    left_to: Vec<NodeId>,
+    /// Protocol inputs that outputs gave rise to, handled after the current batch.
+    follow_ups: VecDeque<proto::Input<PeerInfo>>,
     /// The envelope bytes of the last Gossip, shared by every eager push of it.
     envelopes: EnvelopeCache,
-    /// The outputs of one protocol input, reused.
+    /// The outputs of one protocol input, reused (no allocation per input).
     scratch: Vec<proto::Output<PeerInfo>>,
-    stats: NetStats,
-    /// The time of this loop iteration (one clock read per iteration, not per frame).
+    stats: ActorStats,
+    /// The time of the event being handled: read once per event (a frame, a timer batch,
+    /// a broadcast), so timers armed while handling it start from when it arrived.
     now: Instant,
 }
 
 impl Actor {
-    pub(crate) fn new(p: Parts) -> Self {
-        let rng = ChaCha8Rng::seed_from_u64(p.seed);
-        let proto = proto::State::new(p.me, p.incarnation, p.config.protocol.clone(), rng);
-        let (net_tx, net_rx) = mpsc::channel(1024);
+    pub(crate) fn new(init: ActorInit) -> Self {
+        let rng = ChaCha8Rng::seed_from_u64(init.seed);
+        let proto = proto::State::new(init.me, init.incarnation, init.config.protocol.clone(), rng);
+        let (net_tx, net_rx) = mpsc::channel(NET_QUEUE);
+        let limits = Limits {
+            soft: init.config.peer_queue_soft_limit,
+            hard: init.config.peer_queue_hard_limit,
+            idle: init.config.idle_link_timeout,
+        };
         Self {
-            config: p.config,
-            identity: p.identity,
-            me: p.me,
+            links: Links::new(init.me.id, limits),
+            config: init.config,
+            identity: init.identity,
+            me: init.me,
             proto,
-            endpoint: p.endpoint,
-            bcast_rx: p.bcast_rx,
-            ctl_rx: p.ctl_rx,
-            app_tx: p.app_tx,
-            neighbors_tx: p.neighbors_tx,
+            endpoint: init.endpoint,
+            bcast_rx: init.bcast_rx,
+            ctl_rx: init.ctl_rx,
+            app_tx: init.app_tx,
+            neighbors_tx: init.neighbors_tx,
             net_tx,
             net_rx,
             tasks: JoinSet::new(),
-            links: FxHashMap::default(),
-            retired: HashMap::new(),
-            dialing: HashMap::new(),
+            timers: Timers::default(),
             bootstrap_inflight: 0,
-            timers: BinaryHeap::new(),
-            timer_seq: 0,
             next_conn_id: 0,
             backlog: VecDeque::new(),
-            congested: false,
-            drained: Arc::new(Notify::new()),
-            writer_drops: Arc::new(AtomicU64::new(0)),
-            left_to: Vec::new(),
+            follow_ups: VecDeque::new(),
             envelopes: EnvelopeCache::default(),
             scratch: Vec::new(),
+            stats: ActorStats::default(),
             now: Instant::now(),
-            stats: NetStats::default(),
         }
     }
 
@@ -136,15 +138,14 @@ impl Actor {
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            self.now = Instant::now();
             // Due timers first: a steady stream of peer frames must not starve heartbeats
             // and failure detection (the select below is biased towards peer input).
-            if self.timers.peek().is_some_and(|Reverse((at, _, _))| *at <= self.now) {
+            if self.timers.next().is_some_and(|at| at <= Instant::now()) {
                 self.fire_timers();
             }
-            let next_timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
-            let far = self.now + Duration::from_secs(3600);
-            let accept_broadcasts = !self.congested;
+            let next_timer = self.timers.next();
+            let accept_broadcasts = !self.links.congested();
+            let drained = self.links.drained().clone();
             tokio::select! {
                 biased;
                 ctl = self.ctl_rx.recv() => match ctl {
@@ -164,9 +165,9 @@ impl Actor {
                     }
                 },
                 Some(ev) = self.net_rx.recv() => self.on_net(ev),
-                () = tokio::time::sleep_until(next_timer.unwrap_or(far)), if next_timer.is_some() => self.fire_timers(),
+                () = tokio::time::sleep_until(next_timer.unwrap_or_else(|| Instant::now() + NO_TIMER)), if next_timer.is_some() => self.fire_timers(),
                 Some(cmd) = self.bcast_rx.recv(), if accept_broadcasts => self.on_broadcast(cmd),
-                () = self.drained.notified(), if self.congested => self.recheck_congestion(),
+                () = drained.notified(), if !accept_broadcasts => self.links.recheck_congestion(),
                 Some(incoming) = self.endpoint.accept() => self.accept(incoming),
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => self.on_task_done(done),
                 _ = sweep.tick() => self.sweep(),
@@ -204,9 +205,29 @@ impl Actor {
     fn snapshot(&self) -> NodeStats {
         let m = self.proto.membership();
         let b = self.proto.broadcast_state();
-        let mut net = self.stats.clone();
-        net.unroutable = self.proto.unroutable();
-        net.frames_dropped.connection_lost += self.writer_drops.load(Ordering::Relaxed);
+        let l = self.links.stats();
+        let a = &self.stats;
+        let net = NetStats {
+            frames_sent: l.frames_sent,
+            bytes_sent: l.bytes_sent,
+            frames_dropped: l.frames_dropped,
+            task_panics: a.task_panics,
+            frames_received: a.frames_received,
+            connections_dialed: l.connections_dialed,
+            connections_accepted: l.connections_accepted,
+            connections_retired: l.connections_retired,
+            connections_idle_closed: l.connections_idle_closed,
+            dial_failures: a.dial_failures,
+            handshake_failures: a.handshake_failures,
+            cluster_mismatches: a.cluster_mismatches,
+            malformed_frames: a.malformed_frames,
+            oversized_frames: a.oversized_frames,
+            slow_peer_disconnects: l.slow_peer_disconnects,
+            unroutable: self.proto.unroutable(),
+            backpressure_events: l.backpressure_events,
+            broadcasts: a.broadcasts,
+            app_events: a.app_events,
+        };
         NodeStats {
             active_view: m.active_view().to_vec(),
             passive_view: m.passive_view().to_vec(),
@@ -225,43 +246,45 @@ impl Actor {
         let (id, outputs) = self.proto.broadcast(self.now.into_std(), cmd.payload);
         out.extend(outputs);
         self.perform(out);
+        self.run_follow_ups();
         let _ = cmd.reply.send(id);
     }
 
     fn fire_timers(&mut self) {
         self.now = Instant::now();
-        let now = self.now;
-        while let Some(Reverse((at, _, _))) = self.timers.peek() {
-            if *at > now {
-                break;
-            }
-            let Some(Reverse((_, _, timer))) = self.timers.pop() else { break };
+        while let Some(timer) = self.timers.pop_due(self.now) {
             self.input(proto::Input::Timer(timer));
         }
     }
 
+    /// Feed one input to the protocol and carry out its outputs, then the inputs those
+    /// gave rise to.
     fn input(&mut self, input: proto::Input<PeerInfo>) {
-        let mut out = std::mem::take(&mut self.scratch);
-        out.extend(self.proto.handle(self.now.into_std(), input));
-        self.perform(out);
+        self.follow_ups.push_back(input);
+        self.run_follow_ups();
+    }
+
+    fn run_follow_ups(&mut self) {
+        while let Some(input) = self.follow_ups.pop_front() {
+            let mut out = std::mem::take(&mut self.scratch);
+            out.extend(self.proto.handle(self.now.into_std(), input));
+            self.perform(out);
+        }
     }
 
     /// Carry out the protocol's outputs, in order, then keep the buffer for the next
-    /// input (no allocation per input; a nested input takes a fresh one).
+    /// input.
     fn perform(&mut self, mut out: Vec<proto::Output<PeerInfo>>) {
         for o in out.drain(..) {
             match o {
                 proto::Output::Send { to, message } => self.send(to, &message),
-                proto::Output::Disconnect { peer } => self.close_link(peer.id, close_code::FAILED, "declared failed"),
-                proto::Output::Timer { at, timer } => {
-                    self.timer_seq += 1;
-                    self.timers.push(Reverse((Instant::from_std(at), self.timer_seq, timer)));
-                }
+                proto::Output::Disconnect { peer } => self.links.close(peer.id, close_code::FAILED, "declared failed"),
+                proto::Output::Timer { at, timer } => self.timers.set(Instant::from_std(at), timer),
                 proto::Output::Rejoin => {
                     if self.bootstrap_inflight == 0 && !self.config.bootstrap.is_empty() {
                         info!("both views empty: retrying the bootstrap addresses");
-                        let addrs = self.config.bootstrap.clone();
-                        self.spawn_bootstrap(addrs);
+                        let contacts = self.config.bootstrap.clone();
+                        self.spawn_bootstrap(contacts);
                     }
                 }
                 proto::Output::Event(e) => self.on_event(e),
@@ -282,14 +305,7 @@ impl Actor {
                 self.neighbors_tx.send_replace(self.proto.membership().active_view().len());
                 Event::NeighborDown { peer, reason }
             }
-            proto::Event::Delivered(d) => Event::Delivered(Delivered {
-                id: d.id,
-                origin: d.envelope.origin,
-                incarnation: d.envelope.incarnation,
-                seq: d.envelope.seq,
-                hops: d.hops,
-                payload: d.envelope.payload,
-            }),
+            proto::Event::Delivered(d) => Event::Delivered(Delivered::from(d)),
         };
         self.backlog.push_back(ev);
     }
@@ -314,50 +330,15 @@ impl Actor {
             Ok(f) => f,
             Err(e) => {
                 warn!(peer = ?to, error = %e, "cannot encode a frame: dropped");
-                self.stats.frames_dropped.unencodable += 1;
+                self.links.unencodable();
                 return;
             }
         };
-        if let Some(link) = self.links.get_mut(&to.id) {
-            let depth = link.depth.fetch_add(1, Ordering::Relaxed) + 1;
-            link.last_active = self.now;
-            let len = frame.len() as u64;
-            if link.tx.send(frame).is_err() {
-                link.depth.fetch_sub(1, Ordering::Relaxed);
-                self.stats.frames_dropped.connection_lost += 1;
-                return;
-            }
-            self.stats.frames_sent += 1;
-            self.stats.bytes_sent += len;
-            if depth > self.config.peer_queue_hard_limit {
-                warn!(peer = ?to, depth, "peer cannot keep up: disconnecting it");
-                self.stats.slow_peer_disconnects += 1;
-                self.close_link(to.id, close_code::FAILED, "too slow");
-                self.input(proto::Input::ConnectionLost { peer: to });
-            } else if depth > self.config.peer_queue_soft_limit && !self.congested {
-                self.congested = true;
-                self.stats.backpressure_events += 1;
-            }
-            return;
+        match self.links.send(self.now, to, frame) {
+            Sent::Queued => {}
+            Sent::Dial => self.dial(Some(to), to.addr),
+            Sent::TooSlow => self.follow_ups.push_back(proto::Input::ConnectionLost { peer: to }),
         }
-        match self.dialing.get_mut(&to.id) {
-            Some(p) => {
-                if p.frames.len() < self.config.peer_queue_soft_limit {
-                    p.frames.push(frame);
-                } else {
-                    self.stats.frames_dropped.dial_queue_full += 1;
-                }
-            }
-            None => {
-                self.dialing.insert(to.id, Pending { frames: vec![frame] });
-                self.dial(Some(to), to.addr);
-            }
-        }
-    }
-
-    fn recheck_congestion(&mut self) {
-        let low = self.config.peer_queue_soft_limit / 2;
-        self.congested = self.links.values().any(|l| l.depth.load(Ordering::Relaxed) > low);
     }
 
     fn hello(&self) -> Hello {
@@ -372,8 +353,8 @@ impl Actor {
             hello: self.hello(),
             max_frame: self.config.transport.max_frame_size,
             handshake_timeout: self.config.transport.handshake_timeout,
-            drained: self.drained.clone(),
-            writer_drops: self.writer_drops.clone(),
+            drained: self.links.drained().clone(),
+            writer_drops: self.links.writer_drops().clone(),
             dial,
         }
     }
@@ -434,8 +415,8 @@ impl Actor {
     }
 
     fn on_net(&mut self, ev: NetEvent) {
-        // The loop-top clock read happened before `select!` slept (up to a heartbeat
-        // period): timers armed from a stale `now` fire early (a Graft before the payload).
+        // Read per event: the loop-top clock read happened before `select!` slept (up to
+        // a heartbeat period), and timers armed from a stale `now` fire early.
         self.now = Instant::now();
         match ev {
             NetEvent::Up(up) => self.on_up(up),
@@ -444,186 +425,103 @@ impl Actor {
                 if let Some(bytes) = envelope {
                     self.envelopes.received(&message, bytes);
                 }
-                if let Some(l) = self.links.get_mut(&from.id).filter(|l| l.conn_id == conn_id) {
-                    l.last_active = self.now;
-                }
+                self.links.heard(self.now, from.id, conn_id);
                 self.input(proto::Input::Message { from, message });
             }
             NetEvent::Down { peer, conn_id, reason } => {
-                if self.retired.remove(&conn_id).is_some() {
-                    return;
-                }
-                if self.links.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
+                if let Some(info) = self.links.down(peer, conn_id) {
                     debug!(peer = %peer.short(), %reason, "connection lost");
-                    let link = self.links.remove(&peer);
-                    let info =
-                        PeerInfo { id: peer, addr: link.map(|l| l.conn.remote_address()).unwrap_or(self.me.addr) };
                     self.input(proto::Input::ConnectionLost { peer: info });
                 }
             }
-            NetEvent::Refused { peer, conn_id, kind, reason } => {
-                match kind {
-                    Refusal::Handshake => self.stats.handshake_failures += 1,
-                    Refusal::WrongCluster => self.stats.cluster_mismatches += 1,
-                    Refusal::Malformed => self.stats.malformed_frames += 1,
-                    Refusal::Oversized => self.stats.oversized_frames += 1,
-                }
-                if kind == Refusal::Handshake {
-                    debug!(peer = ?peer, %reason, "handshake failed");
-                } else {
-                    warn!(peer = ?peer, ?kind, %reason, "connection refused");
-                }
-                if let Some(p) = peer {
-                    if self.links.get(&p.id).is_some_and(|l| l.conn_id == conn_id) {
-                        self.links.remove(&p.id);
-                    }
-                    if kind != Refusal::Handshake {
-                        self.input(proto::Input::Misbehaved { peer: p });
-                    }
-                }
-            }
-            NetEvent::Resolved { contact, addr } => match addr {
+            NetEvent::Refused { peer, conn_id, kind, reason } => self.on_refused(peer, conn_id, kind, reason),
+            NetEvent::Resolved { contact, addr: Some(addr) } => {
+                debug!(%contact, %addr, "bootstrap contact resolved");
                 // The in-flight bootstrap count carries over to the dial.
-                Some(addr) => self.dial(None, addr),
-                None => self.on_net(NetEvent::DialFailed {
-                    expected: None,
-                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-                    reason: format!("cannot resolve {contact}"),
-                }),
-            },
-            NetEvent::DialFailed { expected, addr, reason } => {
+                self.dial(None, addr);
+            }
+            NetEvent::Resolved { contact, addr: None } => {
                 self.stats.dial_failures += 1;
-                match expected {
-                    Some(p) => {
-                        debug!(peer = ?p, %reason, "dial failed");
-                        if let Some(pending) = self.dialing.remove(&p.id) {
-                            self.stats.frames_dropped.dial_failed += pending.frames.len() as u64;
-                        }
-                        self.input(proto::Input::ConnectionLost { peer: p });
-                    }
-                    None => {
-                        warn!(%addr, %reason, "bootstrap contact unreachable");
-                        self.bootstrap_inflight = self.bootstrap_inflight.saturating_sub(1);
-                        if self.bootstrap_inflight == 0 {
-                            self.input(proto::Input::JoinFailed);
-                        }
-                    }
-                }
+                self.bootstrap_unreachable(&contact, &format!("cannot resolve {contact}"));
+            }
+            NetEvent::DialFailed { expected: Some(p), reason, .. } => {
+                self.stats.dial_failures += 1;
+                debug!(peer = ?p, %reason, "dial failed");
+                self.links.dial_failed(p.id);
+                self.input(proto::Input::ConnectionLost { peer: p });
+            }
+            NetEvent::DialFailed { expected: None, addr, reason } => {
+                self.stats.dial_failures += 1;
+                self.bootstrap_unreachable(&addr.to_string(), &reason);
             }
             NetEvent::WriterDone { .. } => {}
         }
     }
 
+    /// A bootstrap contact could not be reached; when none is left in flight, the
+    /// protocol retries later with backoff.
+    fn bootstrap_unreachable(&mut self, contact: &str, reason: &str) {
+        warn!(%contact, %reason, "bootstrap contact unreachable");
+        self.bootstrap_inflight = self.bootstrap_inflight.saturating_sub(1);
+        if self.bootstrap_inflight == 0 {
+            self.input(proto::Input::JoinFailed);
+        }
+    }
+
+    fn on_refused(&mut self, peer: Option<PeerInfo>, conn_id: u64, kind: Refusal, reason: String) {
+        match kind {
+            Refusal::Handshake => self.stats.handshake_failures += 1,
+            Refusal::WrongCluster => self.stats.cluster_mismatches += 1,
+            Refusal::Malformed => self.stats.malformed_frames += 1,
+            Refusal::Oversized => self.stats.oversized_frames += 1,
+        }
+        if kind == Refusal::Handshake {
+            debug!(peer = ?peer, %reason, "handshake failed");
+        } else {
+            warn!(peer = ?peer, ?kind, %reason, "connection refused");
+        }
+        if let Some(p) = peer {
+            self.links.refused(p.id, conn_id);
+            if kind != Refusal::Handshake {
+                self.input(proto::Input::Misbehaved { peer: p });
+            }
+        }
+    }
+
     fn on_up(&mut self, up: Up) {
-        let Up { peer, conn_id, conn, tx, depth, dialed_by_me, bootstrap } = up;
+        let (peer, bootstrap) = (up.peer, up.bootstrap);
         if bootstrap {
             self.bootstrap_inflight = self.bootstrap_inflight.saturating_sub(1);
         }
-        if peer.id == self.me.id {
-            conn.close(close_code::NORMAL.into(), b"self");
-            return;
-        }
-        if dialed_by_me {
-            self.stats.connections_dialed += 1;
-        } else {
-            self.stats.connections_accepted += 1;
-        }
-        let new = Link { conn_id, conn, tx, depth, dialed_by_me, last_active: Instant::now() };
-        // Simultaneous dials: keep the connection dialed by the smaller NodeId, on both
-        // sides; the loser stays open for a grace period so frames in flight arrive.
-        let new_wins = match self.links.get(&peer.id) {
-            None => true,
-            Some(old) if old.dialed_by_me == new.dialed_by_me => true,
-            Some(_) => {
-                let smaller_is_me = self.me.id < peer.id;
-                new.dialed_by_me == smaller_is_me
-            }
-        };
-        let loser = if new_wins { self.links.insert(peer.id, new) } else { Some(new) };
-        if let Some(l) = loser {
-            self.stats.connections_retired += 1;
-            self.retired.insert(l.conn_id, (l.conn, Instant::now() + RETIRE_GRACE));
-        }
-        if let Some(p) = self.dialing.remove(&peer.id) {
-            for f in p.frames {
-                self.push_frame(peer.id, f);
-            }
-        }
-        if bootstrap {
+        if self.links.up(self.now, up) && bootstrap {
             self.input(proto::Input::Join { contact: peer });
         }
     }
 
-    fn push_frame(&mut self, peer: NodeId, frame: Frame) {
-        let Some(l) = self.links.get(&peer) else {
-            self.stats.frames_dropped.connection_lost += 1;
-            return;
-        };
-        l.depth.fetch_add(1, Ordering::Relaxed);
-        let len = frame.len() as u64;
-        if l.tx.send(frame).is_err() {
-            l.depth.fetch_sub(1, Ordering::Relaxed);
-            self.stats.frames_dropped.connection_lost += 1;
-        } else {
-            self.stats.frames_sent += 1;
-            self.stats.bytes_sent += len;
-        }
-    }
-
-    fn close_link(&mut self, peer: NodeId, code: u32, reason: &str) {
-        if let Some(l) = self.links.remove(&peer) {
-            l.conn.close(code.into(), reason.as_bytes());
-        }
-    }
-
     fn sweep(&mut self) {
-        let now = Instant::now();
-        self.retired.retain(|_, (conn, at)| {
-            if *at <= now {
-                conn.close(close_code::DUPLICATE.into(), b"duplicate");
-                false
-            } else {
-                true
-            }
-        });
         let m = self.proto.membership();
-        let idle: Vec<NodeId> = self
-            .links
-            .iter()
-            .filter(|(id, l)| {
-                let p = PeerInfo { id: **id, addr: self.me.addr };
-                !m.is_active(&p)
-                    && !m.pending().any(|q| q.id == **id)
-                    && now.duration_since(l.last_active) > self.config.idle_link_timeout
-                    && l.depth.load(Ordering::Relaxed) == 0
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in idle {
-            self.stats.connections_idle_closed += 1;
-            self.close_link(id, close_code::NORMAL, "idle");
-        }
-        if self.congested {
-            self.recheck_congestion();
-        }
+        let in_use = |id: NodeId| {
+            let p = PeerInfo { id, addr: self.me.addr };
+            m.is_active(&p) || m.pending().any(|q| q.id == id)
+        };
+        let rtts = self.links.sweep(Instant::now(), in_use);
         // Graft retry waits follow quinn's RTT estimate (Plumtree §3.6: about one round trip).
-        for (id, l) in &self.links {
-            self.proto.set_rtt(*id, l.conn.rtt());
+        for (id, rtt) in rtts {
+            self.proto.set_rtt(id, rtt);
         }
     }
 
     /// Graceful leave: Disconnect to the neighbours, flush, close, drain tasks.
     async fn leave(&mut self) {
-        self.left_to = self.proto.membership().active_view().iter().map(|p| p.id).collect();
+        let neighbors: Vec<NodeId> = self.proto.membership().active_view().iter().map(|p| p.id).collect();
         self.input(proto::Input::Leave);
         self.flush_app().await;
         // Wait for the writers of active links (they carry our Disconnect); transient
-        // links may point at dead peers and would only burn the linger.
-        let links: Vec<(NodeId, Link)> = self.links.drain().collect();
+        // links may point at dead peers and would only burn the linger. Dropping the
+        // queues lets each writer finish its stream after the last frame.
+        let links = self.links.drain();
         let mut waiting: Vec<u64> =
-            links.iter().filter(|(id, _)| self.left_to.contains(id)).map(|(_, l)| l.conn_id).collect();
-        // Dropping the queues lets each writer finish its stream after the last frame.
-        let conns: Vec<quinn::Connection> = links.into_iter().map(|(_, l)| l.conn).collect();
+            links.iter().filter(|(id, _, _)| neighbors.contains(id)).map(|(_, conn_id, _)| *conn_id).collect();
         let deadline = Instant::now() + self.config.shutdown_linger;
         while !waiting.is_empty() {
             tokio::select! {
@@ -635,14 +533,12 @@ impl Actor {
             }
         }
         debug!(unflushed = waiting.len(), "leave: writers flushed");
-        for c in conns {
+        for (_, _, c) in links {
             c.close(close_code::NORMAL.into(), b"leave");
         }
-        for (_, (c, _)) in self.retired.drain() {
-            c.close(close_code::NORMAL.into(), b"leave");
-        }
+        self.links.close_retired();
         self.endpoint.close(close_code::NORMAL.into(), b"leave");
-        let _ = tokio::time::timeout(Duration::from_millis(100), self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(ENDPOINT_CLOSE_WAIT, self.endpoint.wait_idle()).await;
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
         info!("node left");

@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 
 #[cfg(doc)]
 use super::NodeConfig;
-use crate::proto::{DownReason, MessageId};
+use crate::proto::{self, DownReason, MessageId};
 
 /// A broadcast delivered to this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +24,13 @@ pub struct Delivered {
     pub hops: u32,
     /// The application bytes.
     pub payload: Bytes,
+}
+
+impl From<proto::Delivery<NodeId>> for Delivered {
+    fn from(d: proto::Delivery<NodeId>) -> Self {
+        let e = d.envelope;
+        Self { id: d.id, origin: e.origin, incarnation: e.incarnation, seq: e.seq, hops: d.hops, payload: e.payload }
+    }
 }
 
 /// What the node tells the application.

@@ -11,7 +11,9 @@ mod config;
 mod conn;
 mod error;
 mod event;
+mod links;
 mod stats;
+mod timers;
 mod wire;
 
 use std::net::SocketAddr;
@@ -171,7 +173,7 @@ impl NodeBuilder {
         let (app_tx, app_rx) = mpsc::channel(config.app_queue.max(1));
         let (neighbors_tx, neighbors_rx) = watch::channel(0usize);
         let max_payload = config.max_payload_size;
-        let actor = actor::Actor::new(actor::Parts {
+        let actor = actor::Actor::new(actor::ActorInit {
             config,
             identity,
             me,

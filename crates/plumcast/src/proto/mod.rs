@@ -41,6 +41,7 @@ impl Peer for u32 {
 /// Protocol configuration: both layers.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct Config {
     /// HyParView parameters.
     pub membership: membership::Config,
