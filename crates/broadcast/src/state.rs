@@ -163,6 +163,7 @@ impl<P: PeerId> State<P> {
 
     /// Broadcast `payload`: eager push to the eager set, IHave to the lazy set (paper
     /// Alg. 1, `Broadcast`). Returns the new message's id and the outputs.
+    #[must_use = "the outputs must be performed, in order"]
     pub fn broadcast(&mut self, now: Instant, payload: Bytes) -> (MessageId, std::vec::Drain<'_, Output<P>>) {
         self.expire(now);
         let envelope = Envelope { origin: self.me.clone(), incarnation: self.incarnation, seq: self.next_seq, payload };
@@ -180,6 +181,7 @@ impl<P: PeerId> State<P> {
     }
 
     /// Process one input at `now`. Never panics on peer input.
+    #[must_use = "the outputs must be performed, in order"]
     pub fn handle(&mut self, now: Instant, input: Input<P>) -> std::vec::Drain<'_, Output<P>> {
         self.expire(now);
         match input {

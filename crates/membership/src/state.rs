@@ -143,6 +143,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
 
     /// Process one input at time `now` (monotonic) and return what to do, in order.
     /// Never panics on peer input.
+    #[must_use = "the outputs must be performed, in order"]
     pub fn handle(&mut self, now: Instant, input: Input<P>) -> std::vec::Drain<'_, Output<P>> {
         self.start_timers(now);
         match input {

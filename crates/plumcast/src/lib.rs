@@ -13,9 +13,12 @@ pub mod proto;
 
 #[cfg(feature = "net")]
 pub use node::{
-    Delivered, Error, Event, Events, Faults, FrameDrops, Identity, MessageHandler, NetStats, Node, NodeBuilder,
-    NodeConfig, NodeId, NodeStats, PeerInfo, TransportConfig, TransportError,
+    Delivered, Error, Event, Events, FrameDrops, Identity, MessageHandler, NetStats, Node, NodeBuilder, NodeConfig,
+    NodeId, NodeStats, PeerInfo, TransportConfig, TransportError,
 };
+
+#[cfg(feature = "test-util")]
+pub use node::Faults;
 
 pub use bytes::Bytes;
 pub use proto::{DownReason, MessageId};

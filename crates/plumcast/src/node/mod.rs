@@ -18,6 +18,7 @@ mod wire;
 
 use std::net::SocketAddr;
 use std::path::Path;
+#[cfg(feature = "test-util")]
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,7 +28,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use config::NodeConfig;
 pub use error::Error;
 pub use event::{Delivered, Event, Events, MessageHandler};
-pub use plumcast_transport::{Faults, Identity, NodeId, PeerInfo, TransportConfig, TransportError};
+#[cfg(feature = "test-util")]
+pub use plumcast_transport::Faults;
+pub use plumcast_transport::{Identity, NodeId, PeerInfo, TransportConfig, TransportError};
 pub use stats::{FrameDrops, NetStats, NodeStats};
 
 use crate::proto::{self, MessageId};
@@ -55,6 +58,7 @@ const CONTROL_QUEUE: usize = 64;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Default)]
+#[must_use = "a builder does nothing until `spawn` or `spawn_with_handler`"]
 pub struct NodeBuilder {
     config: NodeConfig,
     identity: Option<Identity>,
@@ -164,6 +168,8 @@ impl NodeBuilder {
             None => Identity::generate()?,
         };
         let (endpoint, faults) = plumcast_transport::bind(config.bind, &identity, &config.transport)?;
+        #[cfg(not(feature = "test-util"))]
+        drop(faults);
         let local = endpoint.local_addr().map_err(TransportError::Io)?;
         let me = PeerInfo { id: identity.node_id(), addr: config.advertise.unwrap_or(local) };
         let incarnation = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
@@ -194,6 +200,7 @@ impl NodeBuilder {
             bcast_tx,
             ctl_tx,
             neighbors_rx,
+            #[cfg(feature = "test-util")]
             faults,
             task: Some(task),
             handler_thread: None,
@@ -226,7 +233,8 @@ pub struct Node {
     bcast_tx: mpsc::Sender<BroadcastCmd>,
     ctl_tx: mpsc::Sender<Control>,
     neighbors_rx: watch::Receiver<usize>,
-    faults: Arc<Faults>,
+    #[cfg(feature = "test-util")]
+    faults: Arc<plumcast_transport::Faults>,
     task: Option<tokio::task::JoinHandle<()>>,
     handler_thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -343,6 +351,7 @@ impl Node {
         if acked { Ok(()) } else { Err(Error::Stopped) }
     }
 
+    #[cfg(feature = "test-util")]
     /// Crash abruptly, for tests and the demo: the socket is black-holed (no
     /// CONNECTION_CLOSE reaches anyone) and every task is aborted. Peers notice only
     /// through their failure detectors.
@@ -353,8 +362,9 @@ impl Node {
         }
     }
 
-    /// The fault switches of this node's socket (loss, black hole), for tests.
-    pub fn faults(&self) -> &Arc<Faults> {
+    #[cfg(feature = "test-util")]
+    /// The fault switches of this node's socket (black hole, partitions), for tests.
+    pub fn faults(&self) -> &Arc<plumcast_transport::Faults> {
         &self.faults
     }
 }

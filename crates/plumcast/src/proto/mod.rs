@@ -219,6 +219,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
     }
 
     /// Broadcast `payload` to the cluster. Returns its id and the outputs.
+    #[must_use = "the outputs must be performed, in order"]
     pub fn broadcast(&mut self, now: Instant, payload: Bytes) -> (MessageId, std::vec::Drain<'_, Output<P>>) {
         let mut b = std::mem::take(&mut self.scratch_b);
         let (id, out) = self.broadcast.broadcast(now, payload);
@@ -229,6 +230,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
     }
 
     /// Process one input at `now`. Never panics on peer input.
+    #[must_use = "the outputs must be performed, in order"]
     pub fn handle(&mut self, now: Instant, input: Input<P>) -> std::vec::Drain<'_, Output<P>> {
         match input {
             Input::Join { contact } => self.membership_input(now, membership::Input::Join { contact }),
