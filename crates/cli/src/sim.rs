@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use plumcast_sim::{Detector, Scenario, SimConfig, build_overlay_with_gap, report, scenario};
+use plumcast_sim::{Detector, Scenario, SimConfig, build_overlay_with_gap, scenario};
+
+use crate::report;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

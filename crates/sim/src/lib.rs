@@ -7,6 +7,8 @@
 //! models ([`Detector`]): `paper` (a send to a dead peer fails at once, as TCP in PeerSim)
 //! and `shipped` (the φ-accrual detector's delay). Every figure says which model made it.
 //!
+//! The simulator returns rows ([`Row`]); tables, CSV and plots are the CLI's.
+//!
 //! No tokio, no sockets, no wall clock in the protocol path: `cargo tree -p plumcast-sim
 //! -i tokio` is empty.
 
@@ -14,7 +16,6 @@
 
 mod engine;
 mod overlay;
-pub mod report;
 pub mod scenario;
 
 pub use engine::{Counters, Detector, Latency, MessageKey, NodeState, Sim, SimConfig, Track, sim_protocol};

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::NodeConfig;
 use crate::proto;
 
-/// Counters and views of a running node (see [`Node::stats`]).
+/// Counters and views of a running node (see [`Node::stats`](super::Node::stats)).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct NodeStats {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 
-use crate::scenario::{Kind, Row, Scenario};
+use plumcast_sim::{Kind, Row, Scenario};
 
 /// Paper reference values (../shared/papers.md), as (failed %, reliability %).
 pub fn paper_curve(kind: Kind) -> Vec<(f64, f64)> {
@@ -455,4 +455,44 @@ fn plot_stable(s: &Scenario, rows: &[Row], path: &Path) -> Result<(), String> {
             .map_err(err)?;
     }
     root.present().map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use plumcast_sim::Scenario;
+
+    use super::*;
+
+    #[test]
+    fn small_scenarios_make_a_table() {
+        let mut s = Scenario::load("plumtree-stable").unwrap();
+        s.nodes = 100;
+        s.seeds = vec![1];
+        s.broadcasts = 5;
+        s.stabilize_rounds = 3;
+        let rows = plumcast_sim::scenario::run(&s, 1, &|_, _, _| {});
+        assert!(table(&rows).lines().count() >= 2 + rows.len(), "a header, a rule and one line per row");
+    }
+
+    #[test]
+    fn rows_survive_a_csv_round_trip_and_replot() {
+        let mut s = Scenario::load("hyparview-failures").unwrap();
+        s.nodes = 100;
+        s.seeds = vec![1];
+        s.broadcasts = 3;
+        s.stabilize_rounds = 3;
+        s.fail_pcts = vec![20.0, 95.0];
+        let rows = plumcast_sim::scenario::run(&s, 1, &|_, _, _| {});
+        let back = read_csv(&csv(&rows), s.kind).unwrap();
+        let json = |rows: &[Row]| rows.iter().map(|r| serde_json::to_string(r).unwrap()).collect::<Vec<_>>();
+        assert_eq!(json(&rows), json(&back));
+        assert_eq!(table(&rows), table(&back));
+        let dir = std::env::temp_dir().join(format!("plumcast-sim-replot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let written = plots(&s, &back, &dir).unwrap();
+        assert_eq!(written.len(), 2, "Fig. 2 and Fig. 4");
+        assert!(written.iter().all(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 1000)));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(read_csv("seed\nnot-a-number\n", s.kind).is_err(), "a wrong type names its line");
+    }
 }
