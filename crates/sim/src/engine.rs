@@ -363,7 +363,7 @@ impl Sim {
             self.schedule(self.now, Ev::Join { node: i, inc, contact: c });
         } else {
             // Arm the periodic timers of a first node.
-            self.input(i, proto::Input::JoinFailed);
+            self.input(i, proto::Input::Membership(membership::Input::JoinFailed));
         }
     }
 
@@ -653,12 +653,12 @@ impl Sim {
             }
             Ev::Lost { node, inc, peer } => {
                 if self.nodes[node as usize].inc == inc {
-                    self.input(node, proto::Input::ConnectionLost { peer });
+                    self.input(node, proto::Input::Membership(membership::Input::ConnectionLost { peer }));
                 }
             }
             Ev::Join { node, inc, contact } => {
                 if self.nodes[node as usize].inc == inc {
-                    self.input(node, proto::Input::Join { contact });
+                    self.input(node, proto::Input::Membership(membership::Input::Join { contact }));
                 }
             }
         }

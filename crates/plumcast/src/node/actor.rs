@@ -20,7 +20,7 @@ use super::links::{Limits, Links, Sent};
 use super::timers::Timers;
 use super::wire::{EnvelopeCache, Frame};
 use super::{BroadcastCmd, Control, Delivered, Event, NetStats, NodeConfig, NodeStats};
-use crate::proto::{self, broadcast};
+use crate::proto::{self, broadcast, membership};
 
 type Proto = proto::State<PeerInfo, ChaCha8Rng>;
 
@@ -295,12 +295,12 @@ impl Actor {
 
     fn on_event(&mut self, e: proto::Event<PeerInfo>) {
         let ev = match e {
-            proto::Event::NeighborUp(p) => {
+            proto::Event::Neighbor(membership::Event::NeighborUp(p)) => {
                 debug!(peer = ?p, "neighbor up");
                 self.neighbors_tx.send_replace(self.proto.membership().active_view().len());
                 Event::NeighborUp(p)
             }
-            proto::Event::NeighborDown { peer, reason } => {
+            proto::Event::Neighbor(membership::Event::NeighborDown { peer, reason }) => {
                 debug!(peer = ?peer, reason = reason.as_str(), "neighbor down");
                 self.neighbors_tx.send_replace(self.proto.membership().active_view().len());
                 Event::NeighborDown { peer, reason }
@@ -337,7 +337,9 @@ impl Actor {
         match self.links.send(self.now, to, frame) {
             Sent::Queued => {}
             Sent::Dial => self.dial(Some(to), to.addr),
-            Sent::TooSlow => self.follow_ups.push_back(proto::Input::ConnectionLost { peer: to }),
+            Sent::TooSlow => {
+                self.follow_ups.push_back(proto::Input::Membership(membership::Input::ConnectionLost { peer: to }))
+            }
         }
     }
 
@@ -431,7 +433,7 @@ impl Actor {
             NetEvent::Down { peer, conn_id, reason } => {
                 if let Some(info) = self.links.down(peer, conn_id) {
                     debug!(peer = %peer.short(), %reason, "connection lost");
-                    self.input(proto::Input::ConnectionLost { peer: info });
+                    self.input(proto::Input::Membership(membership::Input::ConnectionLost { peer: info }));
                 }
             }
             NetEvent::Refused { peer, conn_id, kind, reason } => self.on_refused(peer, conn_id, kind, reason),
@@ -448,7 +450,7 @@ impl Actor {
                 self.stats.dial_failures += 1;
                 debug!(peer = ?p, %reason, "dial failed");
                 self.links.dial_failed(p.id);
-                self.input(proto::Input::ConnectionLost { peer: p });
+                self.input(proto::Input::Membership(membership::Input::ConnectionLost { peer: p }));
             }
             NetEvent::DialFailed { expected: None, addr, reason } => {
                 self.stats.dial_failures += 1;
@@ -464,7 +466,7 @@ impl Actor {
         warn!(%contact, %reason, "bootstrap contact unreachable");
         self.bootstrap_inflight = self.bootstrap_inflight.saturating_sub(1);
         if self.bootstrap_inflight == 0 {
-            self.input(proto::Input::JoinFailed);
+            self.input(proto::Input::Membership(membership::Input::JoinFailed));
         }
     }
 
@@ -483,7 +485,7 @@ impl Actor {
         if let Some(p) = peer {
             self.links.refused(p.id, conn_id);
             if kind != Refusal::Handshake {
-                self.input(proto::Input::Misbehaved { peer: p });
+                self.input(proto::Input::Membership(membership::Input::Misbehaved { peer: p }));
             }
         }
     }
@@ -494,7 +496,7 @@ impl Actor {
             self.bootstrap_inflight = self.bootstrap_inflight.saturating_sub(1);
         }
         if self.links.up(self.now, up) && bootstrap {
-            self.input(proto::Input::Join { contact: peer });
+            self.input(proto::Input::Membership(membership::Input::Join { contact: peer }));
         }
     }
 
@@ -514,7 +516,7 @@ impl Actor {
     /// Graceful leave: Disconnect to the neighbours, flush, close, drain tasks.
     async fn leave(&mut self) {
         let neighbors: Vec<NodeId> = self.proto.membership().active_view().iter().map(|p| p.id).collect();
-        self.input(proto::Input::Leave);
+        self.input(proto::Input::Membership(membership::Input::Leave));
         self.flush_app().await;
         // Wait for the writers of active links (they carry our Disconnect); transient
         // links may point at dead peers and would only burn the linger. Dropping the

@@ -5,7 +5,7 @@
 //!
 //! Exactly as for the two cores: call [`State::handle`] / [`State::broadcast`] with a
 //! monotonic `now`, perform the [`Output`]s in order, feed timers back when due (stale ones
-//! are harmless), and report lost connections with [`Input::ConnectionLost`]. The same
+//! are harmless), and report lost connections with [`membership::Input::ConnectionLost`]. The same
 //! seed and inputs give the same outputs; the simulator and the QUIC node drive this very
 //! code.
 
@@ -83,14 +83,10 @@ pub enum Timer<P> {
     Broadcast(broadcast::Timer),
 }
 
-/// Inputs to [`State::handle`].
+/// Inputs to [`State::handle`]: a frame or a timer of either layer, or a membership input
+/// (join, lost connection, misbehaviour, failed join, leave) lifted as it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input<P: Peer> {
-    /// Join through a contact the host has reached.
-    Join {
-        /// The contact.
-        contact: P,
-    },
     /// A frame from an authenticated peer.
     Message {
         /// The sender.
@@ -100,36 +96,44 @@ pub enum Input<P: Peer> {
     },
     /// A timer fired.
     Timer(Timer<P>),
-    /// The connection to `peer` closed or a dial failed.
-    ConnectionLost {
-        /// The peer.
-        peer: P,
-    },
-    /// The peer sent something invalid.
-    Misbehaved {
-        /// The peer.
-        peer: P,
-    },
-    /// None of the bootstrap addresses could be reached: retry later with backoff.
-    JoinFailed,
-    /// Leave gracefully.
-    Leave,
+    /// A membership input that is neither a message nor a timer
+    /// ([`membership::Input::Join`], `ConnectionLost`, `Misbehaved`, `JoinFailed`, `Leave`).
+    Membership(membership::Input<P>),
 }
 
-/// Events for the application.
+impl<P: Peer> From<membership::Input<P>> for Input<P> {
+    /// A membership message or timer becomes the composed one; the rest is lifted as is.
+    fn from(input: membership::Input<P>) -> Self {
+        match input {
+            membership::Input::Message { from, message } => {
+                Self::Message { from, message: Message::Membership(message) }
+            }
+            membership::Input::Timer(t) => Self::Timer(Timer::Membership(t)),
+            other => Self::Membership(other),
+        }
+    }
+}
+
+impl<P: Peer> From<Timer<P>> for Input<P> {
+    fn from(timer: Timer<P>) -> Self {
+        Self::Timer(timer)
+    }
+}
+
+/// Events for the application: the membership layer's neighbour events as they are, and
+/// deliveries.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event<P: Peer> {
-    /// A peer entered the active view.
-    NeighborUp(P),
-    /// A peer left the active view.
-    NeighborDown {
-        /// The peer.
-        peer: P,
-        /// Why.
-        reason: DownReason,
-    },
+    /// A peer entered or left the active view.
+    Neighbor(membership::Event<P>),
     /// A broadcast to deliver (exactly once per message).
     Delivered(Delivery<P::Id>),
+}
+
+impl<P: Peer> From<membership::Event<P>> for Event<P> {
+    fn from(e: membership::Event<P>) -> Self {
+        Self::Neighbor(e)
+    }
 }
 
 /// What the host must do.
@@ -154,10 +158,22 @@ pub enum Output<P: Peer> {
         /// The timer.
         timer: Timer<P>,
     },
-    /// Dial the bootstrap addresses again and feed [`Input::Join`] for each.
+    /// Dial the bootstrap addresses again and feed [`membership::Input::Join`] for each.
     Rejoin,
     /// An application event.
     Event(Event<P>),
+}
+
+impl<P: Peer> From<membership::Output<P>> for Output<P> {
+    fn from(o: membership::Output<P>) -> Self {
+        match o {
+            membership::Output::Send { to, message } => Self::Send { to, message: Message::Membership(message) },
+            membership::Output::Disconnect { peer } => Self::Disconnect { peer },
+            membership::Output::Timer { at, timer } => Self::Timer { at, timer: Timer::Membership(timer) },
+            membership::Output::Rejoin => Self::Rejoin,
+            membership::Output::Event(e) => Self::Event(e.into()),
+        }
+    }
 }
 
 /// One node's protocol state: HyParView + Plumtree.
@@ -168,8 +184,10 @@ pub struct State<P: Peer, R> {
     peers: BTreeMap<P::Id, P>,
     unroutable: u64,
     out: Vec<Output<P>>,
-    scratch_m: Vec<membership::Output<P>>,
-    scratch_b: Vec<broadcast::Output<P::Id>>,
+    /// The membership layer's outputs of one input, reused (no allocation per input).
+    membership_out: Vec<membership::Output<P>>,
+    /// The broadcast layer's outputs of one input, reused.
+    broadcast_out: Vec<broadcast::Output<P::Id>>,
 }
 
 impl<P: Peer, R: RngCore> State<P, R> {
@@ -182,8 +200,8 @@ impl<P: Peer, R: RngCore> State<P, R> {
             peers: BTreeMap::new(),
             unroutable: 0,
             out: Vec::new(),
-            scratch_m: Vec::new(),
-            scratch_b: Vec::new(),
+            membership_out: Vec::new(),
+            broadcast_out: Vec::new(),
         }
     }
 
@@ -221,11 +239,11 @@ impl<P: Peer, R: RngCore> State<P, R> {
     /// Broadcast `payload` to the cluster. Returns its id and the outputs.
     #[must_use = "the outputs must be performed, in order"]
     pub fn broadcast(&mut self, now: Instant, payload: Bytes) -> (MessageId, std::vec::Drain<'_, Output<P>>) {
-        let mut b = std::mem::take(&mut self.scratch_b);
+        let mut b = std::mem::take(&mut self.broadcast_out);
         let (id, out) = self.broadcast.broadcast(now, payload);
         b.extend(out);
         self.absorb_broadcast(&mut b);
-        self.scratch_b = b;
+        self.broadcast_out = b;
         (id, self.out.drain(..))
     }
 
@@ -233,7 +251,6 @@ impl<P: Peer, R: RngCore> State<P, R> {
     #[must_use = "the outputs must be performed, in order"]
     pub fn handle(&mut self, now: Instant, input: Input<P>) -> std::vec::Drain<'_, Output<P>> {
         match input {
-            Input::Join { contact } => self.membership_input(now, membership::Input::Join { contact }),
             Input::Message { from, message: Message::Membership(message) } => {
                 self.membership_input(now, membership::Input::Message { from, message })
             }
@@ -248,24 +265,21 @@ impl<P: Peer, R: RngCore> State<P, R> {
             }
             Input::Timer(Timer::Membership(t)) => self.membership_input(now, membership::Input::Timer(t)),
             Input::Timer(Timer::Broadcast(t)) => self.broadcast_input(now, broadcast::Input::Timer(t)),
-            Input::ConnectionLost { peer } => self.membership_input(now, membership::Input::ConnectionLost { peer }),
-            Input::Misbehaved { peer } => self.membership_input(now, membership::Input::Misbehaved { peer }),
-            Input::JoinFailed => self.membership_input(now, membership::Input::JoinFailed),
-            Input::Leave => self.membership_input(now, membership::Input::Leave),
+            Input::Membership(input) => self.membership_input(now, input),
         }
         self.out.drain(..)
     }
 
     /// Feed the Plumtree state, reusing a scratch buffer (no allocation per call).
     fn broadcast_input(&mut self, now: Instant, input: broadcast::Input<P::Id>) {
-        let mut b = std::mem::take(&mut self.scratch_b);
+        let mut b = std::mem::take(&mut self.broadcast_out);
         b.extend(self.broadcast.handle(now, input));
         self.absorb_broadcast(&mut b);
-        self.scratch_b = b;
+        self.broadcast_out = b;
     }
 
     fn membership_input(&mut self, now: Instant, input: membership::Input<P>) {
-        let mut m = std::mem::take(&mut self.scratch_m);
+        let mut m = std::mem::take(&mut self.membership_out);
         m.extend(self.membership.handle(now, input));
         // Plumtree hears of neighbour changes after this batch's membership messages are
         // out: an accepted Neighbor request's reply must reach the peer before our first
@@ -273,26 +287,16 @@ impl<P: Peer, R: RngCore> State<P, R> {
         // a neighbour yet, would drop it.
         let mut changes = Vec::new();
         for o in m.drain(..) {
-            match o {
-                membership::Output::Send { to, message } => {
-                    self.out.push(Output::Send { to, message: Message::Membership(message) })
+            match &o {
+                membership::Output::Event(membership::Event::NeighborUp(p)) => changes.push((true, p.clone())),
+                membership::Output::Event(membership::Event::NeighborDown { peer, .. }) => {
+                    changes.push((false, peer.clone()))
                 }
-                membership::Output::Disconnect { peer } => self.out.push(Output::Disconnect { peer }),
-                membership::Output::Timer { at, timer } => {
-                    self.out.push(Output::Timer { at, timer: Timer::Membership(timer) })
-                }
-                membership::Output::Rejoin => self.out.push(Output::Rejoin),
-                membership::Output::Event(membership::Event::NeighborUp(p)) => {
-                    self.out.push(Output::Event(Event::NeighborUp(p.clone())));
-                    changes.push((true, p));
-                }
-                membership::Output::Event(membership::Event::NeighborDown { peer, reason }) => {
-                    self.out.push(Output::Event(Event::NeighborDown { peer: peer.clone(), reason }));
-                    changes.push((false, peer));
-                }
+                _ => {}
             }
+            self.out.push(o.into());
         }
-        self.scratch_m = m;
+        self.membership_out = m;
         for (up, p) in changes {
             if up {
                 self.peers.insert(p.id(), p.clone());
