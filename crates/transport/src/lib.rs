@@ -6,6 +6,8 @@
 //!   mandatory, ALPN [`ALPN`]. Custom rustls verifiers accept a peer only if the
 //!   handshake signature proves it holds the key in its certificate, and bind the
 //!   connection to that key's [`NodeId`]; a dial that expects a `NodeId` rejects any other.
+//! - [`link`]: the task of one connection (handshake, Hello, reader, coalescing writer),
+//!   generic over the owner's [`link::Codec`].
 //! - Framing: each direction is one unidirectional stream of frames, a 4-byte big-endian
 //!   length then a postcard body; the first frame is a [`Hello`] carrying the cluster name
 //!   and the sender's advertised address. Frames above the configured maximum close the
@@ -16,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod link;
 mod socket;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;

@@ -15,10 +15,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::conn::{self, ConnCtx, Dial, NetEvent, Refusal, Up};
+use plumcast_transport::link::{self, Dial, Frame, LinkCtx, LinkEvent, Refusal, Up};
+
 use super::links::{Limits, Links, Sent};
 use super::timers::Timers;
-use super::wire::{EnvelopeCache, Frame};
+use super::wire::{EnvelopeCache, WireCodec};
 use super::{BroadcastCmd, Control, Delivered, Event, NetStats, NodeConfig, NodeStats};
 use crate::proto::{self, broadcast, membership};
 
@@ -33,6 +34,22 @@ const NET_QUEUE: usize = 1024;
 const ENDPOINT_CLOSE_WAIT: Duration = Duration::from_millis(100);
 /// An hour: the sleep of a loop iteration with no timer pending.
 const NO_TIMER: Duration = Duration::from_secs(3600);
+
+/// What reaches the actor from its tasks: the links' reports, and bootstrap name lookups.
+enum NetEvent {
+    Link(LinkEvent<proto::Message<PeerInfo>>),
+    /// A bootstrap host name was looked up.
+    Resolved {
+        contact: String,
+        addr: Option<SocketAddr>,
+    },
+}
+
+impl From<LinkEvent<proto::Message<PeerInfo>>> for NetEvent {
+    fn from(e: LinkEvent<proto::Message<PeerInfo>>) -> Self {
+        Self::Link(e)
+    }
+}
 
 /// What the actor is started with (built by [`super::NodeBuilder`]).
 pub(crate) struct ActorInit {
@@ -347,11 +364,11 @@ impl Actor {
         Hello { cluster: self.config.cluster.clone(), addr: self.me.addr }
     }
 
-    fn ctx(&mut self, dial: Option<Dial>) -> ConnCtx {
+    fn ctx(&mut self, dial: Option<Dial>) -> LinkCtx<NetEvent> {
         self.next_conn_id += 1;
-        ConnCtx {
+        LinkCtx {
             conn_id: self.next_conn_id,
-            net_tx: self.net_tx.clone(),
+            events: self.net_tx.clone(),
             hello: self.hello(),
             max_frame: self.config.transport.max_frame_size,
             handshake_timeout: self.config.transport.handshake_timeout,
@@ -372,13 +389,13 @@ impl Actor {
         };
         match self.endpoint.connect_with(cfg, addr, plumcast_transport::SERVER_NAME) {
             Ok(connecting) => {
-                self.tasks.spawn(conn::run(connecting, ctx));
+                self.tasks.spawn(link::run(connecting, ctx, WireCodec));
             }
             Err(e) => {
                 let net_tx = self.net_tx.clone();
                 let reason = e.to_string();
                 self.tasks.spawn(async move {
-                    let _ = net_tx.send(NetEvent::DialFailed { expected, addr, reason }).await;
+                    let _ = net_tx.send(LinkEvent::DialFailed { expected, addr, reason }.into()).await;
                 });
             }
         }
@@ -388,7 +405,7 @@ impl Actor {
         let ctx = self.ctx(None);
         match incoming.accept() {
             Ok(connecting) => {
-                self.tasks.spawn(conn::run(connecting, ctx));
+                self.tasks.spawn(link::run(connecting, ctx, WireCodec));
             }
             Err(e) => {
                 self.stats.handshake_failures += 1;
@@ -420,43 +437,46 @@ impl Actor {
         // Read per event: the loop-top clock read happened before `select!` slept (up to
         // a heartbeat period), and timers armed from a stale `now` fire early.
         self.now = Instant::now();
+        let ev = match ev {
+            NetEvent::Link(ev) => ev,
+            NetEvent::Resolved { contact, addr: Some(addr) } => {
+                debug!(%contact, %addr, "bootstrap contact resolved");
+                // The in-flight bootstrap count carries over to the dial.
+                return self.dial(None, addr);
+            }
+            NetEvent::Resolved { contact, addr: None } => {
+                self.stats.dial_failures += 1;
+                return self.bootstrap_unreachable(&contact, &format!("cannot resolve {contact}"));
+            }
+        };
         match ev {
-            NetEvent::Up(up) => self.on_up(up),
-            NetEvent::Message { from, conn_id, message, envelope } => {
+            LinkEvent::Up(up) => self.on_up(up),
+            LinkEvent::Message { from, conn_id, message, raw } => {
                 self.stats.frames_received += 1;
-                if let Some(bytes) = envelope {
+                if let Some(bytes) = raw {
                     self.envelopes.received(&message, bytes);
                 }
                 self.links.heard(self.now, from.id, conn_id);
                 self.input(proto::Input::Message { from, message });
             }
-            NetEvent::Down { peer, conn_id, reason } => {
+            LinkEvent::Down { peer, conn_id, reason } => {
                 if let Some(info) = self.links.down(peer, conn_id) {
                     debug!(peer = %peer.short(), %reason, "connection lost");
                     self.input(proto::Input::Membership(membership::Input::ConnectionLost { peer: info }));
                 }
             }
-            NetEvent::Refused { peer, conn_id, kind, reason } => self.on_refused(peer, conn_id, kind, reason),
-            NetEvent::Resolved { contact, addr: Some(addr) } => {
-                debug!(%contact, %addr, "bootstrap contact resolved");
-                // The in-flight bootstrap count carries over to the dial.
-                self.dial(None, addr);
-            }
-            NetEvent::Resolved { contact, addr: None } => {
-                self.stats.dial_failures += 1;
-                self.bootstrap_unreachable(&contact, &format!("cannot resolve {contact}"));
-            }
-            NetEvent::DialFailed { expected: Some(p), reason, .. } => {
+            LinkEvent::Refused { peer, conn_id, kind, reason } => self.on_refused(peer, conn_id, kind, reason),
+            LinkEvent::DialFailed { expected: Some(p), reason, .. } => {
                 self.stats.dial_failures += 1;
                 debug!(peer = ?p, %reason, "dial failed");
                 self.links.dial_failed(p.id);
                 self.input(proto::Input::Membership(membership::Input::ConnectionLost { peer: p }));
             }
-            NetEvent::DialFailed { expected: None, addr, reason } => {
+            LinkEvent::DialFailed { expected: None, addr, reason } => {
                 self.stats.dial_failures += 1;
                 self.bootstrap_unreachable(&addr.to_string(), &reason);
             }
-            NetEvent::WriterDone { .. } => {}
+            LinkEvent::WriterDone { .. } => {}
         }
     }
 
@@ -527,10 +547,11 @@ impl Actor {
         let deadline = Instant::now() + self.config.shutdown_linger;
         while !waiting.is_empty() {
             tokio::select! {
-                Some(ev) = self.net_rx.recv() => match ev {
-                    NetEvent::WriterDone { conn_id } | NetEvent::Down { conn_id, .. } => waiting.retain(|c| *c != conn_id),
-                    _ => {}
-                },
+                Some(ev) = self.net_rx.recv() => {
+                    if let NetEvent::Link(LinkEvent::WriterDone { conn_id } | LinkEvent::Down { conn_id, .. }) = ev {
+                        waiting.retain(|c| *c != conn_id);
+                    }
+                }
                 () = tokio::time::sleep_until(deadline) => break,
             }
         }

@@ -12,9 +12,9 @@ use rustc_hash::FxHashMap;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
+use plumcast_transport::link::{Frame, Up};
+
 use super::FrameDrops;
-use super::conn::Up;
-use super::wire::Frame;
 
 /// A duplicate connection stays open this long after it lost the tie-break, so frames
 /// already in flight on it arrive (both sides have seen the winner by then).
@@ -210,7 +210,7 @@ impl Links {
         if self.retired.remove(&conn_id).is_some() {
             return None;
         }
-        if !self.open.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
+        if self.open.get(&peer).is_none_or(|l| l.conn_id != conn_id) {
             return None;
         }
         let link = self.open.remove(&peer)?;

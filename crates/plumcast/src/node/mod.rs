@@ -8,7 +8,6 @@
 
 mod actor;
 mod config;
-mod conn;
 mod error;
 mod event;
 mod links;

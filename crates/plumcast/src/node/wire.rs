@@ -9,15 +9,23 @@
 //! exactly what `encode_frame` would produce: receivers need no change.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use plumcast_transport::link::{Codec, Decoded, Frame};
 use plumcast_transport::{NodeId, PeerInfo, TransportError, decode_body};
 use serde::Deserialize;
 
 use crate::proto::{self, broadcast};
 
-/// A decoded frame, and for a Gossip the envelope's bytes as received.
-pub(crate) struct Decoded {
-    pub message: proto::Message<PeerInfo>,
-    pub envelope: Option<Bytes>,
+/// The node's codec for its links: every message through postcard, a Gossip with its
+/// payload borrowed from the frame and its envelope bytes kept to forward.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct WireCodec;
+
+impl Codec for WireCodec {
+    type Message = proto::Message<PeerInfo>;
+
+    fn decode(&self, body: Bytes) -> Result<Decoded<Self::Message>, TransportError> {
+        decode(body)
+    }
 }
 
 /// The envelope with its payload borrowed from the frame (same fields, same order as
@@ -36,6 +44,10 @@ struct EnvelopeRef<'a> {
 /// Gossip and checks them, so reordering either enum fails it.
 const GOSSIP_TAGS: [u8; 2] = [1, 0];
 
+/// Largest envelope encoding before the payload, bytes: a 32-byte origin, two u64 varints
+/// (≤ 10 bytes each) and the payload length (≤ 5).
+const ENVELOPE_HEAD_MAX: usize = 32 + 10 + 10 + 5;
+
 /// Longest postcard varint of a `u32`, bytes.
 const U32_VARINT_MAX: usize = 5;
 
@@ -47,9 +59,9 @@ const ARENA_BYTES: usize = 4096;
 /// # Errors
 /// [`TransportError::Frame`] for malformed bytes, an unknown message, or bytes after a
 /// Gossip's payload.
-pub(crate) fn decode(body: Bytes) -> Result<Decoded, TransportError> {
+pub(crate) fn decode(body: Bytes) -> Result<Decoded<proto::Message<PeerInfo>>, TransportError> {
     if !body.starts_with(&GOSSIP_TAGS) {
-        return Ok(Decoded { message: decode_body(&body)?, envelope: None });
+        return Ok(Decoded { message: decode_body(&body)?, raw: None });
     }
     let (round, rest): (u32, &[u8]) = postcard::take_from_bytes(&body[GOSSIP_TAGS.len()..])?;
     let start = body.len() - rest.len();
@@ -64,7 +76,7 @@ pub(crate) fn decode(body: Bytes) -> Result<Decoded, TransportError> {
         payload: body.slice_ref(e.payload),
     };
     let message = proto::Message::Broadcast(broadcast::Message::Gossip { round, envelope });
-    Ok(Decoded { message, envelope: Some(body.slice(start..)) })
+    Ok(Decoded { message, raw: Some(body.slice(start..)) })
 }
 
 /// The envelope's bytes (for a message this node originates or answers a Graft with).
@@ -72,7 +84,7 @@ pub(crate) fn decode(body: Bytes) -> Result<Decoded, TransportError> {
 /// # Errors
 /// [`TransportError::Frame`] if it cannot be encoded.
 fn encode_envelope(envelope: &broadcast::Envelope<NodeId>) -> Result<Bytes, TransportError> {
-    let mut v = Vec::with_capacity(48 + envelope.payload.len());
+    let mut v = Vec::with_capacity(ENVELOPE_HEAD_MAX + envelope.payload.len());
     v = postcard::to_extend(envelope, v)?;
     Ok(Bytes::from(v))
 }
@@ -92,34 +104,6 @@ fn gossip_header(arena: &mut BytesMut, round: u32, envelope_len: usize) -> Bytes
     arena.put_slice(&GOSSIP_TAGS);
     arena.put_slice(round);
     arena.split().freeze()
-}
-
-/// One frame as the writer queues it: whole, or a Gossip header and the envelope bytes
-/// it shares with every other eager peer.
-pub(crate) enum Frame {
-    Whole(Bytes),
-    Gossip { head: Bytes, envelope: Bytes },
-}
-
-impl Frame {
-    /// Bytes on the stream, length prefix included.
-    pub(crate) fn len(&self) -> usize {
-        match self {
-            Frame::Whole(b) => b.len(),
-            Frame::Gossip { head, envelope } => head.len() + envelope.len(),
-        }
-    }
-
-    /// Append this frame's chunks to a write batch.
-    pub(crate) fn push_to(self, chunks: &mut Vec<Bytes>) {
-        match self {
-            Frame::Whole(b) => chunks.push(b),
-            Frame::Gossip { head, envelope } => {
-                chunks.push(head);
-                chunks.push(envelope);
-            }
-        }
-    }
 }
 
 /// The envelope bytes of the Gossip seen last (received, or encoded once here), so that
@@ -164,7 +148,7 @@ impl EnvelopeCache {
             }
         };
         let head = gossip_header(&mut self.arena, round, bytes.len());
-        Ok(Frame::Gossip { head, envelope: bytes })
+        Ok(Frame::Split { head, body: bytes })
     }
 }
 
@@ -193,7 +177,7 @@ mod tests {
             let frame = encode_frame(&m).unwrap();
             let d = decode(frame.slice(4..)).unwrap();
             assert_eq!(d.message, m);
-            let env = d.envelope.unwrap();
+            let env = d.raw.unwrap();
             let proto::Message::Broadcast(broadcast::Message::Gossip { envelope, .. }) = &d.message else {
                 panic!("not a gossip")
             };
@@ -231,7 +215,7 @@ mod tests {
         let f = encode_frame(&ihave).unwrap();
         let d = decode(f.slice(4..)).unwrap();
         assert_eq!(d.message, ihave);
-        assert!(d.envelope.is_none());
+        assert!(d.raw.is_none());
         let f = encode_frame(&gossip(3, b"hello")).unwrap();
         let mut long = f.slice(4..).to_vec();
         long.push(0);

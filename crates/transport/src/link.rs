@@ -1,4 +1,7 @@
-//! One task per QUIC connection: handshake, Hello exchange, frame reader and writer.
+//! The link: one task per QUIC connection that does the handshake and the Hello
+//! exchange, reads frames (decoding them with the owner's [`Codec`]) and writes the frames
+//! queued for it, coalesced, as chunks without copying. The owner (the node's actor)
+//! keeps the queue and hears of everything as [`LinkEvent`]s.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,102 +10,218 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use plumcast_transport::{Hello, NodeId, PeerInfo, close_code, decode_body, encode_frame, frame_codec, peer_node_id};
-
-use super::wire::{self, Frame};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::codec::FramedRead;
 
-use crate::proto;
+use crate::{
+    Hello, NodeId, PeerInfo, TransportError, close_code, decode_body, encode_frame, frame_codec, peer_node_id,
+};
+
+/// Queued frames are written in batches of up to this many bytes (many frames per QUIC
+/// packet, one write call per batch).
+const WRITE_BATCH_BYTES: usize = 64 << 10;
+/// How long a finished stream waits for the peer to have read everything (leave).
+const FINISH_WAIT: Duration = Duration::from_secs(5);
+
+/// Decodes the frames of a link (the body after the length prefix), on the link's task.
+pub trait Codec: Send + 'static {
+    /// What a frame decodes to.
+    type Message: Send + 'static;
+
+    /// Decode one frame body.
+    ///
+    /// # Errors
+    /// A [`TransportError`] for a malformed body: the link closes with
+    /// [`close_code::PROTOCOL`] and reports [`Refusal::Malformed`].
+    fn decode(&self, body: Bytes) -> Result<Decoded<Self::Message>, TransportError>;
+}
+
+/// A decoded frame, with bytes of it the owner wants to keep (a Gossip's envelope, to
+/// forward without re-encoding).
+#[derive(Debug)]
+pub struct Decoded<M> {
+    /// The message.
+    pub message: M,
+    /// Bytes of the frame kept as received, if any.
+    pub raw: Option<Bytes>,
+}
+
+/// One frame as the writer queues it: whole, or a header and a body the body shares with
+/// other queues (a forwarded Gossip's envelope goes to every eager peer without a copy).
+#[derive(Debug)]
+pub enum Frame {
+    /// A whole frame, length prefix included.
+    Whole(Bytes),
+    /// A header (length prefix included) followed by shared body bytes.
+    Split {
+        /// Length prefix and the bytes before the body.
+        head: Bytes,
+        /// The body.
+        body: Bytes,
+    },
+}
+
+impl Frame {
+    /// Bytes on the stream, length prefix included.
+    pub fn len(&self) -> usize {
+        match self {
+            Frame::Whole(b) => b.len(),
+            Frame::Split { head, body } => head.len() + body.len(),
+        }
+    }
+
+    /// Whether the frame has no bytes at all (never, for a well-formed frame).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Append this frame's chunks to a write batch.
+    fn push_to(self, chunks: &mut Vec<Bytes>) {
+        match self {
+            Frame::Whole(b) => chunks.push(b),
+            Frame::Split { head, body } => {
+                chunks.push(head);
+                chunks.push(body);
+            }
+        }
+    }
+}
 
 /// Why a connection was refused or closed by us.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Refusal {
+pub enum Refusal {
+    /// The TLS handshake or the Hello exchange failed or timed out.
     Handshake,
+    /// The peer's Hello names another cluster.
     WrongCluster,
+    /// A frame did not decode.
     Malformed,
+    /// A frame was longer than the maximum.
     Oversized,
 }
 
 /// A connection that completed its handshake and Hello exchange.
-pub(crate) struct Up {
+#[derive(Debug)]
+pub struct Up {
+    /// The peer: the id its TLS key proves, the address its Hello advertises.
     pub peer: PeerInfo,
+    /// The owner's id for this connection.
     pub conn_id: u64,
+    /// The connection.
     pub conn: quinn::Connection,
+    /// The writer's queue.
     pub tx: mpsc::UnboundedSender<Frame>,
+    /// Frames in the writer's queue, shared with it.
     pub depth: Arc<AtomicUsize>,
+    /// Whether we dialed it.
     pub dialed_by_me: bool,
+    /// Whether it was a dial to a bootstrap address (no expected id).
     pub bootstrap: bool,
 }
 
-pub(crate) enum NetEvent {
+/// What a link reports to its owner.
+#[derive(Debug)]
+pub enum LinkEvent<M> {
+    /// The connection is ready.
     Up(Up),
+    /// A frame arrived.
     Message {
+        /// Who sent it.
         from: PeerInfo,
+        /// The connection it came on.
         conn_id: u64,
-        message: proto::Message<PeerInfo>,
-        /// A Gossip's envelope bytes as received, to forward without re-encoding.
-        envelope: Option<Bytes>,
+        /// The decoded message.
+        message: M,
+        /// Bytes of the frame the codec kept.
+        raw: Option<Bytes>,
     },
+    /// The connection ended.
     Down {
+        /// The peer.
         peer: NodeId,
+        /// The connection.
         conn_id: u64,
+        /// Why.
         reason: String,
     },
+    /// The connection was refused or closed by us.
     Refused {
-        /// Known once TLS completed.
+        /// The peer, known once TLS and the Hello completed.
         peer: Option<PeerInfo>,
+        /// The connection.
         conn_id: u64,
+        /// What went wrong.
         kind: Refusal,
+        /// Details, for the log.
         reason: String,
     },
+    /// A dial failed (sent before the matching `Refused`).
     DialFailed {
+        /// The peer expected at `addr` (`None`: a bootstrap address).
         expected: Option<PeerInfo>,
+        /// The address dialed.
         addr: SocketAddr,
+        /// Why.
         reason: String,
     },
-    /// A bootstrap host name was looked up.
-    Resolved {
-        contact: String,
-        addr: Option<SocketAddr>,
-    },
+    /// The writer finished (its queue was dropped and the stream finished, or the
+    /// connection failed).
     WriterDone {
+        /// The connection.
         conn_id: u64,
     },
 }
 
-pub(crate) struct ConnCtx {
+/// What one link task needs.
+pub struct LinkCtx<E> {
+    /// The owner's id for this connection.
     pub conn_id: u64,
-    pub net_tx: mpsc::Sender<NetEvent>,
+    /// Where the link reports.
+    pub events: mpsc::Sender<E>,
+    /// Our Hello.
     pub hello: Hello,
+    /// Largest frame accepted, bytes.
     pub max_frame: usize,
+    /// How long the handshake and Hello exchange may take.
     pub handshake_timeout: Duration,
+    /// Notified when the writer's queue empties.
     pub drained: Arc<Notify>,
     /// Counts the frames this connection's writer discards when the connection fails.
     pub writer_drops: Arc<AtomicU64>,
-    /// `Some` when we dialed: the peer we expect (None for a bootstrap address).
+    /// `Some` when we dialed.
     pub dial: Option<Dial>,
 }
 
-pub(crate) struct Dial {
+/// A connection we dialed.
+#[derive(Clone, Copy, Debug)]
+pub struct Dial {
+    /// The peer we expect (`None` for a bootstrap address: accept the id it proves).
     pub expected: Option<PeerInfo>,
+    /// The address dialed.
     pub addr: SocketAddr,
 }
 
-/// Drive one connection to its end. Reports everything to the actor through `net_tx`.
-pub(crate) async fn run(
+/// Drive one connection to its end: TLS handshake, Hello exchange, then read frames
+/// (decoded with `codec`, off the owner's task) and write the frames queued for it.
+/// Reports everything through `ctx.events`; a malformed or oversized frame closes this
+/// one connection with a reason.
+pub async fn run<C, E>(
     connecting: impl std::future::Future<Output = Result<quinn::Connection, quinn::ConnectionError>>,
-    ctx: ConnCtx,
-) {
-    let ConnCtx { conn_id, net_tx, hello, max_frame, handshake_timeout, drained, writer_drops, dial } = ctx;
+    ctx: LinkCtx<E>,
+    codec: C,
+) where
+    C: Codec,
+    E: From<LinkEvent<C::Message>> + Send + 'static,
+{
+    let LinkCtx { conn_id, events: net_tx, hello, max_frame, handshake_timeout, drained, writer_drops, dial } = ctx;
     let fail = |reason: String, kind: Refusal, peer: Option<PeerInfo>| {
         let net_tx = net_tx.clone();
         let dial_info = dial.as_ref().map(|d| (d.expected, d.addr));
         async move {
             if let Some((expected, addr)) = dial_info {
-                let _ = net_tx.send(NetEvent::DialFailed { expected, addr, reason: reason.clone() }).await;
+                let _ = net_tx.send(LinkEvent::DialFailed { expected, addr, reason: reason.clone() }.into()).await;
             }
-            let _ = net_tx.send(NetEvent::Refused { peer, conn_id, kind, reason }).await;
+            let _ = net_tx.send(LinkEvent::Refused { peer, conn_id, kind, reason }.into()).await;
         }
     };
     let setup = async {
@@ -137,7 +256,7 @@ pub(crate) async fn run(
     };
     let (tx, rx) = mpsc::unbounded_channel();
     let depth = Arc::new(AtomicUsize::new(0));
-    let up = NetEvent::Up(Up {
+    let up = LinkEvent::Up(Up {
         peer,
         conn_id,
         conn: conn.clone(),
@@ -146,10 +265,16 @@ pub(crate) async fn run(
         dialed_by_me: dial.is_some(),
         bootstrap: dial.as_ref().is_some_and(|d| d.expected.is_none()),
     });
-    if net_tx.send(up).await.is_err() {
+    if net_tx.send(up.into()).await.is_err() {
         return;
     }
-    let writer = write_frames(send, rx, Queue { depth, drained, dropped: writer_drops }, net_tx.clone(), conn_id);
+    let writer = write_frames::<C::Message, E>(
+        send,
+        rx,
+        Queue { depth, drained, dropped: writer_drops },
+        net_tx.clone(),
+        conn_id,
+    );
     tokio::pin!(writer);
     let mut writer_done = false;
     let reason = loop {
@@ -157,18 +282,18 @@ pub(crate) async fn run(
             frame = frames.next() => match frame {
                 Some(Ok(body)) => {
                     let len = body.len();
-                    match wire::decode(body.freeze()) {
-                        Ok(wire::Decoded { message, envelope }) => {
-                            let event = NetEvent::Message { from: peer, conn_id, message, envelope };
-                            if net_tx.send(event).await.is_err() {
+                    match codec.decode(body.freeze()) {
+                        Ok(Decoded { message, raw }) => {
+                            let event = LinkEvent::Message { from: peer, conn_id, message, raw };
+                            if net_tx.send(event.into()).await.is_err() {
                                 return;
                             }
                         }
                         Err(e) => {
                             conn.close(close_code::PROTOCOL.into(), b"malformed frame");
                             let reason = format!("malformed frame ({len} bytes): {e}");
-                            let refused = NetEvent::Refused { peer: Some(peer), conn_id, kind: Refusal::Malformed, reason };
-                            let _ = net_tx.send(refused).await;
+                            let refused = LinkEvent::Refused { peer: Some(peer), conn_id, kind: Refusal::Malformed, reason };
+                            let _ = net_tx.send(refused.into()).await;
                             return;
                         }
                     }
@@ -182,7 +307,7 @@ pub(crate) async fn run(
                     };
                     conn.close(code.into(), what.as_bytes());
                     let reason = format!("{what}: {e}");
-                    let _ = net_tx.send(NetEvent::Refused { peer: Some(peer), conn_id, kind, reason }).await;
+                    let _ = net_tx.send(LinkEvent::Refused { peer: Some(peer), conn_id, kind, reason }.into()).await;
                     return;
                 }
                 None => break "stream finished".to_string(),
@@ -190,7 +315,7 @@ pub(crate) async fn run(
             () = &mut writer, if !writer_done => writer_done = true,
         }
     };
-    let _ = net_tx.send(NetEvent::Down { peer: peer.id, conn_id, reason }).await;
+    let _ = net_tx.send(LinkEvent::Down { peer: peer.id, conn_id, reason }.into()).await;
 }
 
 /// A writer's side of its send queue: the depth it shares with the actor, the signal that
@@ -205,11 +330,11 @@ struct Queue {
 /// QUIC packet). Frames go to quinn as chunks, without copying: a forwarded Gossip's
 /// envelope bytes are shared with the other eager peers' queues. When the actor drops the
 /// queue, finish the stream and wait (bounded) until the peer has read everything.
-async fn write_frames(
+async fn write_frames<M, E: From<LinkEvent<M>>>(
     mut send: quinn::SendStream,
     mut rx: mpsc::UnboundedReceiver<Frame>,
     queue: Queue,
-    net_tx: mpsc::Sender<NetEvent>,
+    net_tx: mpsc::Sender<E>,
     conn_id: u64,
 ) {
     let Queue { depth, drained, dropped } = queue;
@@ -219,7 +344,7 @@ async fn write_frames(
         let mut bytes = first.len();
         first.push_to(&mut chunks);
         let mut n = 1;
-        while bytes < 64 << 10 {
+        while bytes < WRITE_BATCH_BYTES {
             match rx.try_recv() {
                 Ok(f) => {
                     bytes += f.len();
@@ -238,7 +363,7 @@ async fn write_frames(
                 depth.fetch_sub(1, Ordering::Relaxed);
                 dropped.fetch_add(1, Ordering::Relaxed);
             }
-            let _ = net_tx.send(NetEvent::WriterDone { conn_id }).await;
+            let _ = net_tx.send(LinkEvent::WriterDone { conn_id }.into()).await;
             return;
         }
         if depth.fetch_sub(n, Ordering::Relaxed) == n {
@@ -247,7 +372,7 @@ async fn write_frames(
     }
     let _ = send.finish();
     let t = std::time::Instant::now();
-    let r = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+    let r = tokio::time::timeout(FINISH_WAIT, send.stopped()).await;
     tracing::debug!(elapsed = ?t.elapsed(), result = ?r, "writer finished");
-    let _ = net_tx.send(NetEvent::WriterDone { conn_id }).await;
+    let _ = net_tx.send(LinkEvent::WriterDone { conn_id }.into()).await;
 }
