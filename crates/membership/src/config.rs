@@ -71,30 +71,85 @@ impl Default for Config {
     }
 }
 
+/// [`Config::active_view_capacity`] default: HyParView §4, log10(n) + c with c = 1 at
+/// n = 10,000.
+pub const ACTIVE_VIEW_CAPACITY: usize = 5;
+/// [`Config::passive_view_capacity`] default: HyParView §4, k·(log10(n) + c) with k = 6.
+pub const PASSIVE_VIEW_CAPACITY: usize = 30;
+/// [`Config::active_random_walk_length`] default: HyParView §5, ARWL = 6.
+pub const ARWL: u16 = 6;
+/// [`Config::passive_random_walk_length`] default: HyParView §5, PRWL = 3.
+pub const PRWL: u16 = 3;
+/// [`Config::shuffle_active_count`] default: HyParView §5, ka = 3.
+pub const SHUFFLE_KA: usize = 3;
+/// [`Config::shuffle_passive_count`] default: HyParView §5, kp = 4.
+pub const SHUFFLE_KP: usize = 4;
+/// [`Config::shuffle_ttl`] default: HyParView §4.4, the same as ARWL.
+pub const SHUFFLE_TTL: u16 = ARWL;
+/// [`Config::shuffle_interval`] LAN default: 10 s, as Partisan (the paper gives none).
+pub const SHUFFLE_INTERVAL: Duration = Duration::from_secs(10);
+/// [`Config::heartbeat_interval`] LAN default: 100 ms (any frame counts as one).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+/// [`Config::phi_threshold`] default: 8, as Hayashibara et al. 2004 and Cassandra.
+pub const PHI_THRESHOLD: f64 = 8.0;
+/// [`Config::phi_window`] default: 100 inter-arrival samples (see the field).
+pub const PHI_WINDOW: usize = 100;
+/// [`Config::phi_min_std_dev`] LAN default: 50 ms (loopback has ≈ no variance).
+pub const PHI_MIN_STD_DEV: Duration = Duration::from_millis(50);
+/// [`Config::phi_acceptable_pause`] LAN default: 250 ms, a 2-core scheduler stall.
+pub const PHI_ACCEPTABLE_PAUSE: Duration = Duration::from_millis(250);
+/// [`Config::neighbor_request_timeout`] LAN default: 2 s, so one lost handshake does not
+/// stall promotion.
+pub const NEIGHBOR_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// [`Config::rejoin_backoff_min`] LAN default: 0.5 s.
+pub const REJOIN_BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// [`Config::rejoin_backoff_max`] LAN default: 30 s.
+pub const REJOIN_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// [`Config::reconnect_capacity`] default: 16 failed peers remembered.
+pub const RECONNECT_CAPACITY: usize = 16;
+/// [`Config::reconnect_timeout`] default: 1 h (Serf's is 24 h).
+pub const RECONNECT_TIMEOUT: Duration = Duration::from_secs(3600);
+/// [`Config::wan`]: a 60 s shuffle, as iroh-gossip.
+pub const WAN_SHUFFLE_INTERVAL: Duration = Duration::from_secs(60);
+/// [`Config::wan`]: 1 s heartbeats.
+pub const WAN_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// [`Config::wan`]: σ floored at 200 ms.
+pub const WAN_PHI_MIN_STD_DEV: Duration = Duration::from_millis(200);
+/// [`Config::wan`]: a 3 s acceptable pause (detection in ≈ 5 s).
+pub const WAN_PHI_ACCEPTABLE_PAUSE: Duration = Duration::from_secs(3);
+/// [`Config::wan`]: 10 s for a Neighbor request over long round trips.
+pub const WAN_NEIGHBOR_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// [`Config::local`]: a 2 s shuffle, so passive views refresh within a demo.
+pub const LOCAL_SHUFFLE_INTERVAL: Duration = Duration::from_secs(2);
+/// [`Config::local`]: rejoin after 0.2 s at first.
+pub const LOCAL_REJOIN_BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// [`Config::local`]: rejoin at least every 5 s.
+pub const LOCAL_REJOIN_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
 impl Config {
     /// LAN preset: paper view sizes, 100 ms heartbeats; an abruptly killed neighbour is
     /// declared down after about 0.65 s of silence (mean 0.1 s + pause 0.25 s + ≈5.6σ
     /// with σ floored at 50 ms), well under the 1 s target and QUIC's 30 s idle timeout.
     pub fn lan() -> Self {
         Self {
-            active_view_capacity: 5,
-            passive_view_capacity: 30,
-            active_random_walk_length: 6,
-            passive_random_walk_length: 3,
-            shuffle_active_count: 3,
-            shuffle_passive_count: 4,
-            shuffle_ttl: 6,
-            shuffle_interval: Duration::from_secs(10),
-            heartbeat_interval: Duration::from_millis(100),
-            phi_threshold: 8.0,
-            phi_window: 100,
-            phi_min_std_dev: Duration::from_millis(50),
-            phi_acceptable_pause: Duration::from_millis(250),
-            neighbor_request_timeout: Duration::from_secs(2),
-            rejoin_backoff_min: Duration::from_millis(500),
-            rejoin_backoff_max: Duration::from_secs(30),
-            reconnect_capacity: 16,
-            reconnect_timeout: Duration::from_secs(3600),
+            active_view_capacity: ACTIVE_VIEW_CAPACITY,
+            passive_view_capacity: PASSIVE_VIEW_CAPACITY,
+            active_random_walk_length: ARWL,
+            passive_random_walk_length: PRWL,
+            shuffle_active_count: SHUFFLE_KA,
+            shuffle_passive_count: SHUFFLE_KP,
+            shuffle_ttl: SHUFFLE_TTL,
+            shuffle_interval: SHUFFLE_INTERVAL,
+            heartbeat_interval: HEARTBEAT_INTERVAL,
+            phi_threshold: PHI_THRESHOLD,
+            phi_window: PHI_WINDOW,
+            phi_min_std_dev: PHI_MIN_STD_DEV,
+            phi_acceptable_pause: PHI_ACCEPTABLE_PAUSE,
+            neighbor_request_timeout: NEIGHBOR_REQUEST_TIMEOUT,
+            rejoin_backoff_min: REJOIN_BACKOFF_MIN,
+            rejoin_backoff_max: REJOIN_BACKOFF_MAX,
+            reconnect_capacity: RECONNECT_CAPACITY,
+            reconnect_timeout: RECONNECT_TIMEOUT,
         }
     }
 
@@ -102,11 +157,11 @@ impl Config {
     /// 60 s shuffle like iroh-gossip, longer request timeouts.
     pub fn wan() -> Self {
         Self {
-            shuffle_interval: Duration::from_secs(60),
-            heartbeat_interval: Duration::from_secs(1),
-            phi_min_std_dev: Duration::from_millis(200),
-            phi_acceptable_pause: Duration::from_secs(3),
-            neighbor_request_timeout: Duration::from_secs(10),
+            shuffle_interval: WAN_SHUFFLE_INTERVAL,
+            heartbeat_interval: WAN_HEARTBEAT_INTERVAL,
+            phi_min_std_dev: WAN_PHI_MIN_STD_DEV,
+            phi_acceptable_pause: WAN_PHI_ACCEPTABLE_PAUSE,
+            neighbor_request_timeout: WAN_NEIGHBOR_REQUEST_TIMEOUT,
             ..Self::lan()
         }
     }
@@ -115,9 +170,9 @@ impl Config {
     /// passive views refresh within a demo's lifetime, and faster rejoin.
     pub fn local() -> Self {
         Self {
-            shuffle_interval: Duration::from_secs(2),
-            rejoin_backoff_min: Duration::from_millis(200),
-            rejoin_backoff_max: Duration::from_secs(5),
+            shuffle_interval: LOCAL_SHUFFLE_INTERVAL,
+            rejoin_backoff_min: LOCAL_REJOIN_BACKOFF_MIN,
+            rejoin_backoff_max: LOCAL_REJOIN_BACKOFF_MAX,
             ..Self::lan()
         }
     }
