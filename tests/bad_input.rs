@@ -138,7 +138,7 @@ async fn a_stranger_cannot_take_another_nodes_identity() {
     init_tracing();
     let (a, a_events) = Node::builder().protocol(Config::local()).rng_seed(1).spawn().await.unwrap();
     let (b, b_events) =
-        Node::builder().protocol(Config::local()).rng_seed(2).bootstrap(a.addr().to_string()).spawn().await.unwrap();
+        Node::builder().protocol(Config::local()).rng_seed(2).bootstrap(a.addr()).spawn().await.unwrap();
     let (a_seen, b_seen) = (watch(a_events), watch(b_events));
     b.wait_for_neighbors(1, Duration::from_secs(10)).await.unwrap();
     a.wait_for_neighbors(1, Duration::from_secs(10)).await.unwrap();
@@ -146,13 +146,8 @@ async fn a_stranger_cannot_take_another_nodes_identity() {
     for attempt in 0..10 {
         let own = Identity::generate().unwrap();
         let crafted = plumcast_transport::test_util::impersonating(&own, a.id()).unwrap();
-        let (stranger, _events) = Node::builder()
-            .protocol(Config::local())
-            .identity(crafted)
-            .bootstrap(b.addr().to_string())
-            .spawn()
-            .await
-            .unwrap();
+        let (stranger, _events) =
+            Node::builder().protocol(Config::local()).identity(crafted).bootstrap(b.addr()).spawn().await.unwrap();
         wait_until(Duration::from_secs(10), "B takes the stranger for itself", || async {
             b_seen.lock().unwrap().contains(&(true, own.node_id()))
         })

@@ -229,3 +229,31 @@ async fn shutdown_is_prompt() {
         left.unwrap().unwrap();
     }
 }
+
+/// A newcomer's first program: bootstrap through another node's `SocketAddr`, broadcast a
+/// borrowed line (not `'static`), and the other node delivers those bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_takes_a_socket_addr_and_broadcast_takes_borrowed_bytes() {
+    let _g = SERIAL.lock().await;
+    init_tracing();
+    let (a, mut events) = plumcast::Node::builder().protocol(plumcast::proto::Config::local()).spawn().await.unwrap();
+    let (b, _b_events) =
+        plumcast::Node::builder().protocol(plumcast::proto::Config::local()).bootstrap(a.addr()).spawn().await.unwrap();
+    b.wait_for_neighbors(1, Duration::from_secs(10)).await.unwrap();
+    let line = String::from("typed at runtime");
+    let id = b.broadcast(line.as_bytes()).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(ev) = events.recv().await {
+            if let plumcast::Event::Delivered(d) = ev {
+                return Some(d);
+            }
+        }
+        None
+    })
+    .await
+    .expect("delivered within 10 s")
+    .expect("a delivery");
+    assert_eq!((got.id, &got.payload[..]), (id, line.as_bytes()));
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}

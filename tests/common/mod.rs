@@ -38,7 +38,7 @@ pub fn init_tracing() {
 pub async fn start(contact: Option<std::net::SocketAddr>, seed: u64) -> TestNode {
     let mut b = Node::builder().protocol(Config::local()).rng_seed(seed);
     if let Some(c) = contact {
-        b = b.bootstrap(c.to_string());
+        b = b.bootstrap(c);
     }
     let (node, mut events) = b.spawn().await.expect("node starts");
     let record = Arc::new(Mutex::new(Record::default()));

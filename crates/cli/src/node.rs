@@ -1,5 +1,6 @@
 //! `plumcast node`: one node as a process, stdin → broadcast, deliveries → stdout.
 
+use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +10,10 @@ use anyhow::Context;
 use base64::Engine;
 use plumcast::{Event, Node, proto};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+
+/// Lines read ahead of the broadcasts (the reader waits beyond it).
+const STDIN_QUEUE: usize = 64;
 
 /// Protocol presets.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -88,21 +92,30 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             tracing::warn!("no neighbour yet ({e}); broadcasting anyway");
         }
     }
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut lines = stdin_lines();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut refused = 0u64;
+    let mut read_error = None;
     loop {
         tokio::select! {
-            line = lines.next_line() => match line {
-                Ok(Some(line)) => {
-                    if let Err(e) = node.broadcast(line.into_bytes()).await {
-                        tracing::error!("broadcast failed: {e}");
+            line = lines.recv() => match line {
+                Some(Ok(line)) if line.is_empty() => {}
+                Some(Ok(line)) => match node.broadcast(line).await {
+                    Ok(_) => {}
+                    Err(e @ plumcast::Error::PayloadTooLarge { .. }) => {
+                        refused += 1;
+                        tracing::error!("line refused: {e}");
                     }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::error!("reading stdin: {e}");
+                    Err(e) => {
+                        tracing::error!("broadcast failed: {e}");
+                        break;
+                    }
+                },
+                Some(Err(e)) => {
+                    read_error = Some(e);
                     break;
                 }
+                None => break,
             },
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
@@ -110,7 +123,50 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     node.shutdown().await.context("shutting down")?;
     let _ = printer.await;
+    if let Some(e) = read_error {
+        anyhow::bail!("reading stdin: {e}");
+    }
+    if refused > 0 {
+        eprintln!("error: {refused} line(s) refused (larger than the payload limit); the others were sent");
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Stdin as lines of bytes (without the `\n` or `\r\n`), read on a thread of its own: a
+/// blocking read there cannot hold up the runtime's shutdown after a signal (tokio's
+/// stdin reader would: the runtime waits for its blocking pool). Payloads are bytes, so a
+/// line need not be UTF-8. The channel ends at EOF; a read error is its last item.
+fn stdin_lines() -> mpsc::Receiver<std::io::Result<Vec<u8>>> {
+    let (tx, rx) = mpsc::channel(STDIN_QUEUE);
+    let spawned = std::thread::Builder::new().name("plumcast-stdin".into()).spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        loop {
+            let mut line = Vec::new();
+            let item = match stdin.read_until(b'\n', &mut line) {
+                Ok(0) => return,
+                Ok(_) => {
+                    if line.last() == Some(&b'\n') {
+                        line.pop();
+                        if line.last() == Some(&b'\r') {
+                            line.pop();
+                        }
+                    }
+                    Ok(line)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+            let last = item.is_err();
+            if tx.blocking_send(item).is_err() || last {
+                return;
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the stdin reader: {e}");
+    }
+    rx
 }
 
 fn print_event(ev: &Event, json: bool) {

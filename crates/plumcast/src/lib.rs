@@ -14,7 +14,7 @@ pub mod proto;
 #[cfg(feature = "net")]
 pub use node::{
     Delivered, Error, Event, Events, FrameDrops, Identity, MessageHandler, NetStats, Node, NodeBuilder, NodeConfig,
-    NodeId, NodeStats, PeerInfo, TransportConfig, TransportError,
+    NodeId, NodeStats, Payload, PeerInfo, TransportConfig, TransportError,
 };
 
 #[cfg(feature = "test-util")]

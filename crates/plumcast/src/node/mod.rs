@@ -41,6 +41,67 @@ impl proto::Peer for PeerInfo {
     }
 }
 
+/// What [`Node::broadcast`] accepts: owned bytes (`Bytes`, `Vec<u8>`, `String`) are taken
+/// as they are, borrowed ones (`&[u8]`, `&str`, `b"..."`) copied once.
+pub trait Payload {
+    /// The payload as `Bytes`.
+    fn into_bytes(self) -> Bytes;
+}
+
+impl Payload for Bytes {
+    fn into_bytes(self) -> Bytes {
+        self
+    }
+}
+
+impl Payload for Vec<u8> {
+    fn into_bytes(self) -> Bytes {
+        Bytes::from(self)
+    }
+}
+
+impl Payload for String {
+    fn into_bytes(self) -> Bytes {
+        Bytes::from(self)
+    }
+}
+
+impl Payload for &[u8] {
+    fn into_bytes(self) -> Bytes {
+        Bytes::copy_from_slice(self)
+    }
+}
+
+impl<const N: usize> Payload for &[u8; N] {
+    fn into_bytes(self) -> Bytes {
+        Bytes::copy_from_slice(self)
+    }
+}
+
+impl Payload for &str {
+    fn into_bytes(self) -> Bytes {
+        Bytes::copy_from_slice(self.as_bytes())
+    }
+}
+
+impl Payload for &Bytes {
+    fn into_bytes(self) -> Bytes {
+        self.clone()
+    }
+}
+
+impl Payload for &Vec<u8> {
+    fn into_bytes(self) -> Bytes {
+        Bytes::copy_from_slice(self)
+    }
+}
+
+impl Payload for &String {
+    fn into_bytes(self) -> Bytes {
+        Bytes::copy_from_slice(self.as_bytes())
+    }
+}
+
 /// Control requests to the actor.
 const CONTROL_QUEUE: usize = 64;
 
@@ -80,9 +141,10 @@ impl NodeBuilder {
         self.config.advertise = Some(addr);
         self
     }
-    /// Add a bootstrap contact (`IP:PORT` or `HOST:PORT`).
-    pub fn bootstrap(mut self, contact: impl Into<String>) -> Self {
-        self.config.bootstrap.push(contact.into());
+    /// Add a bootstrap contact: a `SocketAddr` (say another node's [`Node::addr`]), or
+    /// `"IP:PORT"` / `"HOST:PORT"` as text.
+    pub fn bootstrap(mut self, contact: impl ToString) -> Self {
+        self.config.bootstrap.push(contact.to_string());
         self
     }
     /// Cluster name.
@@ -269,8 +331,8 @@ impl Node {
     ///
     /// # Errors
     /// [`Error::PayloadTooLarge`], or [`Error::Stopped`] if the node has stopped.
-    pub async fn broadcast(&self, payload: impl Into<Bytes>) -> Result<MessageId, Error> {
-        let payload = self.check(payload.into())?;
+    pub async fn broadcast(&self, payload: impl Payload) -> Result<MessageId, Error> {
+        let payload = self.check(payload.into_bytes())?;
         let (reply, rx) = oneshot::channel();
         self.bcast_tx.send(BroadcastCmd { payload, reply }).await.map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)
@@ -281,8 +343,8 @@ impl Node {
     ///
     /// # Errors
     /// [`Error::Busy`], [`Error::PayloadTooLarge`], [`Error::Stopped`].
-    pub async fn try_broadcast(&self, payload: impl Into<Bytes>) -> Result<MessageId, Error> {
-        let payload = self.check(payload.into())?;
+    pub async fn try_broadcast(&self, payload: impl Payload) -> Result<MessageId, Error> {
+        let payload = self.check(payload.into_bytes())?;
         let (reply, rx) = oneshot::channel();
         self.bcast_tx.try_send(BroadcastCmd { payload, reply }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => Error::Busy,

@@ -1,0 +1,145 @@
+//! `plumcast node` as a process: signals end it while stdin stays open, stdin lines are
+//! bytes, and refused lines make the exit status say so.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The node's default shutdown linger (`NodeConfig::shutdown_linger`).
+const LINGER: Duration = Duration::from_secs(2);
+/// How long a node may take to start and print its first line.
+const START: Duration = Duration::from_secs(15);
+
+struct Proc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<Value>,
+}
+
+fn spawn(args: &[&str]) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_plumcast"))
+        .args(["node", "--json"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn plumcast node");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    let stdin = child.stdin.take();
+    Proc { child, stdin, lines }
+}
+
+impl Proc {
+    /// The next line matching `pred`, within `timeout`.
+    fn expect(&self, timeout: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) if pred(&v) => return v,
+                Ok(_) => {}
+                Err(_) => panic!("timed out waiting for {what}"),
+            }
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(bytes).expect("write stdin");
+        stdin.flush().expect("flush");
+    }
+
+    fn signal(&self, name: &str) {
+        let ok = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill -{name}");
+    }
+
+    /// The exit status, or `None` if the process still runs at `deadline`.
+    fn exit_by(&mut self, deadline: Instant) -> Option<ExitStatus> {
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn sigint_and_sigterm_end_the_node_while_stdin_stays_open() {
+    for signal in ["INT", "TERM"] {
+        let mut p = spawn(&[]);
+        p.expect(START, "listening", |v| v["event"] == "listening");
+        // stdin stays open (held in `p`) the whole time.
+        p.signal(signal);
+        let bound = LINGER + Duration::from_secs(2);
+        let status = p.exit_by(Instant::now() + bound);
+        assert!(status.is_some(), "SIG{signal}: still running {bound:?} after the signal");
+        assert!(status.is_some_and(|s| s.success()), "SIG{signal}: exit status {status:?}");
+    }
+}
+
+#[test]
+fn lines_are_bytes_and_refused_lines_make_the_exit_status_fail() {
+    let a = spawn(&[]);
+    let addr = a.expect(START, "listening", |v| v["event"] == "listening")["addr"].as_str().unwrap().to_string();
+    let mut b = spawn(&["--bootstrap", &addr]);
+    b.expect(START, "neighbor_up", |v| v["event"] == "neighbor_up");
+    // Not UTF-8, then one line over the 64 KiB payload limit, then an empty line, then text.
+    b.write(b"caf\xe9\n");
+    b.write(&[b'x'; 200 << 10]);
+    b.write(b"\n\nafter\n");
+    let d = a.expect(START, "the non-UTF-8 line", |v| v["event"] == "delivered");
+    assert_eq!(d["payload_b64"], "Y2Fm6Q==", "the bytes as sent: {d}");
+    let d = a.expect(START, "the line after the refused one", |v| v["event"] == "delivered");
+    assert_eq!(d["payload"], "after", "the empty line was not broadcast: {d}");
+    drop(b.stdin.take());
+    let status = b.exit_by(Instant::now() + LINGER + Duration::from_secs(5)).expect("b exits after EOF");
+    assert_eq!(status.code(), Some(1), "one line was refused: {status}");
+    let mut a = a;
+    drop(a.stdin.take());
+    let status = a.exit_by(Instant::now() + LINGER + Duration::from_secs(5)).expect("a exits after EOF");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn help_names_every_command_and_logs_to_a_file_have_no_colour_codes() {
+    let out = Command::new(env!("CARGO_BIN_EXE_plumcast")).arg("--help").output().expect("run --help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    let first = help.lines().next().unwrap_or_default();
+    for word in ["node", "demo", "benchmark", "simulator", "plots"] {
+        assert!(first.contains(word), "first help line {first:?} lacks {word}");
+    }
+    // stderr is a pipe here, not a terminal: a refused line's error has no ANSI escapes.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_plumcast"))
+        .args(["node", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(&[b'x'; 70 << 10]).and_then(|()| stdin.write_all(b"\n")).expect("write");
+    drop(stdin);
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line refused"), "{err}");
+    assert!(!err.contains('\x1b'), "colour codes in a pipe: {err:?}");
+}
