@@ -163,3 +163,15 @@ async fn a_stranger_cannot_take_another_nodes_identity() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_contact_without_a_port_is_refused_at_spawn() {
+    for (contact, says) in [("127.0.0.1", "has no port"), (":7000", "has no host"), ("localhost:0", "is not a port")] {
+        let e = Node::builder().bootstrap(contact).spawn().await.expect_err(contact);
+        let text = e.to_string();
+        assert!(matches!(e, plumcast::Error::Config(_)) && text.contains(says) && text.contains(contact), "{text}");
+    }
+    for ok in ["127.0.0.1:7000", "[::1]:7000", "example.invalid:7000"] {
+        assert_eq!(plumcast::check_contact(ok), Ok(()), "{ok}");
+    }
+}

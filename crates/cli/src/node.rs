@@ -12,6 +12,11 @@ use plumcast::{Event, Node, proto};
 use serde_json::json;
 use tokio::sync::mpsc;
 
+/// A `--bootstrap` value, checked when the command line is parsed.
+fn contact(s: &str) -> Result<String, String> {
+    plumcast::check_contact(s).map(|()| s.to_string())
+}
+
 /// Lines read ahead of the broadcasts (the reader waits beyond it).
 const STDIN_QUEUE: usize = 64;
 
@@ -42,7 +47,7 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1:0")]
     bind: SocketAddr,
     /// Contact to join through: IP:PORT or HOST:PORT. Repeatable.
-    #[arg(long)]
+    #[arg(long, value_parser = contact)]
     bootstrap: Vec<String>,
     /// Address other nodes should dial (default: the bound address).
     #[arg(long)]

@@ -143,3 +143,15 @@ fn help_names_every_command_and_logs_to_a_file_have_no_colour_codes() {
     assert!(err.contains("line refused"), "{err}");
     assert!(!err.contains('\x1b'), "colour codes in a pipe: {err:?}");
 }
+
+#[test]
+fn a_bootstrap_contact_without_a_port_is_refused_when_parsed() {
+    let out = Command::new(env!("CARGO_BIN_EXE_plumcast"))
+        .args(["node", "--bootstrap", "127.0.0.1"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "a usage error: {err}");
+    assert!(err.contains("\"127.0.0.1\" has no port"), "{err}");
+}

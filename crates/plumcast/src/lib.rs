@@ -21,6 +21,8 @@ pub use node::{
 pub use node::Faults;
 
 pub use bytes::Bytes;
+#[cfg(feature = "net")]
+pub use node::check_contact;
 pub use proto::{DownReason, MessageId};
 
 /// The README's code blocks, compiled as doctests so the example there stays true.

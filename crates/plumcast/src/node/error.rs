@@ -31,7 +31,8 @@ pub enum Error {
     /// The transport could not be set up (socket, TLS, identity).
     #[error(transparent)]
     Transport(#[from] TransportError),
-    /// A bootstrap name could not be resolved or the configuration is invalid.
+    /// The configuration is invalid: a bootstrap contact without a port, an empty cluster
+    /// name, a payload limit that does not fit a frame. The message names what.
     #[error("invalid configuration: {0}")]
     Config(String),
 }
