@@ -78,7 +78,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         b = b.advertise(adv);
     }
     if let Some(path) = &a.identity {
-        b = b.identity_file(path).with_context(|| format!("identity file {}", path.display()))?;
+        b = b.identity_file(path).context("--identity")?;
     }
     let (node, mut events) = b.spawn().await.context("starting the node")?;
     let json = a.json;
@@ -174,10 +174,22 @@ fn stdin_lines() -> mpsc::Receiver<std::io::Result<Vec<u8>>> {
     rx
 }
 
+/// A peer's payload as text for a terminal: invalid UTF-8 replaced, control characters
+/// escaped (`\u{1b}`), so that what a peer sends cannot drive the terminal.
+fn printable(payload: &[u8]) -> String {
+    String::from_utf8_lossy(payload)
+        .chars()
+        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
+}
+
 fn print_event(ev: &Event, json: bool) {
     match (ev, json) {
         (Event::Delivered(d), true) => {
-            let mut o = json!({"event": "delivered", "id": d.id.to_hex(), "origin": d.origin.to_hex(), "hops": d.hops});
+            let mut o = json!({
+                "event": "delivered", "id": d.id.to_hex(), "origin": d.origin.to_hex(),
+                "incarnation": d.incarnation, "seq": d.seq, "hops": d.hops,
+            });
             match std::str::from_utf8(&d.payload) {
                 Ok(s) => o["payload"] = json!(s),
                 Err(_) => o["payload_b64"] = json!(base64::engine::general_purpose::STANDARD.encode(&d.payload)),
@@ -185,12 +197,15 @@ fn print_event(ev: &Event, json: bool) {
             println!("{o}");
         }
         (Event::Delivered(d), false) => {
-            println!("{}: {}", d.origin.short(), String::from_utf8_lossy(&d.payload));
+            println!("{}: {}", d.origin.short(), printable(&d.payload));
         }
-        (Event::NeighborUp(p), true) => println!("{}", json!({"event": "neighbor_up", "peer": p.id.to_hex()})),
-        (Event::NeighborDown { peer, reason }, true) => {
-            println!("{}", json!({"event": "neighbor_down", "peer": peer.id.to_hex(), "reason": reason.as_str()}))
+        (Event::NeighborUp(p), true) => {
+            println!("{}", json!({"event": "neighbor_up", "peer": p.id.to_hex(), "addr": p.addr.to_string()}))
         }
+        (Event::NeighborDown { peer, reason }, true) => println!(
+            "{}",
+            json!({"event": "neighbor_down", "peer": peer.id.to_hex(), "addr": peer.addr.to_string(), "reason": reason.as_str()})
+        ),
         (Event::NeighborUp(p), false) => eprintln!("neighbor up: {p:?}"),
         (Event::NeighborDown { peer, reason }, false) => eprintln!("neighbor down: {peer:?} ({})", reason.as_str()),
     }

@@ -91,6 +91,8 @@ fn three_node_processes_chat() {
         assert_eq!(d["payload"], "hello from b");
         assert!(d["hops"].as_u64().is_some_and(|h| h >= 1));
         assert_eq!(d["id"].as_str().map(str::len), Some(64));
+        assert_eq!(d["seq"], 1, "b's first message");
+        assert!(d["incarnation"].as_u64().is_some_and(|i| i > 0), "{d}");
     }
     c.say("and one from c");
     for p in [&a, &b] {

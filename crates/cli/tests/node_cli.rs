@@ -155,3 +155,35 @@ fn a_bootstrap_contact_without_a_port_is_refused_when_parsed() {
     assert_eq!(out.status.code(), Some(2), "a usage error: {err}");
     assert!(err.contains("\"127.0.0.1\" has no port"), "{err}");
 }
+
+#[test]
+fn text_mode_escapes_control_characters_and_json_neighbor_events_carry_the_addr() {
+    let a = spawn(&[]);
+    let addr = a.expect(START, "listening", |v| v["event"] == "listening")["addr"].as_str().unwrap().to_string();
+    // A second node in text mode (not --json): its stdout is what a terminal would show.
+    let mut text = Command::new(env!("CARGO_BIN_EXE_plumcast"))
+        .args(["node", "--bootstrap", &addr])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = text.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let up = a.expect(START, "neighbor_up", |v| v["event"] == "neighbor_up");
+    assert!(up["addr"].as_str().is_some_and(|s| s.starts_with("127.0.0.1:")), "{up}");
+    let mut a = a;
+    a.write(b"\x1b[2Jcleared?\n");
+    let line = rx.recv_timeout(START).expect("the text node printed the message");
+    assert!(line.ends_with(": \\u{1b}[2Jcleared?"), "{line:?}");
+    assert!(!line.contains('\x1b'), "{line:?}");
+    drop(text.stdin.take());
+    let _ = text.wait();
+    drop(a.stdin.take());
+    let _ = a.exit_by(Instant::now() + LINGER + Duration::from_secs(5));
+}

@@ -60,6 +60,14 @@ pub enum TransportError {
     /// A key file did not hold an Ed25519 PKCS#8 key.
     #[error("invalid identity key: {0}")]
     InvalidKey(String),
+    /// An identity key file could not be read or created.
+    #[error("identity key file {}: {reason}", path.display())]
+    IdentityFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// The QUIC crypto configuration was rejected.
     #[error("QUIC configuration error: {0}")]
     Config(String),
@@ -177,27 +185,33 @@ impl Identity {
         Ok(Self { pkcs8: key.serialize_der(), id: NodeId(id), cert: cert.der().clone() })
     }
 
-    /// Load the PKCS#8 key at `path`, or create one there (mode 0600 on Unix) if the file
-    /// does not exist.
+    /// Load the PKCS#8 key at `path`, or create one there (mode 0600 on Unix, logged at
+    /// info level with the new id) if the file does not exist. The directory must exist:
+    /// a mistyped path is refused rather than created.
     ///
     /// # Errors
-    /// I/O errors, or [`TransportError::InvalidKey`] for a file that is not a key.
+    /// [`TransportError::IdentityFile`] naming the path (missing directory, unreadable or
+    /// unwritable file), or [`TransportError::InvalidKey`] for a file that is not a key.
     pub fn load_or_create(path: &Path) -> Result<Self, TransportError> {
+        let fail = |reason: String| TransportError::IdentityFile { path: path.to_path_buf(), reason };
         match std::fs::read(path) {
             Ok(der) => Self::from_pkcs8(&der),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let id = Self::generate()?;
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)?;
+                let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                if !dir.is_dir() {
+                    return Err(fail(format!("directory {} does not exist", dir.display())));
                 }
+                let id = Self::generate()?;
                 let mut opts = std::fs::OpenOptions::new();
                 opts.write(true).create_new(true);
                 #[cfg(unix)]
                 std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-                std::io::Write::write_all(&mut opts.open(path)?, &id.pkcs8)?;
+                let mut file = opts.open(path).map_err(|e| fail(format!("cannot create it: {e}")))?;
+                std::io::Write::write_all(&mut file, &id.pkcs8).map_err(|e| fail(format!("cannot write it: {e}")))?;
+                tracing::info!(path = %path.display(), id = %id.node_id(), "created a new identity");
                 Ok(id)
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(fail(format!("cannot read it: {e}"))),
         }
     }
 

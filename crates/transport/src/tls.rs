@@ -279,6 +279,21 @@ mod tests {
     }
 
     #[test]
+    fn an_identity_file_is_created_only_in_an_existing_directory() {
+        let dir = std::env::temp_dir().join(format!("plumcast-identity-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let missing = dir.join("no-such-dir").join("key.der");
+        let e = Identity::load_or_create(&missing).unwrap_err().to_string();
+        assert!(e.contains("does not exist") && e.contains("no-such-dir"), "{e}");
+        assert!(!dir.exists(), "nothing was created");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("key.der");
+        let made = Identity::load_or_create(&path).unwrap();
+        assert_eq!(Identity::load_or_create(&path).unwrap().node_id(), made.node_id(), "loaded again");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_certificate_whose_key_is_not_ed25519_is_refused() {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let cert =
