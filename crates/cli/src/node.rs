@@ -80,6 +80,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(path) = &a.identity {
         b = b.identity_file(path).context("--identity")?;
     }
+    // The handlers are in place before anything is printed: a signal sent as soon as the
+    // node says it listens must find them, not the default action (which kills).
+    let mut stop = Stop::new().context("installing the SIGINT and SIGTERM handlers")?;
     let (node, mut events) = b.spawn().await.context("starting the node")?;
     let json = a.json;
     if json {
@@ -92,16 +95,21 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             print_event(&ev, json);
         }
     });
+    let mut stopped = false;
     if !a.bootstrap.is_empty() {
-        if let Err(e) = node.wait_for_neighbors(1, Duration::from_secs(a.wait_neighbor_secs)).await {
-            tracing::warn!("no neighbour yet ({e}); broadcasting anyway");
+        tokio::select! {
+            r = node.wait_for_neighbors(1, Duration::from_secs(a.wait_neighbor_secs)) => {
+                if let Err(e) = r {
+                    tracing::warn!("no neighbour yet ({e}); broadcasting anyway");
+                }
+            }
+            () = stop.signalled() => stopped = true,
         }
     }
     let mut lines = stdin_lines();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut refused = 0u64;
     let mut read_error = None;
-    loop {
+    while !stopped {
         tokio::select! {
             line = lines.recv() => match line {
                 Some(Ok(line)) if line.is_empty() => {}
@@ -122,8 +130,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
                 }
                 None => break,
             },
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
+            () = stop.signalled() => break,
         }
     }
     node.shutdown().await.context("shutting down")?;
@@ -136,6 +143,27 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT and SIGTERM, each of which ends the node gracefully.
+struct Stop {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
+    }
+
+    /// Wait for either signal.
+    async fn signalled(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
 }
 
 /// Stdin as lines of bytes (without the `\n` or `\r\n`), read on a thread of its own: a

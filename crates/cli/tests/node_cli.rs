@@ -84,8 +84,10 @@ impl Proc {
 
 #[test]
 fn sigint_and_sigterm_end_the_node_while_stdin_stays_open() {
-    for signal in ["INT", "TERM"] {
-        let mut p = spawn(&[]);
+    // The last case signals while the node still waits for its first neighbour (nobody
+    // listens at the bootstrap address).
+    for (signal, args) in [("INT", &[][..]), ("TERM", &[][..]), ("TERM", &["--bootstrap", "127.0.0.1:9"][..])] {
+        let mut p = spawn(args);
         p.expect(START, "listening", |v| v["event"] == "listening");
         // stdin stays open (held in `p`) the whole time.
         p.signal(signal);
