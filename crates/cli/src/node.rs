@@ -106,31 +106,34 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             () = stop.signalled() => stopped = true,
         }
     }
-    let mut lines = stdin_lines();
     let mut refused = 0u64;
     let mut read_error = None;
-    while !stopped {
-        tokio::select! {
-            line = lines.recv() => match line {
-                Some(Ok(line)) if line.is_empty() => {}
-                Some(Ok(line)) => match node.broadcast(line).await {
-                    Ok(_) => {}
-                    Err(e @ plumcast::Error::PayloadTooLarge { .. }) => {
-                        refused += 1;
-                        tracing::error!("line refused: {e}");
-                    }
-                    Err(e) => {
-                        tracing::error!("broadcast failed: {e}");
+    // A signal during the wait for a neighbour skips reading stdin.
+    let lines = (!stopped).then(stdin_lines);
+    if let Some(mut lines) = lines {
+        loop {
+            tokio::select! {
+                line = lines.recv() => match line {
+                    Some(Ok(line)) if line.is_empty() => {}
+                    Some(Ok(line)) => match node.broadcast(line).await {
+                        Ok(_) => {}
+                        Err(e @ plumcast::Error::PayloadTooLarge { .. }) => {
+                            refused += 1;
+                            tracing::error!("line refused: {e}");
+                        }
+                        Err(e) => {
+                            tracing::error!("broadcast failed: {e}");
+                            break;
+                        }
+                    },
+                    Some(Err(e)) => {
+                        read_error = Some(e);
                         break;
                     }
+                    None => break,
                 },
-                Some(Err(e)) => {
-                    read_error = Some(e);
-                    break;
-                }
-                None => break,
-            },
-            () = stop.signalled() => break,
+                () = stop.signalled() => break,
+            }
         }
     }
     node.shutdown().await.context("shutting down")?;
