@@ -175,3 +175,21 @@ async fn a_bootstrap_contact_without_a_port_is_refused_at_spawn() {
         assert_eq!(plumcast::check_contact(ok), Ok(()), "{ok}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_port_is_named_in_one_error_line() {
+    let _g = SERIAL.lock().await;
+    let (first, _events) = Node::builder().spawn().await.unwrap();
+    let e = Node::builder().bind(first.addr()).spawn().await.expect_err("the port is taken");
+    // Printed as a chain, the way `anyhow`'s `{:#}` and most CLIs do: the cause once.
+    let mut chain = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        chain = format!("{chain}: {s}");
+        source = s.source();
+    }
+    assert!(chain.contains(&format!("cannot bind UDP {}", first.addr())), "{chain}");
+    assert_eq!(chain.matches("Address already in use").count(), 1, "{chain}");
+    assert_eq!(first.info().to_string(), format!("{}@{}", first.id().short(), first.addr()));
+    first.shutdown().await.unwrap();
+}

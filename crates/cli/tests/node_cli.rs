@@ -189,3 +189,20 @@ fn text_mode_escapes_control_characters_and_json_neighbor_events_carry_the_addr(
     drop(a.stdin.take());
     let _ = a.exit_by(Instant::now() + LINGER + Duration::from_secs(5));
 }
+
+/// `plumcast sim --list | head -0`: the reader is gone before the first line is written.
+/// The pipe's read end is closed before the process starts, so every run hits `EPIPE`.
+#[test]
+#[allow(clippy::incompatible_msrv)] // std::io::pipe is 1.87; the tests run on the toolchain here
+fn a_closed_pipe_ends_the_process_quietly() {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let err_writer = writer.try_clone().expect("clone");
+    let status = Command::new(env!("CARGO_BIN_EXE_plumcast"))
+        .args(["sim", "--list"])
+        .stdout(writer)
+        .stderr(err_writer)
+        .status()
+        .expect("run");
+    assert_eq!(status.code(), Some(0), "{status}");
+}

@@ -50,16 +50,24 @@ pub const SERVER_NAME: &str = "plumcast";
 pub enum TransportError {
     /// Socket or file I/O failed.
     #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// TLS configuration failed.
     #[error("TLS error: {0}")]
-    Tls(#[from] rustls::Error),
+    Tls(rustls::Error),
     /// Certificate or key generation failed.
     #[error("certificate error: {0}")]
-    Certificate(#[from] rcgen::Error),
+    Certificate(rcgen::Error),
     /// A key file did not hold an Ed25519 PKCS#8 key.
     #[error("invalid identity key: {0}")]
     InvalidKey(String),
+    /// The UDP socket could not be bound to this address.
+    #[error("cannot bind UDP {addr}: {reason}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS's reason.
+        reason: std::io::Error,
+    },
     /// An identity key file could not be read or created.
     #[error("identity key file {}: {reason}", path.display())]
     IdentityFile {
@@ -73,7 +81,33 @@ pub enum TransportError {
     Config(String),
     /// A frame could not be encoded or decoded.
     #[error("frame error: {0}")]
-    Frame(#[from] postcard::Error),
+    Frame(postcard::Error),
+}
+
+// The errors carry their cause in their message (`{0}`), not as a `source()`: an error
+// chain printer (anyhow's `{:#}`) would otherwise print the cause twice.
+impl From<std::io::Error> for TransportError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<rustls::Error> for TransportError {
+    fn from(e: rustls::Error) -> Self {
+        Self::Tls(e)
+    }
+}
+
+impl From<rcgen::Error> for TransportError {
+    fn from(e: rcgen::Error) -> Self {
+        Self::Certificate(e)
+    }
+}
+
+impl From<postcard::Error> for TransportError {
+    fn from(e: postcard::Error) -> Self {
+        Self::Frame(e)
+    }
 }
 
 /// A node's identity: its Ed25519 public key (32 bytes).
@@ -137,6 +171,13 @@ impl std::hash::Hash for PeerInfo {
         self.id.hash(state)
     }
 }
+impl fmt::Display for PeerInfo {
+    /// The short id and the address: `5de0f1ce6a@127.0.0.1:7000`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.id.short(), self.addr)
+    }
+}
+
 impl fmt::Debug for PeerInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}@{}", self.id.short(), self.addr)
@@ -411,7 +452,7 @@ pub fn bind(
     identity: &Identity,
     config: &TransportConfig,
 ) -> Result<(quinn::Endpoint, Arc<Faults>), TransportError> {
-    let std_socket = udp_socket(addr, config)?;
+    let std_socket = udp_socket(addr, config).map_err(|reason| TransportError::Bind { addr, reason })?;
     let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
     let inner = runtime.wrap_udp_socket(std_socket)?;
     let faults = Arc::new(Faults::default());

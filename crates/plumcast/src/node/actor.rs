@@ -313,12 +313,12 @@ impl Actor {
     fn on_event(&mut self, e: proto::Event<PeerInfo>) {
         let ev = match e {
             proto::Event::Neighbor(membership::Event::NeighborUp(p)) => {
-                debug!(peer = ?p, "neighbor up");
+                debug!(peer = %p, "neighbor up");
                 self.neighbors_tx.send_replace(self.proto.membership().active_view().len());
                 Event::NeighborUp(p)
             }
             proto::Event::Neighbor(membership::Event::NeighborDown { peer, reason }) => {
-                debug!(peer = ?peer, reason = reason.as_str(), "neighbor down");
+                debug!(peer = %peer, reason = reason.as_str(), "neighbor down");
                 self.neighbors_tx.send_replace(self.proto.membership().active_view().len());
                 Event::NeighborDown { peer, reason }
             }
@@ -346,7 +346,7 @@ impl Actor {
         let frame = match frame {
             Ok(f) => f,
             Err(e) => {
-                warn!(peer = ?to, error = %e, "cannot encode a frame: dropped");
+                warn!(peer = %to, error = %e, "cannot encode a frame: dropped");
                 self.links.unencodable();
                 return;
             }
@@ -468,7 +468,7 @@ impl Actor {
             LinkEvent::Refused { peer, conn_id, kind, reason } => self.on_refused(peer, conn_id, kind, reason),
             LinkEvent::DialFailed { expected: Some(p), reason, .. } => {
                 self.stats.dial_failures += 1;
-                debug!(peer = ?p, %reason, "dial failed");
+                debug!(peer = %p, %reason, "dial failed");
                 self.links.dial_failed(p.id);
                 self.input(proto::Input::Membership(membership::Input::ConnectionLost { peer: p }));
             }
@@ -497,10 +497,12 @@ impl Actor {
             Refusal::Malformed => self.stats.malformed_frames += 1,
             Refusal::Oversized => self.stats.oversized_frames += 1,
         }
+        // The peer is known once TLS and the Hello completed.
+        let who = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
         if kind == Refusal::Handshake {
-            debug!(peer = ?peer, %reason, "handshake failed");
+            debug!(peer = %who, %reason, "handshake failed");
         } else {
-            warn!(peer = ?peer, ?kind, %reason, "connection refused");
+            warn!(peer = %who, ?kind, %reason, "connection refused");
         }
         if let Some(p) = peer {
             self.links.refused(p.id, conn_id);

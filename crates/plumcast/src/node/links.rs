@@ -132,7 +132,7 @@ impl Links {
             link.last_active = now;
             let Some(depth) = enqueue(link, frame, &mut self.stats) else { return Sent::Queued };
             if depth > self.limits.hard {
-                tracing::warn!(peer = ?to, depth, "peer cannot keep up: disconnecting it");
+                tracing::warn!(peer = %to, depth, "peer cannot keep up: disconnecting it");
                 self.stats.slow_peer_disconnects += 1;
                 self.close(to.id, close_code::FAILED, "too slow");
                 return Sent::TooSlow;
