@@ -257,3 +257,24 @@ async fn bootstrap_takes_a_socket_addr_and_broadcast_takes_borrowed_bytes() {
     b.shutdown().await.unwrap();
     a.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliver_own_on_the_builder_delivers_our_own_broadcast_with_hops_0() {
+    let _g = SERIAL.lock().await;
+    let (node, mut events) = plumcast::Node::builder().deliver_own(true).spawn().await.unwrap();
+    let id = node.broadcast(b"to myself").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.recv().await {
+                Some(plumcast::Event::Delivered(d)) => return Some(d),
+                Some(_) => {}
+                None => return None,
+            }
+        }
+    })
+    .await
+    .expect("delivered within 5 s")
+    .expect("a delivery");
+    assert_eq!((got.id, got.origin, got.hops, &got.payload[..]), (id, node.id(), 0, &b"to myself"[..]));
+    node.shutdown().await.unwrap();
+}

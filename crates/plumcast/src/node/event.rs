@@ -52,7 +52,7 @@ pub enum Event {
 /// Application callbacks. They run on one dedicated thread, in delivery order; a slow
 /// handler slows the cluster's senders down (backpressure) and loses nothing.
 pub trait MessageHandler: Send + 'static {
-    /// A broadcast from another node (or our own with `deliver_own`).
+    /// A broadcast from another node (or our own with [`NodeBuilder::deliver_own`](super::NodeBuilder::deliver_own)).
     fn on_message(&mut self, message: &Delivered);
     /// A peer entered the active view. Default: nothing.
     fn on_neighbor_up(&mut self, _peer: &PeerInfo) {}

@@ -196,6 +196,12 @@ impl NodeBuilder {
         self.identity = Some(Identity::load_or_create(path)?);
         Ok(self)
     }
+    /// Deliver this node's own broadcasts to itself too (with hops 0). Default `false`:
+    /// the origin gets no callback for its own messages.
+    pub fn deliver_own(mut self, yes: bool) -> Self {
+        self.config.protocol.broadcast.deliver_own = yes;
+        self
+    }
     /// Seed the protocol RNG (deterministic choices; tests). Default: from the OS.
     pub fn rng_seed(mut self, seed: u64) -> Self {
         self.rng_seed = Some(seed);
