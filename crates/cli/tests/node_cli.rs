@@ -1,86 +1,19 @@
 //! `plumcast node` as a process: signals end it while stdin stays open, stdin lines are
 //! bytes, and refused lines make the exit status say so.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use common::spawn;
 
 /// The node's default shutdown linger (`NodeConfig::shutdown_linger`).
 const LINGER: Duration = Duration::from_secs(2);
 /// How long a node may take to start and print its first line.
 const START: Duration = Duration::from_secs(15);
-
-struct Proc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<Value>,
-}
-
-fn spawn(args: &[&str]) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_plumcast"))
-        .args(["node", "--json"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn plumcast node");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
-            if tx.send(v).is_err() {
-                break;
-            }
-        }
-    });
-    let stdin = child.stdin.take();
-    Proc { child, stdin, lines }
-}
-
-impl Proc {
-    /// The next line matching `pred`, within `timeout`.
-    fn expect(&self, timeout: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(v) if pred(&v) => return v,
-                Ok(_) => {}
-                Err(_) => panic!("timed out waiting for {what}"),
-            }
-        }
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        stdin.write_all(bytes).expect("write stdin");
-        stdin.flush().expect("flush");
-    }
-
-    fn signal(&self, name: &str) {
-        let ok = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status();
-        assert!(ok.is_ok_and(|s| s.success()), "kill -{name}");
-    }
-
-    /// The exit status, or `None` if the process still runs at `deadline`.
-    fn exit_by(&mut self, deadline: Instant) -> Option<ExitStatus> {
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
 
 #[test]
 fn sigint_and_sigterm_end_the_node_while_stdin_stays_open() {

@@ -5,12 +5,13 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use plumcast_transport::{Hello, Identity, NodeId, PeerInfo, client_config, close_code, encode_frame};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -94,6 +95,8 @@ pub(crate) struct Actor {
     /// The connection and lookup tasks.
     tasks: JoinSet<()>,
     links: Links,
+    /// The links' signal that a writer's queue emptied (to lift congestion).
+    drained: Arc<Notify>,
     timers: Timers,
     /// Bootstrap dials (and name lookups) not yet answered.
     bootstrap_inflight: usize,
@@ -122,8 +125,10 @@ impl Actor {
             hard: init.config.peer_queue_hard_limit,
             idle: init.config.idle_link_timeout,
         };
+        let links = Links::new(init.me.id, limits);
         Self {
-            links: Links::new(init.me.id, limits),
+            drained: links.drained().clone(),
+            links,
             config: init.config,
             identity: init.identity,
             me: init.me,
@@ -162,7 +167,6 @@ impl Actor {
             }
             let next_timer = self.timers.next();
             let accept_broadcasts = !self.links.congested();
-            let drained = self.links.drained().clone();
             tokio::select! {
                 biased;
                 ctl = self.ctl_rx.recv() => match ctl {
@@ -184,7 +188,7 @@ impl Actor {
                 Some(ev) = self.net_rx.recv() => self.on_net(ev),
                 () = tokio::time::sleep_until(next_timer.unwrap_or_else(|| Instant::now() + NO_TIMER)), if next_timer.is_some() => self.fire_timers(),
                 Some(cmd) = self.bcast_rx.recv(), if accept_broadcasts => self.on_broadcast(cmd),
-                () = drained.notified(), if !accept_broadcasts => self.links.recheck_congestion(),
+                () = self.drained.notified(), if !accept_broadcasts => self.links.recheck_congestion(),
                 Some(incoming) = self.endpoint.accept() => self.accept(incoming),
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => self.on_task_done(done),
                 _ = sweep.tick() => self.sweep(),
@@ -372,7 +376,7 @@ impl Actor {
             hello: self.hello(),
             max_frame: self.config.transport.max_frame_size,
             handshake_timeout: self.config.transport.handshake_timeout,
-            drained: self.links.drained().clone(),
+            drained: self.drained.clone(),
             writer_drops: self.links.writer_drops().clone(),
             dial,
         }
