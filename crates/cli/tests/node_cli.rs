@@ -55,7 +55,7 @@ fn lines_are_bytes_and_refused_lines_make_the_exit_status_fail() {
 }
 
 #[test]
-fn help_names_every_command_and_logs_to_a_file_have_no_colour_codes() {
+fn help_names_every_command_and_logs_to_a_pipe_have_no_colour_codes() {
     let out = Command::new(env!("CARGO_BIN_EXE_plumcast")).arg("--help").output().expect("run --help");
     let help = String::from_utf8_lossy(&out.stdout);
     let first = help.lines().next().unwrap_or_default();
