@@ -193,3 +193,39 @@ async fn a_busy_port_is_named_in_one_error_line() {
     assert_eq!(first.info().to_string(), format!("{}@{}", first.id().short(), first.addr()));
     first.shutdown().await.unwrap();
 }
+
+/// A name that does not resolve, and a contact of another cluster: the wait for a
+/// neighbour ends with an error that says why the last dial failed, and the retries back
+/// off (0.5 s doubling, the LAN preset) instead of dialing at full rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wait_for_neighbors_names_the_last_dial_failure_and_retries_back_off() {
+    let _g = SERIAL.lock().await;
+    init_tracing();
+    let wait = Duration::from_secs(4);
+
+    let (lost, _events) = Node::builder().bootstrap("nosuchhost.invalid:7000").spawn().await.unwrap();
+    let e = lost.wait_for_neighbors(1, wait).await.expect_err("nothing to join");
+    let text = e.to_string();
+    assert!(
+        matches!(&e, plumcast::Error::NoNeighbors { have: 0, wanted: 1, last_dial_failure: Some(r), .. }
+            if r.contains("cannot resolve nosuchhost.invalid:7000")),
+        "{text}"
+    );
+    assert!(text.contains("last dial failure") && !text.contains("0.0.0.0:0"), "{text}");
+    lost.shutdown().await.unwrap();
+
+    let (x, _x_events) = Node::builder().cluster("x").spawn().await.unwrap();
+    let (y, _y_events) = Node::builder().cluster("y").bootstrap(x.addr()).spawn().await.unwrap();
+    let e = y.wait_for_neighbors(1, wait).await.expect_err("another cluster");
+    assert!(
+        matches!(&e, plumcast::Error::NoNeighbors { last_dial_failure: Some(r), .. } if r.contains("another cluster")),
+        "{e}"
+    );
+    // Attempts at 0, 0.5, 1.5 and 3.5 s: four in 4 s (five allows for scheduling).
+    let dials = y.stats().await.unwrap().net.dial_failures;
+    let refused = x.stats().await.unwrap().net.cluster_mismatches;
+    assert!((2..=5).contains(&dials), "{dials} failed dials in {wait:?}");
+    assert!((2..=5).contains(&refused), "{refused} refusals in {wait:?}");
+    y.shutdown().await.unwrap();
+    x.shutdown().await.unwrap();
+}

@@ -278,3 +278,44 @@ async fn deliver_own_on_the_builder_delivers_our_own_broadcast_with_hops_0() {
     assert_eq!((got.id, got.origin, got.hops, &got.payload[..]), (id, node.id(), 0, &b"to myself"[..]));
     node.shutdown().await.unwrap();
 }
+
+/// `Node` is a cloneable handle: clones share one node, dropping one clone leaves the
+/// node running, any clone can shut it down (the others then see `Stopped`), and dropping
+/// the last clone leaves the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloned_node_is_one_node_and_any_clone_can_shut_it_down() {
+    let _g = SERIAL.lock().await;
+    init_tracing();
+    let nodes = cluster(2).await;
+    wait_until(Duration::from_secs(10), "overlay", || overlay_ready(&nodes)).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+
+    // A clone moved into a task broadcasts for the same node; dropping it changes nothing.
+    let clone = b.node.clone();
+    let id = tokio::spawn(async move { clone.broadcast(b"from a clone").await.unwrap() }).await.unwrap();
+    wait_until(Duration::from_secs(10), "delivered", || async { a.record.lock().unwrap().counts.get(&id) == Some(&1) })
+        .await;
+    assert_eq!(b.node.neighbors().await.unwrap().len(), 1, "the node outlives a dropped clone");
+
+    // Shut down through one clone; the original handle then sees a stopped node.
+    let other = b.node.clone();
+    other.shutdown().await.unwrap();
+    assert!(matches!(b.node.broadcast(b"late").await, Err(plumcast::Error::Stopped)));
+    assert!(matches!(b.node.shutdown().await, Err(plumcast::Error::Stopped)));
+    wait_until(Duration::from_secs(5), "A no longer lists B", || async {
+        a.node.neighbors().await.unwrap().is_empty()
+    })
+    .await;
+
+    // Dropping every clone of a third node leaves the cluster without a shutdown call.
+    let c = start(Some(a.node.addr()), 3).await;
+    wait_until(Duration::from_secs(10), "C joined", || async { a.node.neighbors().await.unwrap().len() == 1 }).await;
+    let c_clone = c.node.clone();
+    drop(c);
+    drop(c_clone);
+    wait_until(Duration::from_secs(5), "A no longer lists C", || async {
+        a.node.neighbors().await.unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(a.node.stats().await.unwrap().membership.failures_detected, 0, "C left; it did not fail");
+}

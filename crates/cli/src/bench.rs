@@ -202,7 +202,11 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             "cpu_us_per_delivery",
             "rss_per_node_bytes",
         ] {
-            println!("| {k} | {} |", row[k]);
+            // Text as it is, not as a JSON string literal.
+            match &row[k] {
+                serde_json::Value::String(text) => println!("| {k} | {text} |"),
+                v => println!("| {k} | {v} |"),
+            }
         }
     }
     drop(nodes);

@@ -1,5 +1,6 @@
 //! `plumcast sim`: run a simulator scenario (embedded name or TOML path).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -28,7 +29,8 @@ pub struct Args {
     /// Detector models, comma-separated: paper, shipped (overrides the scenario's).
     #[arg(long, value_delimiter = ',')]
     detectors: Option<Vec<String>>,
-    /// Where to write CSV and plots (default: a folder under the system temp dir).
+    /// Where to write CSV and plots (default: a new folder for this run under the system
+    /// temp dir, `plumcast-sim/<scenario>-<unix time>-<pid>`).
     #[arg(long)]
     out: Option<PathBuf>,
     /// One JSON object per row on stdout instead of the table.
@@ -56,11 +58,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if a.list {
-        for (name, text) in scenario::EMBEDDED {
-            let s: Scenario = Scenario::load(name)?;
-            let _ = text;
-            println!("{name:26} {}", s.description);
-        }
+        list()?;
         return Ok(ExitCode::SUCCESS);
     }
     if a.bench {
@@ -88,7 +86,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             .collect::<Result<_, _>>()?;
     }
     s.validate()?;
-    let out = a.out.unwrap_or_else(|| std::env::temp_dir().join("plumcast-sim").join(&s.name));
+    let out = a.out.unwrap_or_else(|| own_folder(&s.name));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     if let Some(csv) = a.replot {
         let text = std::fs::read_to_string(&csv).with_context(|| format!("reading {}", csv.display()))?;
@@ -103,18 +101,33 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let bar = ProgressBar::new(1);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} runs  {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    let est = s.estimate();
+    eprintln!(
+        "{}: {} runs, ≈ {} per job, ≈ {} of CPU; writing to {}",
+        s.name,
+        est.runs,
+        gib(est.memory_per_job),
+        minutes(est.cpu_seconds),
+        out.display()
     );
-    bar.enable_steady_tick(Duration::from_millis(200));
-    let rows = scenario::run(&s, a.jobs, &|done, total, label| {
-        bar.set_length(total);
-        bar.set_position(done);
-        bar.set_message(label.to_string());
-    });
-    bar.finish_and_clear();
+    let rows = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(1);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} runs  {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        let rows = scenario::run(&s, a.jobs, &|done, total, label| {
+            bar.set_length(total);
+            bar.set_position(done);
+            bar.set_message(label.to_string());
+        });
+        bar.finish_and_clear();
+        rows
+    } else {
+        let lines = ProgressLines::new();
+        scenario::run(&s, a.jobs, &|done, total, label| lines.update(done, total, label))
+    };
     if a.json {
         for r in &rows {
             println!("{}", serde_json::to_string(r)?);
@@ -131,6 +144,69 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         eprintln!("wrote {}", w.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--list`: each embedded scenario with its size and what it costs.
+fn list() -> anyhow::Result<()> {
+    println!("{:26} {:>7} {:>5} {:>9} {:>9}  description", "scenario", "nodes", "runs", "mem/job", "CPU");
+    for (name, _) in scenario::EMBEDDED {
+        let s = Scenario::load(name)?;
+        let e = s.estimate();
+        println!(
+            "{name:26} {:>7} {:>5} {:>9} {:>9}  {}",
+            s.nodes,
+            e.runs,
+            gib(e.memory_per_job),
+            minutes(e.cpu_seconds),
+            s.description
+        );
+    }
+    println!(
+        "\nruns = seeds × detectors × modes; one job simulates one seed at a time (--jobs N: N × mem/job).\n\
+         Memory and CPU are estimates from `plumcast sim --bench` (within about 3×); wall time ≈ CPU / jobs."
+    );
+    Ok(())
+}
+
+/// A folder of its own for a run without `--out`, so concurrent runs never overwrite
+/// each other: `<temp>/plumcast-sim/<scenario>-<unix seconds>-<pid>`.
+fn own_folder(scenario: &str) -> PathBuf {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    std::env::temp_dir().join("plumcast-sim").join(format!("{scenario}-{secs}-{}", std::process::id()))
+}
+
+fn gib(bytes: u64) -> String {
+    let g = bytes as f64 / f64::from(1u32 << 30);
+    if g >= 1.0 { format!("{g:.1} GiB") } else { format!("{:.0} MiB", bytes as f64 / f64::from(1u32 << 20)) }
+}
+
+fn minutes(secs: f64) -> String {
+    if secs >= 120.0 { format!("{:.0} min", secs / 60.0) } else { format!("{secs:.0} s") }
+}
+
+/// Progress when stderr is not a terminal (a log file, CI): one line when a run
+/// finishes, and one every [`ProgressLines::EVERY`] in between.
+struct ProgressLines {
+    start: Instant,
+    /// Runs done and the time of the last line.
+    last: std::sync::Mutex<(u64, Instant)>,
+}
+
+impl ProgressLines {
+    const EVERY: Duration = Duration::from_secs(30);
+
+    fn new() -> Self {
+        let now = Instant::now();
+        Self { start: now, last: std::sync::Mutex::new((0, now)) }
+    }
+
+    fn update(&self, done: u64, total: u64, label: &str) {
+        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if done != last.0 || last.1.elapsed() >= Self::EVERY {
+            *last = (done, Instant::now());
+            eprintln!("[{:.0} s] {done}/{total} runs: {label}", self.start.elapsed().as_secs_f64());
+        }
+    }
 }
 
 fn peak_rss_bytes() -> u64 {

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::spawn;
+use common::{spawn, spawn_logged};
 
 /// The node's default shutdown linger (`NodeConfig::shutdown_linger`).
 const LINGER: Duration = Duration::from_secs(2);
@@ -138,4 +138,27 @@ fn a_closed_pipe_ends_the_process_quietly() {
         .status()
         .expect("run");
     assert_eq!(status.code(), Some(0), "{status}");
+}
+
+/// A contact of another cluster and a name that does not resolve are each warned about
+/// once, by name, while the node retries; the end of the wait for a neighbour says why.
+#[test]
+fn failing_bootstrap_contacts_are_warned_about_once_and_the_wait_says_why() {
+    let x = spawn_logged(&["--cluster", "x"]);
+    let addr = x.expect(START, "listening", |v| v["event"] == "listening")["addr"].as_str().unwrap().to_string();
+    // The wait lasts 4 s: retries at 0.5, 1.5 and 3.5 s (the LAN preset's backoff).
+    let y = spawn_logged(&["--cluster", "y", "--bootstrap", &addr, "--wait-neighbor-secs", "4"]);
+    let log = y.expect_log(START, "no neighbour yet");
+    assert_eq!(log.lines().filter(|l| l.contains("belongs to another cluster")).count(), 1, "{log}");
+    assert!(log.lines().any(|l| l.contains("no neighbour yet") && l.contains("another cluster")), "{log}");
+    let x_log = x.expect_log(START, "refused a node of another cluster");
+    assert_eq!(x_log.lines().filter(|l| l.contains("another cluster")).count(), 1, "{x_log}");
+
+    let lost = spawn_logged(&["--bootstrap", "nosuchhost.invalid:7000", "--wait-neighbor-secs", "3"]);
+    let log = lost.expect_log(START, "no neighbour yet");
+    assert_eq!(log.matches("WARN").count(), 2, "one warning for the contact, one for the wait:\n{log}");
+    assert!(log.contains("cannot resolve nosuchhost.invalid:7000") && !log.contains("0.0.0.0:0"), "{log}");
+    for p in [x, y, lost] {
+        p.finish();
+    }
 }

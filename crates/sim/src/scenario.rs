@@ -235,6 +235,57 @@ impl Scenario {
     }
 }
 
+/// Peak memory of one job (one seed's overlay and its forks), bytes per node: 1,148 MiB
+/// at 10,000 nodes (`plumcast sim --bench --quick`, docs/simulation.md).
+pub const MEMORY_PER_NODE: u64 = 120 << 10;
+/// CPU time per node and membership round of 10 s, µs: building 10,000 nodes with 10
+/// rounds took 2–3 s (`plumcast sim --bench`).
+pub const CPU_US_PER_NODE_ROUND: f64 = 25.0;
+/// CPU time per node and broadcast (with the 400 ms of membership traffic beside it),
+/// µs: 10,000 nodes × 1,000 broadcasts took 122–140 s (`plumcast sim --bench --quick`).
+pub const CPU_US_PER_NODE_BROADCAST: f64 = 12.0;
+
+/// What a scenario will cost before it runs: an order of magnitude, from the
+/// [`MEMORY_PER_NODE`], [`CPU_US_PER_NODE_ROUND`] and [`CPU_US_PER_NODE_BROADCAST`]
+/// measurements. Checked against two measured scenarios: `hyparview-failures` ≈ 75
+/// CPU-minutes estimated against 85 measured, `churn` ≈ 16 against ≈ 10.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Estimate {
+    /// Runs: seeds × detectors × modes (a progress bar's length).
+    pub runs: u64,
+    /// Peak memory of one job, bytes (`--jobs N` takes about N times this).
+    pub memory_per_job: u64,
+    /// CPU time of the whole scenario, seconds (divide by `--jobs` for wall time).
+    pub cpu_seconds: f64,
+}
+
+impl Scenario {
+    /// The [`Estimate`] of running this scenario.
+    #[must_use]
+    pub fn estimate(&self) -> Estimate {
+        let n = self.nodes as f64;
+        let per_run_runs = (self.detectors.len() * self.modes.len()) as f64;
+        // Failure levels: the broadcasts run once per level, over the survivors.
+        let (bcasts, rounds) = match self.kind {
+            Kind::Failures | Kind::MassiveFailure => {
+                let survivors: f64 = self.fail_pcts.iter().map(|p| 1.0 - p / 100.0).sum();
+                (self.broadcasts as f64 * survivors, 0.0)
+            }
+            Kind::Churn => ((self.warmup + self.rounds * self.broadcasts_per_round) as f64, self.rounds as f64),
+            Kind::PartitionHeal => (self.broadcasts as f64, self.rounds as f64 + self.partition_ms as f64 / 10_000.0),
+            Kind::Stable | Kind::ConcurrentJoin => ((self.warmup + self.broadcasts) as f64, 0.0),
+        };
+        let build = n * f64::from(self.stabilize_rounds) * CPU_US_PER_NODE_ROUND;
+        let run = n * (bcasts * CPU_US_PER_NODE_BROADCAST + rounds * CPU_US_PER_NODE_ROUND);
+        let per_seed = build + per_run_runs * run;
+        Estimate {
+            runs: (self.seeds.len() * self.detectors.len() * self.modes.len()) as u64,
+            memory_per_job: self.nodes as u64 * MEMORY_PER_NODE,
+            cpu_seconds: self.seeds.len() as f64 * per_seed / 1e6,
+        }
+    }
+}
+
 /// One result row. Keys are named after the metrics; absent ones do not apply.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]

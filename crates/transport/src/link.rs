@@ -148,6 +148,9 @@ pub enum LinkEvent<M> {
     Refused {
         /// The peer, known once TLS and the Hello completed.
         peer: Option<PeerInfo>,
+        /// Whether a `DialFailed` for this connection came just before (a dial that failed
+        /// in its setup), so the owner has already heard why.
+        after_dial_failed: bool,
         /// The connection.
         conn_id: u64,
         /// What went wrong.
@@ -155,12 +158,14 @@ pub enum LinkEvent<M> {
         /// Details, for the log.
         reason: String,
     },
-    /// A dial failed (sent before the matching `Refused`).
+    /// A dial failed (sent before the matching `Refused`, if any).
     DialFailed {
         /// The peer expected at `addr` (`None`: a bootstrap address).
         expected: Option<PeerInfo>,
         /// The address dialed.
         addr: SocketAddr,
+        /// How the connection was refused, or `None` if none could be started.
+        kind: Option<Refusal>,
         /// Why.
         reason: String,
     },
@@ -201,6 +206,18 @@ pub struct Dial {
     pub addr: SocketAddr,
 }
 
+/// Why the setup failed when the connection closed under it: a peer that closed it as
+/// [`close_code::WRONG_CLUSTER`] told us we are in another cluster.
+/// The peer is known by the id its TLS key proved and the address it came from.
+fn closed_in_setup(what: &str, e: &quinn::ConnectionError, peer: PeerInfo) -> (String, Refusal, Option<PeerInfo>) {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) if c.error_code == close_code::WRONG_CLUSTER.into() => {
+            ("the peer refused us: it is in another cluster".to_string(), Refusal::WrongCluster, Some(peer))
+        }
+        _ => (format!("{what}: {e}"), Refusal::Handshake, None),
+    }
+}
+
 /// Drive one connection to its end: TLS handshake, Hello exchange, then read frames
 /// (decoded with `codec`, off the owner's task) and write the frames queued for it.
 /// Reports everything through `ctx.events`; a malformed or oversized frame closes this
@@ -219,30 +236,38 @@ pub async fn run<C, E>(
         let dial_info = dial.as_ref().map(|d| (d.expected, d.addr));
         async move {
             if let Some((expected, addr)) = dial_info {
-                let _ = net_tx.send(LinkEvent::DialFailed { expected, addr, reason: reason.clone() }.into()).await;
+                let failed = LinkEvent::DialFailed { expected, addr, kind: Some(kind), reason: reason.clone() };
+                let _ = net_tx.send(failed.into()).await;
             }
-            let _ = net_tx.send(LinkEvent::Refused { peer, conn_id, kind, reason }.into()).await;
+            let after_dial_failed = dial_info.is_some();
+            let _ = net_tx.send(LinkEvent::Refused { peer, after_dial_failed, conn_id, kind, reason }.into()).await;
         }
     };
     let setup = async {
         let conn = connecting.await.map_err(|e| (format!("handshake: {e}"), Refusal::Handshake, None))?;
         let id = peer_node_id(&conn).ok_or_else(|| ("no peer identity".to_string(), Refusal::Handshake, None))?;
+        let seen = PeerInfo { id, addr: conn.remote_address() };
         let mut send = conn.open_uni().await.map_err(|e| (format!("open stream: {e}"), Refusal::Handshake, None))?;
         let frame = encode_frame(&hello).map_err(|e| (e.to_string(), Refusal::Handshake, None))?;
         send.write_all(&frame).await.map_err(|e| (format!("write hello: {e}"), Refusal::Handshake, None))?;
-        let recv = conn.accept_uni().await.map_err(|e| (format!("accept stream: {e}"), Refusal::Handshake, None))?;
+        let recv = conn.accept_uni().await.map_err(|e| closed_in_setup("accept stream", &e, seen))?;
         let mut frames = FramedRead::new(recv, frame_codec(max_frame));
         let first = match frames.next().await {
             Some(Ok(b)) => b,
             Some(Err(e)) => return Err((format!("hello: {e}"), Refusal::Malformed, None)),
-            None => return Err(("stream closed before hello".to_string(), Refusal::Handshake, None)),
+            None => {
+                let closed = conn.close_reason().map(|e| closed_in_setup("hello", &e, seen));
+                return Err(
+                    closed.unwrap_or_else(|| ("stream closed before hello".to_string(), Refusal::Handshake, None))
+                );
+            }
         };
         let theirs: Hello = decode_body(&first).map_err(|e| (format!("hello: {e}"), Refusal::Malformed, None))?;
         let peer = PeerInfo { id, addr: theirs.addr };
         if theirs.cluster != hello.cluster {
             conn.close(close_code::WRONG_CLUSTER.into(), b"wrong cluster");
             return Err((
-                format!("peer is in cluster {:?}, we are in {:?}", theirs.cluster, hello.cluster),
+                format!("the peer is in another cluster ({:?}; we are in {:?})", theirs.cluster, hello.cluster),
                 Refusal::WrongCluster,
                 Some(peer),
             ));
@@ -292,7 +317,7 @@ pub async fn run<C, E>(
                         Err(e) => {
                             conn.close(close_code::PROTOCOL.into(), b"malformed frame");
                             let reason = format!("malformed frame ({len} bytes): {e}");
-                            let refused = LinkEvent::Refused { peer: Some(peer), conn_id, kind: Refusal::Malformed, reason };
+                            let refused = LinkEvent::Refused { peer: Some(peer), after_dial_failed: false, conn_id, kind: Refusal::Malformed, reason };
                             let _ = net_tx.send(refused.into()).await;
                             return;
                         }
@@ -307,7 +332,8 @@ pub async fn run<C, E>(
                     };
                     conn.close(code.into(), what.as_bytes());
                     let reason = format!("{what}: {e}");
-                    let _ = net_tx.send(LinkEvent::Refused { peer: Some(peer), conn_id, kind, reason }.into()).await;
+                    let refused = LinkEvent::Refused { peer: Some(peer), after_dial_failed: false, conn_id, kind, reason };
+                    let _ = net_tx.send(refused.into()).await;
                     return;
                 }
                 None => break "stream finished".to_string(),

@@ -5,28 +5,50 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// A `plumcast node --json` child process: its stdin, and its stdout lines as JSON.
+/// A `plumcast node --json` child process: its stdin, its stdout lines as JSON, and (if
+/// asked for) its stderr so far.
 pub struct Proc {
     pub child: Child,
     pub stdin: Option<ChildStdin>,
     pub lines: mpsc::Receiver<Value>,
+    pub stderr: Arc<Mutex<String>>,
 }
 
-/// Start `plumcast node --json ARGS` with stdin and stdout piped.
+/// Start `plumcast node --json ARGS` with stdin and stdout piped (stderr discarded).
 pub fn spawn(args: &[&str]) -> Proc {
+    start(args, false)
+}
+
+/// Like [`spawn`], keeping stderr (the log) in [`Proc::stderr`].
+pub fn spawn_logged(args: &[&str]) -> Proc {
+    start(args, true)
+}
+
+fn start(args: &[&str], keep_stderr: bool) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_plumcast"))
         .args(["node", "--json"])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(if keep_stderr { Stdio::piped() } else { Stdio::null() })
         .spawn()
         .expect("spawn plumcast node");
+    let stderr = Arc::new(Mutex::new(String::new()));
+    if let Some(pipe) = child.stderr.take() {
+        let log = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+    }
     let stdout = child.stdout.take().expect("stdout");
     let (tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
@@ -38,7 +60,7 @@ pub fn spawn(args: &[&str]) -> Proc {
         }
     });
     let stdin = child.stdin.take();
-    Proc { child, stdin, lines }
+    Proc { child, stdin, lines, stderr }
 }
 
 impl Proc {
@@ -52,6 +74,19 @@ impl Proc {
                 Ok(_) => {}
                 Err(_) => panic!("timed out waiting for {what}"),
             }
+        }
+    }
+
+    /// Wait until stderr holds `text` (within `timeout`); returns stderr so far.
+    pub fn expect_log(&self, timeout: Duration, text: &str) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.stderr.lock().unwrap().clone();
+            if log.contains(text) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {text:?} in the log:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

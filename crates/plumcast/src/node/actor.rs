@@ -3,7 +3,7 @@
 //! as too slow) are queued and handled after the current batch: the actor never
 //! re-enters itself.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +21,7 @@ use plumcast_transport::link::{self, Dial, Frame, LinkCtx, LinkEvent, Refusal, U
 use super::links::{Limits, Links, Sent};
 use super::timers::Timers;
 use super::wire::{EnvelopeCache, WireCodec};
-use super::{BroadcastCmd, Control, Delivered, Event, NetStats, NodeConfig, NodeStats};
+use super::{BroadcastCmd, Control, Delivered, Event, NetStats, NodeConfig, NodeStats, Reach};
 use crate::proto::{self, broadcast, membership};
 
 type Proto = proto::State<PeerInfo, ChaCha8Rng>;
@@ -35,14 +35,32 @@ const NET_QUEUE: usize = 1024;
 const ENDPOINT_CLOSE_WAIT: Duration = Duration::from_millis(100);
 /// An hour: the sleep of a loop iteration with no timer pending.
 const NO_TIMER: Duration = Duration::from_secs(3600);
+/// Most failures remembered as already warned about; the set is cleared when full, so a
+/// stream of strangers cannot grow it (they are warned about again, at worst).
+const WARNED_MAX: usize = 1024;
+
+/// Failures already logged as warnings: a contact retried with backoff, or a peer of
+/// another cluster dialing again, is logged at debug level after the first time.
+#[derive(Default)]
+struct Warned(BTreeSet<String>);
+
+impl Warned {
+    /// Whether `key` is new (and remember it).
+    fn first(&mut self, key: String) -> bool {
+        if self.0.len() >= WARNED_MAX {
+            self.0.clear();
+        }
+        self.0.insert(key)
+    }
+}
 
 /// What reaches the actor from its tasks: the links' reports, and bootstrap name lookups.
 enum NetEvent {
     Link(LinkEvent<proto::Message<PeerInfo>>),
-    /// A bootstrap host name was looked up.
+    /// A bootstrap host name was looked up: its first address of our family, or why not.
     Resolved {
         contact: String,
-        addr: Option<SocketAddr>,
+        addr: Result<SocketAddr, String>,
     },
 }
 
@@ -63,7 +81,7 @@ pub(crate) struct ActorInit {
     pub bcast_rx: mpsc::Receiver<BroadcastCmd>,
     pub ctl_rx: mpsc::Receiver<Control>,
     pub app_tx: mpsc::Sender<Event>,
-    pub neighbors_tx: watch::Sender<usize>,
+    pub reach_tx: watch::Sender<Reach>,
 }
 
 /// Counters the actor itself keeps (the links keep theirs).
@@ -89,7 +107,7 @@ pub(crate) struct Actor {
     bcast_rx: mpsc::Receiver<BroadcastCmd>,
     ctl_rx: mpsc::Receiver<Control>,
     app_tx: mpsc::Sender<Event>,
-    neighbors_tx: watch::Sender<usize>,
+    reach_tx: watch::Sender<Reach>,
     net_tx: mpsc::Sender<NetEvent>,
     net_rx: mpsc::Receiver<NetEvent>,
     /// The connection and lookup tasks.
@@ -100,6 +118,9 @@ pub(crate) struct Actor {
     timers: Timers,
     /// Bootstrap dials (and name lookups) not yet answered.
     bootstrap_inflight: usize,
+    /// Whether "rejoining" was logged since the active view was last non-empty.
+    rejoin_logged: bool,
+    warned: Warned,
     next_conn_id: u64,
     /// Events for the application, handed over at the end of each loop iteration.
     backlog: VecDeque<Event>,
@@ -137,12 +158,14 @@ impl Actor {
             bcast_rx: init.bcast_rx,
             ctl_rx: init.ctl_rx,
             app_tx: init.app_tx,
-            neighbors_tx: init.neighbors_tx,
+            reach_tx: init.reach_tx,
             net_tx,
             net_rx,
             tasks: JoinSet::new(),
             timers: Timers::default(),
             bootstrap_inflight: 0,
+            rejoin_logged: false,
+            warned: Warned::default(),
             next_conn_id: 0,
             backlog: VecDeque::new(),
             follow_ups: VecDeque::new(),
@@ -154,7 +177,7 @@ impl Actor {
     }
 
     pub(crate) async fn run(mut self) {
-        info!(addr = %self.me.addr, id = %self.me.id, "node listening");
+        debug!(addr = %self.me.addr, id = %self.me.id, "node listening");
         let contacts = self.config.bootstrap.clone();
         self.spawn_bootstrap(contacts);
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
@@ -303,7 +326,12 @@ impl Actor {
                 proto::Output::Timer { at, timer } => self.timers.set(Instant::from_std(at), timer),
                 proto::Output::Rejoin => {
                     if self.bootstrap_inflight == 0 && !self.config.bootstrap.is_empty() {
-                        info!("both views empty: retrying the bootstrap addresses");
+                        if self.rejoin_logged {
+                            debug!("both views empty: retrying the bootstrap contacts");
+                        } else {
+                            info!("both views empty: rejoining through the bootstrap contacts (with backoff)");
+                            self.rejoin_logged = true;
+                        }
                         let contacts = self.config.bootstrap.clone();
                         self.spawn_bootstrap(contacts);
                     }
@@ -318,12 +346,13 @@ impl Actor {
         let ev = match e {
             proto::Event::Neighbor(membership::Event::NeighborUp(p)) => {
                 debug!(peer = %p, "neighbor up");
-                self.neighbors_tx.send_replace(self.proto.membership().active_view().len());
+                self.rejoin_logged = false;
+                self.publish_reach();
                 Event::NeighborUp(p)
             }
             proto::Event::Neighbor(membership::Event::NeighborDown { peer, reason }) => {
                 debug!(peer = %peer, reason = reason.as_str(), "neighbor down");
-                self.neighbors_tx.send_replace(self.proto.membership().active_view().len());
+                self.publish_reach();
                 Event::NeighborDown { peer, reason }
             }
             proto::Event::Delivered(d) => Event::Delivered(Delivered::from(d)),
@@ -399,7 +428,7 @@ impl Actor {
                 let net_tx = self.net_tx.clone();
                 let reason = e.to_string();
                 self.tasks.spawn(async move {
-                    let _ = net_tx.send(LinkEvent::DialFailed { expected, addr, reason }.into()).await;
+                    let _ = net_tx.send(LinkEvent::DialFailed { expected, addr, kind: None, reason }.into()).await;
                 });
             }
         }
@@ -428,8 +457,11 @@ impl Actor {
                     let net_tx = self.net_tx.clone();
                     let ipv4 = self.me.addr.is_ipv4();
                     self.tasks.spawn(async move {
-                        let resolved = tokio::net::lookup_host(contact.as_str()).await;
-                        let addr = resolved.ok().and_then(|mut it| it.find(|a| a.is_ipv4() == ipv4));
+                        let family = if ipv4 { "IPv4" } else { "IPv6" };
+                        let addr = match tokio::net::lookup_host(contact.as_str()).await {
+                            Ok(mut it) => it.find(|a| a.is_ipv4() == ipv4).ok_or(format!("it has no {family} address")),
+                            Err(e) => Err(e.to_string()),
+                        };
                         let _ = net_tx.send(NetEvent::Resolved { contact, addr }).await;
                     });
                 }
@@ -443,14 +475,15 @@ impl Actor {
         self.now = Instant::now();
         let ev = match ev {
             NetEvent::Link(ev) => ev,
-            NetEvent::Resolved { contact, addr: Some(addr) } => {
+            NetEvent::Resolved { contact, addr: Ok(addr) } => {
                 debug!(%contact, %addr, "bootstrap contact resolved");
                 // The in-flight bootstrap count carries over to the dial.
                 return self.dial(None, addr);
             }
-            NetEvent::Resolved { contact, addr: None } => {
+            NetEvent::Resolved { contact, addr: Err(reason) } => {
                 self.stats.dial_failures += 1;
-                return self.bootstrap_unreachable(&contact, &format!("cannot resolve {contact}"));
+                let reason = format!("cannot resolve {contact}: {reason}");
+                return self.bootstrap_unreachable(&contact, None, reason);
             }
         };
         match ev {
@@ -469,32 +502,66 @@ impl Actor {
                     self.input(proto::Input::Membership(membership::Input::ConnectionLost { peer: info }));
                 }
             }
-            LinkEvent::Refused { peer, conn_id, kind, reason } => self.on_refused(peer, conn_id, kind, reason),
+            LinkEvent::Refused { peer, after_dial_failed, conn_id, kind, reason } => {
+                self.on_refused(peer, after_dial_failed, conn_id, kind, reason)
+            }
             LinkEvent::DialFailed { expected: Some(p), reason, .. } => {
                 self.stats.dial_failures += 1;
                 debug!(peer = %p, %reason, "dial failed");
+                self.dial_failed(format!("dialing {p}: {reason}"));
                 self.links.dial_failed(p.id);
                 self.input(proto::Input::Membership(membership::Input::ConnectionLost { peer: p }));
             }
-            LinkEvent::DialFailed { expected: None, addr, reason } => {
+            LinkEvent::DialFailed { expected: None, addr, kind, reason } => {
                 self.stats.dial_failures += 1;
-                self.bootstrap_unreachable(&addr.to_string(), &reason);
+                self.bootstrap_unreachable(&addr.to_string(), kind, reason);
             }
             LinkEvent::WriterDone { .. } => {}
         }
     }
 
+    /// Publish the active view's size to the handles waiting on it.
+    fn publish_reach(&self) {
+        let active = self.proto.membership().active_view().len();
+        self.reach_tx.send_modify(|r| r.active = active);
+    }
+
+    /// Remember the last dial failure for [`super::Node::wait_for_neighbors`]'s error.
+    fn dial_failed(&self, reason: String) {
+        self.reach_tx.send_modify(|r| r.last_dial_failure = Some(reason));
+    }
+
     /// A bootstrap contact could not be reached; when none is left in flight, the
-    /// protocol retries later with backoff.
-    fn bootstrap_unreachable(&mut self, contact: &str, reason: &str) {
-        warn!(%contact, %reason, "bootstrap contact unreachable");
+    /// protocol retries later with backoff. Each contact's kind of failure is warned
+    /// about once (a retry failing the same way is logged at debug level).
+    fn bootstrap_unreachable(&mut self, contact: &str, kind: Option<Refusal>, reason: String) {
+        if self.warned.first(format!("bootstrap {contact} {kind:?}")) {
+            if kind == Some(Refusal::WrongCluster) {
+                warn!(
+                    %contact, %reason,
+                    "bootstrap contact belongs to another cluster (check the cluster name); retrying with backoff"
+                );
+            } else {
+                warn!(%contact, %reason, "bootstrap contact unreachable; retrying with backoff");
+            }
+        } else {
+            debug!(%contact, %reason, "bootstrap contact unreachable");
+        }
+        self.dial_failed(format!("bootstrap contact {contact}: {reason}"));
         self.bootstrap_inflight = self.bootstrap_inflight.saturating_sub(1);
         if self.bootstrap_inflight == 0 {
             self.input(proto::Input::Membership(membership::Input::JoinFailed));
         }
     }
 
-    fn on_refused(&mut self, peer: Option<PeerInfo>, conn_id: u64, kind: Refusal, reason: String) {
+    fn on_refused(
+        &mut self,
+        peer: Option<PeerInfo>,
+        after_dial_failed: bool,
+        conn_id: u64,
+        kind: Refusal,
+        reason: String,
+    ) {
         match kind {
             Refusal::Handshake => self.stats.handshake_failures += 1,
             Refusal::WrongCluster => self.stats.cluster_mismatches += 1,
@@ -503,8 +570,15 @@ impl Actor {
         }
         // The peer is known once TLS and the Hello completed.
         let who = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
-        if kind == Refusal::Handshake {
-            debug!(peer = %who, %reason, "handshake failed");
+        // A failed dial was logged with its DialFailed; a peer of another cluster that
+        // keeps dialing is warned about once.
+        let quiet = kind == Refusal::Handshake
+            || after_dial_failed
+            || (kind == Refusal::WrongCluster && !self.warned.first(format!("cluster {:?}", peer.map(|p| p.id))));
+        if quiet {
+            debug!(peer = %who, ?kind, %reason, "connection refused");
+        } else if kind == Refusal::WrongCluster {
+            warn!(peer = %who, %reason, "refused a node of another cluster (further attempts are logged at debug level)");
         } else {
             warn!(peer = %who, ?kind, %reason, "connection refused");
         }

@@ -25,9 +25,22 @@ pub enum Error {
     /// The node has shut down or crashed.
     #[error("the node has stopped")]
     Stopped,
-    /// A wait ran out of time.
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
+    /// [`Node::wait_for_neighbors`] ran out of time before the active view held enough
+    /// peers.
+    #[error(
+        "timed out after {waited:?} with {have} of {wanted} neighbour(s){}",
+        .last_dial_failure.as_ref().map(|r| format!("; last dial failure: {r}")).unwrap_or_default()
+    )]
+    NoNeighbors {
+        /// How long it waited.
+        waited: Duration,
+        /// The neighbours asked for.
+        wanted: usize,
+        /// The active view's size when the wait ended.
+        have: usize,
+        /// Why the last dial (bootstrap contact or peer) failed, if one did.
+        last_dial_failure: Option<String>,
+    },
     /// The transport could not be set up (socket, TLS, identity).
     #[error(transparent)]
     Transport(#[from] TransportError),

@@ -17,8 +17,7 @@ mod wire;
 
 use std::net::SocketAddr;
 use std::path::Path;
-#[cfg(feature = "test-util")]
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -223,7 +222,7 @@ impl NodeBuilder {
     /// # Errors
     /// As [`NodeBuilder::spawn`].
     pub async fn spawn_with_handler<H: MessageHandler>(self, mut handler: H) -> Result<Node, Error> {
-        let (mut node, mut rx) = self.start().await?;
+        let (node, mut rx) = self.start().await?;
         let thread = std::thread::Builder::new()
             .name(format!("plumcast-handler-{}", node.id().short()))
             .spawn(move || {
@@ -236,7 +235,7 @@ impl NodeBuilder {
                 }
             })
             .map_err(|e| Error::Config(format!("cannot start the handler thread: {e}")))?;
-        node.handler_thread = Some(thread);
+        *node.running.handler_thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(thread);
         Ok(node)
     }
 
@@ -268,7 +267,7 @@ impl NodeBuilder {
         let (bcast_tx, bcast_rx) = mpsc::channel(config.broadcast_queue.max(1));
         let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
         let (app_tx, app_rx) = mpsc::channel(config.app_queue.max(1));
-        let (neighbors_tx, neighbors_rx) = watch::channel(0usize);
+        let (reach_tx, reach_rx) = watch::channel(Reach::default());
         let max_payload = config.max_payload_size;
         let actor = actor::Actor::new(actor::ActorInit {
             config,
@@ -280,7 +279,7 @@ impl NodeBuilder {
             bcast_rx,
             ctl_rx,
             app_tx,
-            neighbors_tx,
+            reach_tx,
         });
         let span = tracing::info_span!("node", node = %me.id.short());
         let task = tokio::spawn(tracing::Instrument::instrument(actor.run(), span));
@@ -290,14 +289,21 @@ impl NodeBuilder {
             max_payload,
             bcast_tx,
             ctl_tx,
-            neighbors_rx,
+            reach_rx,
             #[cfg(feature = "test-util")]
             faults,
-            task: Some(task),
-            handler_thread: None,
+            running: Arc::new(Running { task: Mutex::new(Some(task)), handler_thread: Mutex::new(None) }),
         };
         Ok((node, app_rx))
     }
+}
+
+/// What the actor publishes to the handles: the active view's size and the last dial
+/// failure (for [`Node::wait_for_neighbors`]'s error).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Reach {
+    active: usize,
+    last_dial_failure: Option<String>,
 }
 
 pub(crate) enum Control {
@@ -311,23 +317,45 @@ pub(crate) struct BroadcastCmd {
     reply: oneshot::Sender<MessageId>,
 }
 
-/// A running plumcast node.
+/// A handle to a running plumcast node.
 ///
-/// Dropping a `Node` without [`Node::shutdown`] still leaves gracefully (Disconnect to the
-/// neighbours) in the background, but nothing waits for it: queued frames may be lost and
-/// the handler thread may still be running when `drop` returns. Call `shutdown` to flush.
-#[derive(Debug)]
+/// `Node` is a cheap handle: clone it to share the node between tasks (each clone holds
+/// two channel senders and an `Arc`); every clone talks to the same node. Any clone may
+/// call [`Node::shutdown`]; after it, every clone's calls return [`Error::Stopped`].
+///
+/// Dropping the **last** clone without `shutdown` still leaves the cluster gracefully
+/// (Disconnect to the neighbours) in the background, but nothing waits for it: queued
+/// frames may be lost and the handler thread may still be running when `drop` returns.
+/// Call `shutdown` to flush and wait. Dropping any other clone does nothing.
+#[derive(Clone, Debug)]
 pub struct Node {
     me: PeerInfo,
     incarnation: u64,
     max_payload: usize,
     bcast_tx: mpsc::Sender<BroadcastCmd>,
     ctl_tx: mpsc::Sender<Control>,
-    neighbors_rx: watch::Receiver<usize>,
+    reach_rx: watch::Receiver<Reach>,
     #[cfg(feature = "test-util")]
     faults: Arc<plumcast_transport::Faults>,
-    task: Option<tokio::task::JoinHandle<()>>,
-    handler_thread: Option<std::thread::JoinHandle<()>>,
+    running: Arc<Running>,
+}
+
+/// The node's actor task and handler thread, shared by the clones; `shutdown` takes
+/// them to wait for their end.
+#[derive(Debug)]
+struct Running {
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    handler_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Running {
+    fn take_task(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.task.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    fn take_handler_thread(&self) -> Option<std::thread::JoinHandle<()>> {
+        self.handler_thread.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
 }
 
 impl Node {
@@ -400,16 +428,26 @@ impl Node {
         rx.await.map_err(|_| Error::Stopped)
     }
 
-    /// Wait until the active view holds at least `n` peers.
+    /// Wait until the active view holds at least `n` peers; returns the active view.
     ///
     /// # Errors
-    /// [`Error::Timeout`] after `timeout`; [`Error::Stopped`].
+    /// [`Error::NoNeighbors`] after `timeout`, with why the last dial failed (an
+    /// unresolvable or unreachable bootstrap contact, a node of another cluster);
+    /// [`Error::Stopped`].
     pub async fn wait_for_neighbors(&self, n: usize, timeout: Duration) -> Result<Vec<PeerInfo>, Error> {
-        let mut rx = self.neighbors_rx.clone();
-        match tokio::time::timeout(timeout, rx.wait_for(|k| *k >= n)).await {
+        let mut rx = self.reach_rx.clone();
+        match tokio::time::timeout(timeout, rx.wait_for(|r| r.active >= n)).await {
             Ok(Ok(_)) => self.neighbors().await,
             Ok(Err(_)) => Err(Error::Stopped),
-            Err(_) => Err(Error::Timeout(timeout)),
+            Err(_) => {
+                let reach = self.reach_rx.borrow();
+                Err(Error::NoNeighbors {
+                    waited: timeout,
+                    wanted: n,
+                    have: reach.active,
+                    last_dial_failure: reach.last_dial_failure.clone(),
+                })
+            }
         }
     }
 
@@ -425,18 +463,20 @@ impl Node {
 
     /// Leave gracefully: Disconnect to every neighbour, flush queued frames (bounded by
     /// [`NodeConfig::shutdown_linger`]), close the endpoint, drain all tasks and let the
-    /// handler finish the events already delivered.
+    /// handler finish the events already delivered. Any clone may call it; it returns
+    /// once the node has stopped.
     ///
     /// # Errors
-    /// [`Error::Stopped`] if the node had already stopped.
-    pub async fn shutdown(mut self) -> Result<(), Error> {
+    /// [`Error::Stopped`] if the node had already stopped (or another clone's
+    /// `shutdown` stopped it first).
+    pub async fn shutdown(&self) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
         let sent = self.ctl_tx.send(Control::Shutdown(tx)).await.is_ok();
         let acked = sent && rx.await.is_ok();
-        if let Some(task) = self.task.take() {
+        if let Some(task) = self.running.take_task() {
             let _ = task.await;
         }
-        if let Some(t) = self.handler_thread.take() {
+        if let Some(t) = self.running.take_handler_thread() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
         if acked { Ok(()) } else { Err(Error::Stopped) }
@@ -446,9 +486,9 @@ impl Node {
     /// Crash abruptly, for tests and the demo: the socket is black-holed (no
     /// CONNECTION_CLOSE reaches anyone) and every task is aborted. Peers notice only
     /// through their failure detectors.
-    pub fn crash(mut self) {
+    pub fn crash(&self) {
         self.faults.black_hole();
-        if let Some(task) = self.task.take() {
+        if let Some(task) = self.running.take_task() {
             task.abort();
         }
     }
