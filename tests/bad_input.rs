@@ -172,7 +172,7 @@ async fn a_bootstrap_contact_without_a_port_is_refused_at_spawn() {
         assert!(matches!(e, plumcast::Error::Config(_)) && text.contains(says) && text.contains(contact), "{text}");
     }
     for ok in ["127.0.0.1:7000", "[::1]:7000", "example.invalid:7000"] {
-        assert_eq!(plumcast::check_contact(ok), Ok(()), "{ok}");
+        assert_eq!(plumcast::config::check_contact(ok), Ok(()), "{ok}");
     }
 }
 

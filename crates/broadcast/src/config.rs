@@ -5,9 +5,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-#[cfg(doc)]
-use crate::{Input, State, Stats};
-
 /// Which spanning tree a link belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Tree {
@@ -44,14 +41,14 @@ pub struct Config {
     /// measured faster for random senders (docs/performance.md).
     pub tree: Tree,
     /// Most per-origin trees kept; the least recently used is forgotten beyond it (its
-    /// links turn eager again; counted in [`Stats::trees_evicted`]).
+    /// links turn eager again; counted in [`Stats::trees_evicted`](crate::Stats::trees_evicted)).
     pub max_trees: usize,
     /// Timer 1: wait after the first IHave for a missing payload before grafting. The
     /// paper gives no number (§3.6); iroh-gossip uses 80 ms. LAN default 80 ms.
     pub graft_timeout_1: Duration,
     /// Timer 2: wait for a grafted payload before grafting the next announcer ("about one
     /// round trip", paper §3.6). A floor: the wait is the larger of this and twice the
-    /// smoothed RTT to the grafted peer when the node reports it ([`State::set_rtt`]; the
+    /// smoothed RTT to the grafted peer when the node reports it ([`State::set_rtt`](crate::State::set_rtt); the
     /// QUIC node feeds quinn's estimate every 500 ms), so slow links are not given up on
     /// early. LAN default 40 ms.
     pub graft_timeout_2: Duration,
@@ -69,10 +66,10 @@ pub struct Config {
     /// Message cache bound: age. iroh-gossip keeps payloads 30 s.
     pub cache_max_age: Duration,
     /// Most missing-message records (IHave seen, payload not) kept at once; further
-    /// announcements are dropped and counted in [`Stats::missing_dropped`].
+    /// announcements are dropped and counted in [`Stats::missing_dropped`](crate::Stats::missing_dropped).
     pub max_missing: usize,
     /// Most out-of-order sequence numbers kept above one origin's watermark before the
-    /// watermark is forced forward (counted in [`Stats::dedupe_window_overflows`]).
+    /// watermark is forced forward (counted in [`Stats::dedupe_window_overflows`](crate::Stats::dedupe_window_overflows)).
     pub dedupe_window: usize,
     /// Deliver our own broadcasts to ourselves too. Default `false`.
     pub deliver_own: bool,

@@ -2,11 +2,9 @@
 
 use std::time::Instant;
 
-#[cfg(doc)]
-use crate::State;
 use crate::{Envelope, Message, MessageId};
 
-/// Inputs to [`State::handle`].
+/// Inputs to [`State::handle`](crate::State::handle).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input<P> {
     /// A message from a neighbour.
@@ -51,7 +49,7 @@ pub struct Delivery<P> {
     pub from: Option<P>,
 }
 
-/// Outputs of [`State::handle`].
+/// Outputs of [`State::handle`](crate::State::handle).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output<P> {
     /// Send to a neighbour.

@@ -6,9 +6,6 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::PeerId;
-#[cfg(doc)]
-use crate::Tree;
-
 /// Identifier of one broadcast: BLAKE3 over the postcard encoding of
 /// `(origin, incarnation, seq)` followed by the payload. Never the payload hash alone:
 /// two equal payloads are two messages.
@@ -138,12 +135,12 @@ pub enum Message<P> {
     Graft {
         /// The missing message, or `None` for a tree-optimisation graft.
         id: Option<MessageId>,
-        /// Whose tree the link joins ([`Tree::PerOrigin`]; ignored with a shared tree).
+        /// Whose tree the link joins ([`Tree::PerOrigin`](crate::Tree::PerOrigin); ignored with a shared tree).
         origin: P,
     },
     /// Make the link lazy (paper Alg. 1, `PRUNE`).
     Prune {
-        /// Whose tree the link leaves ([`Tree::PerOrigin`]; ignored with a shared tree).
+        /// Whose tree the link leaves ([`Tree::PerOrigin`](crate::Tree::PerOrigin); ignored with a shared tree).
         origin: P,
     },
 }

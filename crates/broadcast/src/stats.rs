@@ -2,9 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-#[cfg(doc)]
-use crate::{Config, Tree};
-
 /// Counters. Monotonic.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -37,7 +34,7 @@ pub struct Stats {
     pub prunes_received: u64,
     /// Tree optimisations performed (§3.8).
     pub optimizations: u64,
-    /// Tree parents replaced at once when they failed ([`Tree::PerOrigin`]): the lazy
+    /// Tree parents replaced at once when they failed ([`Tree::PerOrigin`](crate::Tree::PerOrigin)): the lazy
     /// neighbour with the lowest announced round was grafted without waiting for a message.
     pub parent_repairs: u64,
     /// Payloads evicted from the cache.

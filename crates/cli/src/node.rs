@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 /// A `--bootstrap` value, checked when the command line is parsed.
 fn contact(s: &str) -> Result<String, String> {
-    plumcast::check_contact(s).map(|()| s.to_string())
+    plumcast::config::check_contact(s).map(|()| s.to_string())
 }
 
 /// Lines read ahead of the broadcasts (the reader waits beyond it).

@@ -5,9 +5,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-#[cfg(doc)]
-use crate::State;
-
 /// HyParView configuration. All durations are wall-clock spans handed to the host as
 /// absolute timer deadlines.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,7 +54,7 @@ pub struct Config {
     /// Largest delay between two bootstrap retries.
     pub rejoin_backoff_max: Duration,
     /// How many peers that failed (detector, lost connection, unanswered request) are
-    /// remembered for [reconnect](State#reconnect) probes. 0 turns reconnect off.
+    /// remembered for [reconnect](crate::State#reconnect) probes. 0 turns reconnect off.
     pub reconnect_capacity: usize,
     /// How long a failed peer is remembered and probed, once per round, before it is
     /// given up (Serf's `reconnect_timeout`; its default is 24 h, ours 1 h).

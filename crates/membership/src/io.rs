@@ -5,9 +5,6 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::Message;
-#[cfg(doc)]
-use crate::State;
-
 /// Why an active neighbour went away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum DownReason {
@@ -69,7 +66,7 @@ pub enum Timer<P> {
     },
 }
 
-/// Inputs to [`State::handle`].
+/// Inputs to [`State::handle`](crate::State::handle).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input<P> {
     /// Join the cluster through `contact` (a bootstrap peer the host has reached).

@@ -89,3 +89,24 @@ impl Default for NodeConfig {
         }
     }
 }
+
+/// Check that a bootstrap contact is `IP:PORT` or `HOST:PORT` with a port in 1–65535.
+/// Whether a host name resolves is learnt when it is dialed (and retried with backoff).
+///
+/// # Errors
+/// A message naming the contact and what is wrong with it.
+pub fn check_contact(contact: &str) -> Result<(), String> {
+    if contact.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let Some((host, port)) = contact.rsplit_once(':') else {
+        return Err(format!("bootstrap contact {contact:?} has no port: write HOST:PORT or IP:PORT"));
+    };
+    if host.is_empty() {
+        return Err(format!("bootstrap contact {contact:?} has no host: write HOST:PORT or IP:PORT"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("bootstrap contact {contact:?}: {port:?} is not a port (1–65535)")),
+    }
+}

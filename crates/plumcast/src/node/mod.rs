@@ -7,7 +7,7 @@
 //! QUIC flow control pushes back to the senders, which then stop accepting broadcasts.
 
 mod actor;
-mod config;
+pub mod config;
 mod error;
 mod event;
 mod links;
@@ -26,8 +26,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use config::NodeConfig;
 pub use error::Error;
 pub use event::{Delivered, Event, Events, MessageHandler};
-#[cfg(feature = "test-util")]
-pub use plumcast_transport::Faults;
 pub use plumcast_transport::{Identity, NodeId, PeerInfo, TransportConfig, TransportError};
 pub use stats::{FrameDrops, NetStats, NodeStats};
 
@@ -101,27 +99,6 @@ impl Payload for &String {
     }
 }
 
-/// Check that a bootstrap contact is `IP:PORT` or `HOST:PORT` with a port in 1–65535.
-/// Whether a host name resolves is learnt when it is dialed (and retried with backoff).
-///
-/// # Errors
-/// A message naming the contact and what is wrong with it.
-pub fn check_contact(contact: &str) -> Result<(), String> {
-    if contact.parse::<SocketAddr>().is_ok() {
-        return Ok(());
-    }
-    let Some((host, port)) = contact.rsplit_once(':') else {
-        return Err(format!("bootstrap contact {contact:?} has no port: write HOST:PORT or IP:PORT"));
-    };
-    if host.is_empty() {
-        return Err(format!("bootstrap contact {contact:?} has no host: write HOST:PORT or IP:PORT"));
-    }
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(()),
-        _ => Err(format!("bootstrap contact {contact:?}: {port:?} is not a port (1–65535)")),
-    }
-}
-
 /// Control requests to the actor.
 const CONTROL_QUEUE: usize = 64;
 
@@ -172,14 +149,49 @@ impl NodeBuilder {
         self.config.cluster = name.into();
         self
     }
-    /// Protocol parameters.
+    /// Protocol parameters, both layers: a preset ([`proto::Config::lan`], the default;
+    /// [`proto::Config::wan`]; [`proto::Config::local`] for many nodes on one machine),
+    /// or a preset with fields changed (`proto::Config` and its parts are plain data).
+    /// Call it before [`NodeBuilder::deliver_own`] and [`NodeBuilder::tree`], which
+    /// change the protocol parameters set so far.
     pub fn protocol(mut self, protocol: proto::Config) -> Self {
         self.config.protocol = protocol;
         self
     }
-    /// Largest payload, bytes.
+    /// One spanning tree per origin ([`proto::Tree::PerOrigin`], the default: faster
+    /// with many senders, docs/performance.md) or one shared tree as in the Plumtree
+    /// paper ([`proto::Tree::Shared`]).
+    pub fn tree(mut self, tree: proto::Tree) -> Self {
+        self.config.protocol.broadcast.tree = tree;
+        self
+    }
+    /// QUIC parameters (keep-alive, idle timeout, frame size, handshake timeout).
+    pub fn transport(mut self, transport: TransportConfig) -> Self {
+        self.config.transport = transport;
+        self
+    }
+    /// Largest payload, bytes. Default [`config::MAX_PAYLOAD_SIZE`] (64 KiB); it must
+    /// leave 1 KiB of the transport's frame size for headers.
     pub fn max_payload_size(mut self, bytes: usize) -> Self {
         self.config.max_payload_size = bytes;
+        self
+    }
+    /// Events queued for the application before the node stops reading from its peers.
+    /// Default [`config::APP_QUEUE`] (4,096).
+    pub fn app_queue(mut self, events: usize) -> Self {
+        self.config.app_queue = events;
+        self
+    }
+    /// Broadcasts queued before [`Node::broadcast`] waits and [`Node::try_broadcast`]
+    /// returns [`Error::Busy`]. Default [`config::BROADCAST_QUEUE`] (128).
+    pub fn broadcast_queue(mut self, broadcasts: usize) -> Self {
+        self.config.broadcast_queue = broadcasts;
+        self
+    }
+    /// How long [`Node::shutdown`] waits for the Disconnects to be acknowledged.
+    /// Default [`config::SHUTDOWN_LINGER`] (2 s).
+    pub fn shutdown_linger(mut self, linger: Duration) -> Self {
+        self.config.shutdown_linger = linger;
         self
     }
     /// Use this identity (default: a fresh one).
@@ -245,7 +257,7 @@ impl NodeBuilder {
             return Err(Error::Config("the cluster name is empty".into()));
         }
         for contact in &config.bootstrap {
-            check_contact(contact).map_err(Error::Config)?;
+            config::check_contact(contact).map_err(Error::Config)?;
         }
         if config.max_payload_size + 1024 > config.transport.max_frame_size {
             return Err(Error::Config(format!(

@@ -17,8 +17,10 @@ use rand::RngCore;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+#[doc(inline)]
 pub use plumcast_broadcast as broadcast;
 pub use plumcast_broadcast::{Delivery, Envelope, MessageId, Mode, Tree};
+#[doc(inline)]
 pub use plumcast_membership as membership;
 pub use plumcast_membership::DownReason;
 
