@@ -237,7 +237,7 @@ fn print_event(ev: &Event, json: bool) {
             "{}",
             json!({"event": "neighbor_down", "peer": peer.id.to_hex(), "addr": peer.addr.to_string(), "reason": reason.as_str()})
         ),
-        (Event::NeighborUp(p), false) => eprintln!("neighbor up: {p:?}"),
-        (Event::NeighborDown { peer, reason }, false) => eprintln!("neighbor down: {peer:?} ({})", reason.as_str()),
+        (Event::NeighborUp(p), false) => eprintln!("neighbor up: {p}"),
+        (Event::NeighborDown { peer, reason }, false) => eprintln!("neighbor down: {peer} ({})", reason.as_str()),
     }
 }
