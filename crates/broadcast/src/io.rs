@@ -34,6 +34,8 @@ pub enum Timer {
     },
     /// Send the batched IHave announcements.
     IHaveFlush,
+    /// Start an anti-entropy exchange with the next partner.
+    AntiEntropy,
 }
 
 /// A message delivered to the application.
@@ -47,6 +49,8 @@ pub struct Delivery<P> {
     pub hops: u32,
     /// The neighbour it came from (`None` for our own).
     pub from: Option<P>,
+    /// Whether anti-entropy recovered it (a [`Message::Repair`]), rather than the tree.
+    pub recovered: bool,
 }
 
 /// Outputs of [`State::handle`](crate::State::handle).

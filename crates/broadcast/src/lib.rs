@@ -32,6 +32,7 @@ mod io;
 mod message;
 mod state;
 mod stats;
+pub mod store;
 mod trees;
 
 use std::fmt::Debug;
@@ -41,15 +42,16 @@ use serde::Serialize;
 
 pub use config::{Config, Mode, Tree};
 pub use io::{Delivery, Input, Output, Timer};
-pub use message::{Announcement, Envelope, Message, MessageId};
+pub use message::{Announcement, Envelope, Head, Message, MessageId};
 pub use state::State;
 pub use stats::Stats;
+pub use store::{MemoryStore, MessageStore, Retention, StoreError, StoreSize};
 
 /// What a peer or origin id must be (the node uses `NodeId`, the simulator `u32`). Its
 /// postcard encoding goes into every [`MessageId`], so its `Serialize` must not fail (a
 /// derived or array impl cannot with postcard; tested for `u32` and 32-byte keys).
-pub trait PeerId: Clone + Eq + Ord + Hash + Debug + Serialize {}
-impl<T: Clone + Eq + Ord + Hash + Debug + Serialize> PeerId for T {}
+pub trait PeerId: Clone + Eq + Ord + Hash + Debug + Serialize + Send + 'static {}
+impl<T: Clone + Eq + Ord + Hash + Debug + Serialize + Send + 'static> PeerId for T {}
 
 #[cfg(test)]
 mod tests;

@@ -143,4 +143,39 @@ pub enum Message<P> {
         /// Whose tree the link leaves ([`Tree::PerOrigin`](crate::Tree::PerOrigin); ignored with a shared tree).
         origin: P,
     },
+    /// Anti-entropy: one piece of the sender's version vector, every head it keeps with a
+    /// key `(origin, incarnation)` in `(after, upto]` (`None`: unbounded on that side).
+    /// The receiver sends back, in [`Message::Repair`], the messages the sender lacks, and,
+    /// if `reply`, its own heads over the same keys so the sender can repair it too.
+    Digest {
+        /// Heads in the piece, in key order.
+        heads: Vec<Head<P>>,
+        /// The piece starts after this key (`None`: at the first key).
+        after: Option<(P, u64)>,
+        /// The piece ends at this key, inclusive (`None`: at the last key).
+        upto: Option<(P, u64)>,
+        /// Whether the receiver should answer with its own digest of the same keys.
+        reply: bool,
+    },
+    /// Anti-entropy: messages the receiver lacked, oldest first per origin and
+    /// incarnation. Delivered as recovered and not pushed on through the tree.
+    Repair {
+        /// The messages.
+        envelopes: Vec<Envelope<P>>,
+        /// Whether the sender had more than the bounds of one repair let it send: the
+        /// receiver asks again at once.
+        more: bool,
+    },
+}
+
+/// One entry of a version vector: every message of `(origin, incarnation)` with
+/// seq ≤ `seq` was seen (some above it may have been too).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head<P> {
+    /// The origin.
+    pub origin: P,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// The contiguous watermark: the highest seq with every one below it seen.
+    pub seq: u64,
 }

@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::cache::{Cached, PayloadCache};
-use crate::dedupe::{Dedupe, Seen};
+use crate::dedupe::{Key, Seen, Versions};
+use crate::store::MessageStore;
 use crate::trees::Trees;
 use crate::{
-    Announcement, Config, Delivery, Envelope, Input, Message, MessageId, Mode, Output, PeerId, Stats, Timer, Tree,
+    Announcement, Config, Delivery, Envelope, Head, Input, MemoryStore, Message, MessageId, Mode, Output, PeerId,
+    Stats, StoreSize, Timer, Tree,
 };
 
 /// How often, at most, expired payloads and missing records are swept: an entry lives at
@@ -37,6 +39,32 @@ enum Sender {
     Stranger,
 }
 
+/// Most digests answered per neighbour per anti-entropy interval: a catch-up asks again
+/// after every full repair, so this bounds a neighbour's catch-up to 256 repairs of
+/// [`Config::anti_entropy_max_messages`] per interval (≈ 52,000 messages/s with the
+/// defaults), and what a hostile neighbour can make us send.
+const DIGESTS_PER_INTERVAL: u32 = 256;
+
+/// Anti-entropy bookkeeping.
+#[derive(Clone, Debug)]
+struct AntiEntropy<P> {
+    armed: bool,
+    /// The next periodic piece starts after this key (`None`: at the first).
+    cursor: Option<Key<P>>,
+    /// When each neighbour was last synced with (partner choice: least recently).
+    last_sync: BTreeMap<P, Instant>,
+    /// The piece last asked of each neighbour, asked again when a repair says `more`.
+    asked: BTreeMap<P, Option<Key<P>>>,
+    /// Digests answered per neighbour in the current window, and the window's start.
+    budget: BTreeMap<P, (Instant, u32)>,
+}
+
+impl<P> Default for AntiEntropy<P> {
+    fn default() -> Self {
+        Self { armed: false, cursor: None, last_sync: BTreeMap::new(), asked: BTreeMap::new(), budget: BTreeMap::new() }
+    }
+}
+
 /// The Plumtree state of one node.
 #[derive(Clone)]
 pub struct State<P> {
@@ -46,8 +74,10 @@ pub struct State<P> {
     config: Config,
     neighbors: BTreeSet<P>,
     trees: Trees<P>,
-    dedupe: Dedupe<P>,
+    versions: Versions<P>,
     cache: PayloadCache<P>,
+    store: Box<dyn MessageStore<P>>,
+    anti_entropy: AntiEntropy<P>,
     /// Keyed by peer-announced ids, so SipHash; looked up, and iterated only to forget a
     /// neighbour (no output depends on its order).
     missing: HashMap<MessageId, Missing<P>>,
@@ -62,15 +92,24 @@ pub struct State<P> {
 }
 
 impl<P: PeerId> State<P> {
-    /// A node `me` in life `incarnation` (the node passes its start time in ms).
+    /// A node `me` in life `incarnation` (the node passes its start time in ms), with an
+    /// in-memory message store keeping [`Config::retention`].
     pub fn new(me: P, incarnation: u64, config: Config) -> Self {
+        let store = Box::new(MemoryStore::new(config.retention));
+        Self::with_store(me, incarnation, config, store)
+    }
+
+    /// Like [`State::new`], keeping messages in `store` (a durable one, say).
+    pub fn with_store(me: P, incarnation: u64, config: Config, store: Box<dyn MessageStore<P>>) -> Self {
         Self {
+            store,
+            anti_entropy: AntiEntropy::default(),
             me,
             incarnation,
             next_seq: 1,
             neighbors: BTreeSet::new(),
             trees: Trees::new(config.tree, config.max_trees),
-            dedupe: Dedupe::new(config.dedupe_window),
+            versions: Versions::new(config.dedupe_window, config.max_incarnations),
             cache: PayloadCache::new(config.cache_max_messages, config.cache_max_bytes, config.cache_max_age),
             missing: HashMap::new(),
             missing_order: VecDeque::new(),
@@ -139,6 +178,21 @@ impl<P: PeerId> State<P> {
         self.cache.len()
     }
 
+    /// What the message store holds.
+    pub fn store_size(&self) -> StoreSize {
+        self.store.size()
+    }
+
+    /// Entries (origin, incarnation) in the version vector.
+    pub fn versions_len(&self) -> usize {
+        self.versions.len()
+    }
+
+    /// The version vector's head of `(origin, incarnation)`: every seq up to it was seen.
+    pub fn head(&self, origin: &P, incarnation: u64) -> u64 {
+        self.versions.head(&(origin.clone(), incarnation))
+    }
+
     /// Missing-message records in use.
     pub fn missing_len(&self) -> usize {
         self.missing.len()
@@ -173,8 +227,15 @@ impl<P: PeerId> State<P> {
         self.mark_seen(&envelope);
         if self.config.deliver_own {
             self.stats.delivered += 1;
-            self.out.push(Output::Deliver(Delivery { id, envelope: envelope.clone(), hops: 0, from: None }));
+            self.out.push(Output::Deliver(Delivery {
+                id,
+                envelope: envelope.clone(),
+                hops: 0,
+                from: None,
+                recovered: false,
+            }));
         }
+        self.store_append(now, id, &envelope);
         self.push(now, id, &envelope, 0, None);
         self.cache_insert(now, id, Cached { envelope, send_round: 0, parent: None });
         (id, self.out.drain(..))
@@ -191,12 +252,18 @@ impl<P: PeerId> State<P> {
                 self.ihave_armed = false;
                 self.flush_ihave();
             }
+            Input::Timer(Timer::AntiEntropy) => self.on_anti_entropy_timer(now),
             Input::NeighborUp(p) => {
                 if p != self.me {
                     // A new neighbour starts eager in every tree.
                     self.trees.neighbor_up(&p);
                     self.neighbors.insert(p.clone());
-                    self.catch_up(now, p);
+                    self.catch_up(now, p.clone());
+                    // Anti-entropy at once with a new neighbour, from the first key.
+                    if self.config.anti_entropy_interval.is_some() {
+                        self.send_digest(now, p, None, true);
+                        self.arm_anti_entropy(now);
+                    }
                 }
             }
             Input::NeighborDown(p) => self.on_neighbor_down(p),
@@ -217,6 +284,9 @@ impl<P: PeerId> State<P> {
         }
         self.ihave_queue.remove(&p);
         self.rtt.remove(&p);
+        self.anti_entropy.last_sync.remove(&p);
+        self.anti_entropy.asked.remove(&p);
+        self.anti_entropy.budget.remove(&p);
         for m in self.missing.values_mut() {
             m.announcers.retain(|a| a != &p);
             if m.best.as_ref().is_some_and(|(b, _)| b == &p) {
@@ -258,9 +328,17 @@ impl<P: PeerId> State<P> {
                 self.stats.grafts_received += 1;
                 self.trees.set_eager(&origin, &from);
                 if let Some(id) = id {
-                    match self.cache.get(&id) {
-                        Some(c) => {
-                            let message = Message::Gossip { round: c.send_round, envelope: c.envelope.clone() };
+                    let message = match self.cache.get(&id) {
+                        Some(c) => Some(Message::Gossip { round: c.send_round, envelope: c.envelope.clone() }),
+                        // Evicted from the cache but still within retention: the round it
+                        // travelled at is forgotten, so it goes out as from the origin.
+                        None => self.store.get(&id).map(|envelope| {
+                            self.stats.store_grafts += 1;
+                            Message::Gossip { round: 0, envelope }
+                        }),
+                    };
+                    match message {
+                        Some(message) => {
                             self.stats.gossip_sent += 1;
                             self.out.push(Output::Send { to: from, message });
                         }
@@ -272,6 +350,8 @@ impl<P: PeerId> State<P> {
                 self.stats.prunes_received += 1;
                 self.set_lazy(&origin, &from);
             }
+            Message::Digest { heads, after, upto, reply } => self.on_digest(now, from, heads, after, upto, reply),
+            Message::Repair { envelopes, more } => self.on_repair(now, from, envelopes, more),
         }
     }
 
@@ -279,7 +359,7 @@ impl<P: PeerId> State<P> {
         self.stats.gossip_received += 1;
         let id = envelope.id();
         let neighbor = sender == Sender::Neighbor;
-        match self.dedupe.check(&envelope.origin, envelope.incarnation, envelope.seq) {
+        match self.versions.check(&envelope.origin, envelope.incarnation, envelope.seq) {
             Seen::Stale => {
                 self.stats.stale_incarnation += 1;
                 return;
@@ -319,7 +399,9 @@ impl<P: PeerId> State<P> {
             envelope: envelope.clone(),
             hops: round.saturating_add(1),
             from: Some(from.clone()),
+            recovered: false,
         }));
+        self.store_append(now, id, &envelope);
         let send_round = round.saturating_add(1);
         self.push(now, id, &envelope, send_round, Some(&from));
         // Paper §3.8 (Algorithm 2): an IHave that came before the payload and announced it
@@ -340,7 +422,7 @@ impl<P: PeerId> State<P> {
         for a in anns {
             self.stats.announcements_received += 1;
             self.trees.announced(&a.origin, &from, a.round);
-            match self.dedupe.check(&a.origin, a.incarnation, a.seq) {
+            match self.versions.check(&a.origin, a.incarnation, a.seq) {
                 Seen::Stale => continue,
                 Seen::Yes => {
                     self.maybe_optimize(&from, &a);
@@ -519,7 +601,160 @@ impl<P: PeerId> State<P> {
     }
 
     fn mark_seen(&mut self, e: &Envelope<P>) {
-        self.stats.dedupe_window_overflows += self.dedupe.mark(&e.origin, e.incarnation, e.seq);
+        self.stats.dedupe_window_overflows += self.versions.mark(&e.origin, e.incarnation, e.seq);
+    }
+
+    fn store_append(&mut self, now: Instant, id: MessageId, e: &Envelope<P>) {
+        if self.store.append(now, id, e).is_err() {
+            self.stats.store_errors += 1;
+        }
+    }
+
+    fn arm_anti_entropy(&mut self, now: Instant) {
+        if let Some(every) = self.config.anti_entropy_interval {
+            if !self.anti_entropy.armed && !self.neighbors.is_empty() {
+                self.anti_entropy.armed = true;
+                self.out.push(Output::Timer { at: now + every, timer: Timer::AntiEntropy });
+            }
+        }
+    }
+
+    /// One periodic exchange: the next piece of the version vector to the neighbour
+    /// synced with least recently (never synced first; ties in neighbour order).
+    fn on_anti_entropy_timer(&mut self, now: Instant) {
+        self.anti_entropy.armed = false;
+        let last = &self.anti_entropy.last_sync;
+        let partner = self.neighbors.iter().min_by_key(|p| last.get(*p).copied()).cloned();
+        if let Some(p) = partner {
+            let after = self.anti_entropy.cursor.clone();
+            self.anti_entropy.cursor = self.send_digest(now, p, after, true);
+        }
+        self.arm_anti_entropy(now);
+    }
+
+    /// Send `to` the piece of our version vector after key `after`; returns where the
+    /// next piece starts (`None`: the vector was covered to its end).
+    fn send_digest(&mut self, now: Instant, to: P, after: Option<Key<P>>, reply: bool) -> Option<Key<P>> {
+        let max = self.config.anti_entropy_max_heads.max(1);
+        let piece = self.versions.piece(after.as_ref(), max);
+        let upto = if piece.len() < max { None } else { piece.last().map(|(k, _)| k.clone()) };
+        let heads: Vec<Head<P>> =
+            piece.into_iter().map(|((origin, incarnation), seq)| Head { origin, incarnation, seq }).collect();
+        self.stats.digests_sent += 1;
+        self.stats.digest_heads_sent += heads.len() as u64;
+        self.anti_entropy.last_sync.insert(to.clone(), now);
+        self.anti_entropy.asked.insert(to.clone(), after.clone());
+        self.out.push(Output::Send { to, message: Message::Digest { heads, after, upto: upto.clone(), reply } });
+        upto
+    }
+
+    /// Whether a digest from `from` is within its budget for this interval.
+    fn digest_allowed(&mut self, now: Instant, from: &P) -> bool {
+        let window = self.config.anti_entropy_interval.unwrap_or(Duration::from_secs(1));
+        let (start, count) = self.anti_entropy.budget.entry(from.clone()).or_insert((now, 0));
+        if now.saturating_duration_since(*start) >= window {
+            *start = now;
+            *count = 0;
+        }
+        *count += 1;
+        *count <= DIGESTS_PER_INTERVAL
+    }
+
+    /// A neighbour's piece of its version vector: repair what it lacks of the keys in
+    /// `(after, upto]` (oldest first, within the bounds of one repair), and, if asked,
+    /// send our heads of the same keys when it has something we lack.
+    fn on_digest(
+        &mut self,
+        now: Instant,
+        from: P,
+        heads: Vec<Head<P>>,
+        after: Option<Key<P>>,
+        upto: Option<Key<P>>,
+        reply: bool,
+    ) {
+        self.stats.digests_received += 1;
+        if self.config.anti_entropy_interval.is_none() || !self.digest_allowed(now, &from) {
+            self.stats.digests_ignored += 1;
+            return;
+        }
+        let theirs: BTreeMap<Key<P>, u64> = heads.into_iter().map(|h| ((h.origin, h.incarnation), h.seq)).collect();
+        let (max, max_bytes) = (self.config.anti_entropy_max_messages.max(1), self.config.anti_entropy_max_bytes);
+        let mut envelopes: Vec<Envelope<P>> = Vec::new();
+        let mut bytes = 0usize;
+        let mut more = false;
+        let mine: Vec<(Key<P>, u64)> =
+            self.versions.between(after.as_ref(), upto.as_ref()).map(|(k, h)| (k.clone(), h)).collect();
+        for (key, my_head) in &mine {
+            let their_head = theirs.get(key).copied().unwrap_or(0);
+            if *my_head <= their_head {
+                continue;
+            }
+            let room = max - envelopes.len();
+            let room_bytes = max_bytes.saturating_sub(bytes);
+            if room == 0 || (room_bytes == 0 && !envelopes.is_empty()) {
+                more = true;
+                break;
+            }
+            let found = self.store.range(&key.0, key.1, their_head, room, room_bytes.max(1));
+            bytes += found.iter().map(|e| e.payload.len()).sum::<usize>();
+            let full = found.len() == room || bytes >= max_bytes;
+            envelopes.extend(found);
+            if full {
+                more = true;
+                break;
+            }
+        }
+        if !envelopes.is_empty() {
+            self.stats.repairs_sent += 1;
+            self.stats.repaired_sent += envelopes.len() as u64;
+            self.out.push(Output::Send { to: from.clone(), message: Message::Repair { envelopes, more } });
+        }
+        // Our heads of the same keys, if the neighbour is ahead of us on any of them.
+        let behind = theirs.iter().any(|(k, h)| self.versions.head(k) < *h);
+        if reply && behind {
+            let max_heads = self.config.anti_entropy_max_heads.max(1);
+            let piece: Vec<Head<P>> = mine
+                .into_iter()
+                .take(max_heads)
+                .map(|((origin, incarnation), seq)| Head { origin, incarnation, seq })
+                .collect();
+            let upto =
+                if piece.len() == max_heads { piece.last().map(|h| (h.origin.clone(), h.incarnation)) } else { upto };
+            self.stats.digests_sent += 1;
+            self.stats.digest_heads_sent += piece.len() as u64;
+            self.anti_entropy.asked.insert(from.clone(), after.clone());
+            self.out
+                .push(Output::Send { to: from, message: Message::Digest { heads: piece, after, upto, reply: false } });
+        }
+    }
+
+    /// Messages a neighbour repaired us with: deliver each one not seen yet, marked
+    /// recovered, and keep it; they are not pushed on (every node repairs itself).
+    fn on_repair(&mut self, now: Instant, from: P, envelopes: Vec<Envelope<P>>, more: bool) {
+        for envelope in envelopes {
+            self.stats.repaired_received += 1;
+            if self.versions.check(&envelope.origin, envelope.incarnation, envelope.seq) != Seen::No {
+                continue;
+            }
+            let id = envelope.id();
+            self.mark_seen(&envelope);
+            self.missing.remove(&id);
+            self.stats.delivered += 1;
+            self.stats.recovered += 1;
+            self.store_append(now, id, &envelope);
+            self.out.push(Output::Deliver(Delivery {
+                id,
+                envelope,
+                hops: 0,
+                from: Some(from.clone()),
+                recovered: true,
+            }));
+        }
+        if more {
+            // The neighbour had more than one repair holds: ask for the same piece again.
+            let after = self.anti_entropy.asked.get(&from).cloned().flatten();
+            self.send_digest(now, from, after, false);
+        }
     }
 
     fn cache_insert(&mut self, now: Instant, id: MessageId, entry: Cached<P>) {
@@ -534,6 +769,7 @@ impl<P: PeerId> State<P> {
         }
         self.next_expiry = Some(now + EXPIRY_SWEEP);
         self.stats.cache_evictions += self.cache.expire(now);
+        self.stats.store_evictions += self.store.evict(now);
         let max = self.config.cache_max_age;
         while let Some((id, t)) = self.missing_order.front().copied() {
             if now.saturating_duration_since(t) <= max {
@@ -555,6 +791,12 @@ impl<P: PeerId> State<P> {
 
 #[cfg(test)]
 impl<P: PeerId> State<P> {
+    /// The whole version vector as heads.
+    pub(crate) fn all_heads(&self) -> Vec<Head<P>> {
+        let piece = self.versions.piece(None, usize::MAX);
+        piece.into_iter().map(|((origin, incarnation), seq)| Head { origin, incarnation, seq }).collect()
+    }
+
     /// No tree keeps a lazy link to a peer that is not a neighbour.
     pub(crate) fn lazy_links_are_neighbors(&self) -> bool {
         self.trees.all_lazy().all(|p| self.neighbors.contains(p))

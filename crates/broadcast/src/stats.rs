@@ -43,7 +43,7 @@ pub struct Stats {
     pub missing_dropped: u64,
     /// Missing-message records that expired unanswered.
     pub missing_expired: u64,
-    /// Messages from an older incarnation of their origin, dropped.
+    /// Messages from an incarnation older than every one kept of their origin, dropped.
     pub stale_incarnation: u64,
     /// Times an origin's dedupe window overflowed and its watermark was forced forward.
     pub dedupe_window_overflows: u64,
@@ -54,4 +54,26 @@ pub struct Stats {
     /// Grafts without payload sent to a pruned peer whose payload arrived first (the
     /// Prune/payload race, see `on_gossip`).
     pub regrafts: u64,
+    /// Anti-entropy digests sent (exchanges started, and replies).
+    pub digests_sent: u64,
+    /// Heads sent in digests.
+    pub digest_heads_sent: u64,
+    /// Digests received.
+    pub digests_received: u64,
+    /// Digests ignored: from a non-neighbour, or over the per-neighbour rate.
+    pub digests_ignored: u64,
+    /// Repair messages sent, and the envelopes in them.
+    pub repairs_sent: u64,
+    /// Envelopes sent in repairs.
+    pub repaired_sent: u64,
+    /// Envelopes received in repairs.
+    pub repaired_received: u64,
+    /// Messages delivered through anti-entropy (a subset of `delivered`).
+    pub recovered: u64,
+    /// Grafts answered from the message store after the payload cache had evicted them.
+    pub store_grafts: u64,
+    /// Messages the store refused (a durable store's write failed).
+    pub store_errors: u64,
+    /// Messages evicted from the store by retention.
+    pub store_evictions: u64,
 }

@@ -83,11 +83,14 @@ fn a_new_neighbor_gets_recent_messages_announced() {
     let mut s = node(0);
     up(&mut s, &[1]);
     let (id, _) = s.broadcast(now, Bytes::from_static(b"while you were away"));
-    let out = sends(s.handle(now + Duration::from_secs(1), Input::NeighborUp(2)).collect());
+    let ihaves = |out: Vec<(u32, Message<u32>)>| {
+        out.into_iter().filter(|(_, m)| matches!(m, Message::IHave(_))).collect::<Vec<_>>()
+    };
+    let out = ihaves(sends(s.handle(now + Duration::from_secs(1), Input::NeighborUp(2)).collect()));
     let [(2, Message::IHave(anns))] = &out[..] else { panic!("{out:?}") };
     assert_eq!(anns[0].id, id);
-    // Older than the window: not announced.
-    let out = sends(s.handle(now + Duration::from_secs(20), Input::NeighborUp(3)).collect());
+    // Older than the window: not announced (anti-entropy covers it, not the catch-up).
+    let out = ihaves(sends(s.handle(now + Duration::from_secs(20), Input::NeighborUp(3)).collect()));
     assert!(out.is_empty());
 }
 
@@ -321,8 +324,20 @@ fn dedupe_is_exact_across_out_of_order_and_incarnations() {
         s.handle(now, Input::Message { from: 1, message: m }).filter(|o| matches!(o, Output::Deliver(_))).count(),
         1
     );
+    // The older life is still kept (within `max_incarnations`): its next message is new.
     let m = Message::Gossip { round: 0, envelope: env(9, 7, b"d") };
-    assert_eq!(s.handle(now, Input::Message { from: 1, message: m }).count(), 0, "older incarnation is stale");
+    let delivered_old =
+        s.handle(now, Input::Message { from: 1, message: m }).filter(|o| matches!(o, Output::Deliver(_))).count();
+    assert_eq!(delivered_old, 1, "a message of the previous life is still delivered");
+    // Beyond `max_incarnations` lives, the oldest is forgotten and stale.
+    let mut s = State::new(0u32, 1, Config { max_incarnations: 2, ..Config::lan() });
+    up(&mut s, &[1]);
+    for inc in [2, 3] {
+        let m = Message::Gossip { round: 0, envelope: Envelope { incarnation: inc, ..env(9, 1, b"d") } };
+        let _ = s.handle(now, Input::Message { from: 1, message: m });
+    }
+    let m = Message::Gossip { round: 0, envelope: env(9, 7, b"d") };
+    assert_eq!(s.handle(now, Input::Message { from: 1, message: m }).count(), 0, "older than every kept life");
     assert_eq!(s.stats().stale_incarnation, 1);
 }
 
@@ -485,4 +500,99 @@ fn message_ids_hash_the_postcard_header_then_the_payload() {
     // A header longer than the 64-byte buffer.
     let long = Envelope { origin: vec![1u8; 60], incarnation: u64::MAX, seq: u64::MAX, payload: Bytes::new() };
     assert_eq!(long.id(), reference(&long));
+}
+
+/// Deliver every Send between the nodes of `nodes` (ids = indices) until none is left;
+/// returns the deliveries per node and the number of frames moved.
+fn pump(
+    nodes: &mut [State<u32>],
+    now: Instant,
+    mut queue: Vec<(u32, u32, Message<u32>)>,
+) -> (Vec<Vec<Delivery<u32>>>, usize) {
+    let mut delivered = vec![Vec::new(); nodes.len()];
+    let mut frames = 0;
+    while let Some((from, to, message)) = (!queue.is_empty()).then(|| queue.remove(0)) {
+        frames += 1;
+        assert!(frames < 100_000, "the exchange never ends");
+        for o in nodes[to as usize].handle(now, Input::Message { from, message }).collect::<Vec<_>>() {
+            match o {
+                Output::Send { to: next, message } => queue.push((to, next, message)),
+                Output::Deliver(d) => delivered[to as usize].push(d),
+                Output::Timer { .. } => {}
+            }
+        }
+    }
+    (delivered, frames)
+}
+
+fn sends_from(me: u32, out: Vec<Output<u32>>) -> Vec<(u32, u32, Message<u32>)> {
+    sends(out).into_iter().map(|(to, m)| (me, to, m)).collect()
+}
+
+/// No catch-up IHaves, so only anti-entropy can repair.
+fn ae_node(me: u32, config: Config) -> State<u32> {
+    State::new(me, 1, Config { catch_up_window: Duration::ZERO, ihave_batch_window: Duration::ZERO, ..config })
+}
+
+#[test]
+fn anti_entropy_repairs_a_new_neighbour_with_everything_it_missed_exactly_once() {
+    let now = Instant::now();
+    let mut nodes = vec![ae_node(0, Config::lan()), ae_node(1, Config::lan())];
+    // Node 0 broadcasts 1,500 messages alone (more than one repair holds).
+    for k in 0..1500u32 {
+        let _ = nodes[0].broadcast(now, Bytes::from(k.to_le_bytes().to_vec()));
+    }
+    let mut queue = sends_from(0, nodes[0].handle(now, Input::NeighborUp(1)).collect());
+    queue.extend(sends_from(1, nodes[1].handle(now, Input::NeighborUp(0)).collect()));
+    let (delivered, frames) = pump(&mut nodes, now, queue);
+    assert_eq!(delivered[1].len(), 1500, "every message, once");
+    assert!(delivered[1].iter().all(|d| d.recovered && d.hops == 0));
+    let seqs: Vec<u64> = delivered[1].iter().map(|d| d.envelope.seq).collect();
+    assert_eq!(seqs, (1..=1500).collect::<Vec<_>>(), "oldest first, no gaps");
+    assert_eq!(nodes[1].stats().recovered, 1500);
+    assert!(nodes[0].stats().repairs_sent >= 2, "bounded repairs: {:?}", nodes[0].stats());
+    // The same exchange again moves nothing: both vectors are equal.
+    let again = sends_from(1, vec![Output::Send { to: 0, message: digest_of(&nodes[1]) }]);
+    let (delivered, more) = pump(&mut nodes, now, again);
+    assert!(delivered.iter().all(Vec::is_empty) && more == 1, "{more} frames: {frames} before");
+}
+
+fn digest_of(s: &State<u32>) -> Message<u32> {
+    Message::Digest { heads: s.all_heads(), after: None, upto: None, reply: true }
+}
+
+#[test]
+fn a_large_version_vector_is_covered_in_bounded_pieces_over_rounds() {
+    let now = Instant::now();
+    let config = Config { anti_entropy_max_heads: 16, ..Config::lan() };
+    let mut nodes = vec![ae_node(0, config.clone()), ae_node(1, config)];
+    // Node 0 heard one message from each of 100 origins; node 1 heard none of them.
+    for origin in 100..200u32 {
+        let e = Envelope { origin, incarnation: 1, seq: 1, payload: Bytes::from_static(b"x") };
+        let _ = nodes[0].handle(now, Input::NeighborUp(origin));
+        let _ =
+            nodes[0].handle(now, Input::Message { from: origin, message: Message::Gossip { round: 0, envelope: e } });
+        let _ = nodes[0].handle(now, Input::NeighborDown(origin));
+    }
+    let _ = nodes[0].handle(now, Input::NeighborUp(1));
+    let _ = nodes[1].handle(now, Input::NeighborUp(0));
+    // Periodic exchanges from node 1: each sends one piece of at most 16 heads, and each
+    // piece is answered with the messages of the keys it covers.
+    let mut got = 0;
+    let mut rounds = 0;
+    while got < 100 {
+        rounds += 1;
+        assert!(rounds <= 20, "not covered after {rounds} rounds ({got} of 100)");
+        let t = now + Duration::from_secs(5 * rounds);
+        let out: Vec<_> = nodes[0].handle(t, Input::Timer(Timer::AntiEntropy)).collect();
+        for o in &out {
+            if let Output::Send { message: Message::Digest { heads, .. }, .. } = o {
+                assert!(heads.len() <= 16, "a piece has {} heads", heads.len());
+            }
+        }
+        let (delivered, _) = pump(&mut nodes, t, sends_from(0, out));
+        got += delivered[1].len();
+    }
+    assert_eq!(got, 100);
+    assert!(rounds >= 100 / 16, "pieces, not one digest: {rounds} rounds");
 }

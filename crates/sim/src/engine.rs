@@ -95,6 +95,20 @@ pub fn sim_protocol() -> proto::Config {
     // tree triggers a Graft and a duplicate. The LAN values assume sub-ms links.
     c.broadcast.graft_timeout_1 = Duration::from_millis(200);
     c.broadcast.graft_timeout_2 = Duration::from_millis(50);
+    // Anti-entropy and the message store are off by default, as in both papers; the
+    // scenarios that measure them turn them on ([`sim_protocol_with_anti_entropy`]).
+    // Keeping every message at every node would also cost 10,000 × broadcasts envelopes.
+    c.broadcast.anti_entropy_interval = None;
+    c.broadcast.retention.max_messages = 0;
+    c
+}
+
+/// [`sim_protocol`] with anti-entropy every `interval` and a store of `retention_messages`
+/// messages per node.
+pub fn sim_protocol_with_anti_entropy(interval: Duration, retention_messages: usize) -> proto::Config {
+    let mut c = sim_protocol();
+    c.broadcast.anti_entropy_interval = Some(interval);
+    c.broadcast.retention.max_messages = retention_messages;
     c
 }
 
@@ -223,6 +237,16 @@ pub struct Counters {
     pub ihave_timers: u64,
     /// Membership timers fired.
     pub membership_timers: u64,
+    /// Anti-entropy timers fired.
+    pub anti_entropy_timers: u64,
+    /// Anti-entropy digests sent.
+    pub digests: u64,
+    /// Their bytes as on the wire with 32-byte NodeIds (postcard, as the node encodes them).
+    pub digest_bytes: u64,
+    /// Anti-entropy repairs sent.
+    pub repairs: u64,
+    /// Envelopes in them.
+    pub repaired: u64,
     /// Sampled invariant checks run (scenario runs check after every measured broadcast).
     pub invariant_checks: u64,
     /// Of those, checks that found a violation (the first is printed with the seed).
@@ -592,6 +616,20 @@ impl Sim {
             }
             proto::Message::Broadcast(broadcast::Message::Graft { .. }) => self.counters.grafts += 1,
             proto::Message::Broadcast(broadcast::Message::Prune { .. }) => self.counters.prunes += 1,
+            proto::Message::Broadcast(broadcast::Message::Digest { heads, after, upto, reply }) => {
+                self.counters.digests += 1;
+                self.counters.digest_bytes += wire_digest_bytes(heads, after.as_ref(), upto.as_ref(), *reply);
+            }
+            proto::Message::Broadcast(broadcast::Message::Repair { envelopes, .. }) => {
+                self.counters.repairs += 1;
+                self.counters.repaired += envelopes.len() as u64;
+                for e in envelopes {
+                    let key = MessageKey { origin: e.origin, incarnation: e.incarnation, seq: e.seq };
+                    if let Some(t) = self.tracks.get_mut(&key) {
+                        t.payload_msgs += 1;
+                    }
+                }
+            }
             proto::Message::Membership(_) => self.counters.membership_msgs += 1,
         }
         let reachable = self.is_alive(to) && self.group[to as usize] == self.group[from as usize];
@@ -647,6 +685,7 @@ impl Sim {
                 match &timer {
                     proto::Timer::Broadcast(broadcast::Timer::Graft { .. }) => self.counters.graft_timers += 1,
                     proto::Timer::Broadcast(broadcast::Timer::IHaveFlush) => self.counters.ihave_timers += 1,
+                    proto::Timer::Broadcast(broadcast::Timer::AntiEntropy) => self.counters.anti_entropy_timers += 1,
                     proto::Timer::Membership(_) => self.counters.membership_timers += 1,
                 }
                 self.input(node, proto::Input::Timer(timer));
@@ -804,4 +843,32 @@ impl Sim {
         }
         adj
     }
+}
+
+/// The bytes of a digest as the node sends it: the simulator's `u32` origins widened to
+/// 32-byte NodeIds, encoded with postcard inside `proto::Message`, plus the 4-byte frame
+/// length prefix.
+fn wire_digest_bytes(
+    heads: &[broadcast::Head<u32>],
+    after: Option<&(u32, u64)>,
+    upto: Option<&(u32, u64)>,
+    reply: bool,
+) -> u64 {
+    let wide = |o: u32| {
+        let mut id = [0u8; 32];
+        id[..4].copy_from_slice(&o.to_le_bytes());
+        id
+    };
+    let heads: Vec<broadcast::Head<[u8; 32]>> = heads
+        .iter()
+        .map(|h| broadcast::Head { origin: wide(h.origin), incarnation: h.incarnation, seq: h.seq })
+        .collect();
+    let message: broadcast::Message<[u8; 32]> = broadcast::Message::Digest {
+        heads,
+        after: after.map(|(o, i)| (wide(*o), *i)),
+        upto: upto.map(|(o, i)| (wide(*o), *i)),
+        reply,
+    };
+    // One byte more for the `proto::Message::Broadcast` variant tag.
+    postcard::to_allocvec(&message).map_or(0, |v| v.len() as u64 + 1 + 4)
 }

@@ -18,7 +18,10 @@ mod engine;
 mod overlay;
 pub mod scenario;
 
-pub use engine::{Counters, Detector, Latency, MessageKey, NodeState, Sim, SimConfig, Track, sim_protocol};
+pub use engine::{
+    Counters, Detector, Latency, MessageKey, NodeState, Sim, SimConfig, Track, sim_protocol,
+    sim_protocol_with_anti_entropy,
+};
 pub use overlay::{OverlayStats, overlay_stats};
 pub use scenario::{Kind, Row, RunMode, Scenario, ScenarioError, build_overlay, build_overlay_with_gap};
 
