@@ -36,7 +36,12 @@ pub fn init_tracing() {
 
 /// Start a node (bootstrapping through `contact`), recording its deliveries.
 pub async fn start(contact: Option<std::net::SocketAddr>, seed: u64) -> TestNode {
-    let mut b = Node::builder().protocol(Config::local()).rng_seed(seed);
+    start_with(contact, seed, Config::local()).await
+}
+
+/// [`start`] with these protocol parameters.
+pub async fn start_with(contact: Option<std::net::SocketAddr>, seed: u64, protocol: Config) -> TestNode {
+    let mut b = Node::builder().protocol(protocol).rng_seed(seed);
     if let Some(c) = contact {
         b = b.bootstrap(c);
     }
@@ -57,11 +62,16 @@ pub async fn start(contact: Option<std::net::SocketAddr>, seed: u64) -> TestNode
 
 /// Start `n` nodes joining through the first, one after another.
 pub async fn cluster(n: usize) -> Vec<TestNode> {
-    let first = start(None, 1).await;
+    cluster_with(n, Config::local()).await
+}
+
+/// [`cluster`] with these protocol parameters.
+pub async fn cluster_with(n: usize, protocol: Config) -> Vec<TestNode> {
+    let first = start_with(None, 1, protocol.clone()).await;
     let contact = first.node.addr();
     let mut nodes = vec![first];
     for i in 1..n {
-        nodes.push(start(Some(contact), i as u64 + 1).await);
+        nodes.push(start_with(Some(contact), i as u64 + 1, protocol.clone()).await);
     }
     nodes
 }

@@ -219,7 +219,7 @@ fn print_event(ev: &Event, json: bool) {
         (Event::Delivered(d), true) => {
             let mut o = json!({
                 "event": "delivered", "id": d.id.to_hex(), "origin": d.origin.to_hex(),
-                "incarnation": d.incarnation, "seq": d.seq, "hops": d.hops,
+                "incarnation": d.incarnation, "seq": d.seq, "hops": d.hops, "recovered": d.recovered,
             });
             match std::str::from_utf8(&d.payload) {
                 Ok(s) => o["payload"] = json!(s),

@@ -95,7 +95,7 @@ pub use node::config;
 #[cfg(feature = "net")]
 pub use node::{
     Delivered, Error, Event, Events, FrameDrops, Identity, MessageHandler, NetStats, Node, NodeBuilder, NodeConfig,
-    NodeId, NodeStats, Payload, PeerInfo, TransportConfig, TransportError,
+    NodeId, NodeStats, Payload, PeerInfo, StoreStats, TransportConfig, TransportError,
 };
 
 pub use bytes::Bytes;

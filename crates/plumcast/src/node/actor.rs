@@ -279,6 +279,11 @@ impl Actor {
             lazy: b.lazy_peers().len(),
             membership: m.stats().clone(),
             broadcast: b.stats().clone(),
+            store: {
+                let z = b.store_size();
+                super::StoreStats { messages: z.messages, bytes: z.bytes, incarnations: z.incarnations }
+            },
+            version_vector: b.versions_len(),
             net,
         }
     }

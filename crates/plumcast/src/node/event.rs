@@ -20,8 +20,11 @@ pub struct Delivered {
     pub incarnation: u64,
     /// Sequence number within that incarnation, from 1.
     pub seq: u64,
-    /// Hops travelled: 1 when received straight from the origin.
+    /// Hops travelled: 1 when received straight from the origin (0 when recovered).
     pub hops: u32,
+    /// Whether anti-entropy recovered it (a repair from a neighbour after a partition, a
+    /// restart or a loss), rather than the broadcast tree.
+    pub recovered: bool,
     /// The application bytes.
     pub payload: Bytes,
 }
@@ -29,7 +32,15 @@ pub struct Delivered {
 impl From<proto::Delivery<NodeId>> for Delivered {
     fn from(d: proto::Delivery<NodeId>) -> Self {
         let e = d.envelope;
-        Self { id: d.id, origin: e.origin, incarnation: e.incarnation, seq: e.seq, hops: d.hops, payload: e.payload }
+        Self {
+            id: d.id,
+            origin: e.origin,
+            incarnation: e.incarnation,
+            seq: e.seq,
+            hops: d.hops,
+            recovered: d.recovered,
+            payload: e.payload,
+        }
     }
 }
 

@@ -27,7 +27,7 @@ pub use config::NodeConfig;
 pub use error::Error;
 pub use event::{Delivered, Event, Events, MessageHandler};
 pub use plumcast_transport::{Identity, NodeId, PeerInfo, TransportConfig, TransportError};
-pub use stats::{FrameDrops, NetStats, NodeStats};
+pub use stats::{FrameDrops, NetStats, NodeStats, StoreStats};
 
 use crate::proto::{self, MessageId};
 

@@ -21,10 +21,25 @@ pub struct NodeStats {
     pub lazy: usize,
     /// HyParView counters.
     pub membership: proto::membership::Stats,
-    /// Plumtree counters.
+    /// Plumtree counters (anti-entropy included).
     pub broadcast: proto::broadcast::Stats,
+    /// What the message store holds (messages, payload bytes, origin incarnations).
+    pub store: StoreStats,
+    /// Entries (origin, incarnation) in the version vector.
+    pub version_vector: usize,
     /// Transport and actor counters.
     pub net: NetStats,
+}
+
+/// The message store's size (see [`proto::broadcast::StoreSize`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStats {
+    /// Messages kept.
+    pub messages: usize,
+    /// Their payload bytes.
+    pub bytes: usize,
+    /// Distinct (origin, incarnation) pairs among them.
+    pub incarnations: usize,
 }
 
 /// Transport and actor counters: every drop and refusal shows here.
