@@ -122,3 +122,39 @@ async fn a_healed_partition_delivers_what_each_side_sent_during_the_split() {
         n.node.shutdown().await.unwrap();
     }
 }
+
+/// 5% of the datagrams every node sends are lost, for 30 s of traffic (20 broadcasts a
+/// second from rotating senders): every node still delivers every message exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_percent_loss_for_30_s_of_traffic_loses_no_message() {
+    let _g = SERIAL.lock().await;
+    init_tracing();
+    let mut protocol = plumcast::proto::Config::local();
+    protocol.broadcast.anti_entropy_interval = Some(Duration::from_secs(1));
+    let nodes = cluster_with(10, protocol).await;
+    wait_until(Duration::from_secs(30), "overlay formed and symmetric", || overlay_ready(&nodes)).await;
+    let loss = plumcast::test_util::Impairment { loss: 0.05, delay: Duration::ZERO };
+    for (i, n) in nodes.iter().enumerate() {
+        n.node.faults().impair(None, loss, i as u64);
+    }
+    let mut sent = Vec::new();
+    let start = tokio::time::Instant::now();
+    for k in 0..600usize {
+        tokio::time::sleep_until(start + Duration::from_millis(50 * k as u64)).await;
+        let n = &nodes[k % nodes.len()];
+        sent.push((n.node.id(), n.node.broadcast(format!("lossy {k}")).await.unwrap()));
+    }
+    let dropped: u64 = nodes.iter().map(|n| n.node.faults().dropped()).sum();
+    for n in &nodes {
+        n.node.faults().impair(None, plumcast::test_util::Impairment::default(), 0);
+    }
+    wait_until(Duration::from_secs(30), "every node has every message", || async {
+        sent.iter().all(|(origin, id)| delivered(&nodes, *origin, *id).0 == 9)
+    })
+    .await;
+    assert!(sent.iter().all(|(origin, id)| !delivered(&nodes, *origin, *id).1), "a message delivered twice");
+    assert!(dropped > 100, "the loss happened: {dropped} datagrams dropped");
+    for n in nodes {
+        n.node.shutdown().await.unwrap();
+    }
+}

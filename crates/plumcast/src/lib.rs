@@ -105,7 +105,7 @@ pub use proto::{DownReason, MessageId};
 /// chosen peers, through [`Node::faults`] and [`Node::crash`].
 #[cfg(feature = "test-util")]
 pub mod test_util {
-    pub use plumcast_transport::Faults;
+    pub use plumcast_transport::{Faults, Impairment};
 }
 
 /// The README's code blocks, compiled as doctests so the example there stays true.

@@ -34,7 +34,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use socket::{Faults, FaultySocket};
+pub use socket::{Faults, FaultySocket, Impairment};
 pub use tls::{CertificateRefused, client_config, node_id_of, peer_node_id, server_config};
 
 /// ALPN protocol id of plumcast's wire protocol, version 1.

@@ -1,14 +1,17 @@
-//! A UDP socket wrapper for fault injection: black hole (crash) and partitions (blocked
-//! destinations).
+//! A UDP socket wrapper for fault injection: black hole (crash), partitions (blocked
+//! destinations), and per-destination loss and delay.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
@@ -21,6 +24,21 @@ pub struct Faults {
     /// Destinations whose datagrams are dropped (a partition); empty almost always.
     blocked: RwLock<HashSet<SocketAddr>>,
     any_blocked: AtomicBool,
+    /// Loss probability and delay per destination (`None` key: every destination).
+    impaired: RwLock<HashMap<Option<SocketAddr>, Impairment>>,
+    any_impaired: AtomicBool,
+    /// Datagrams sent late (delayed).
+    delayed: AtomicU64,
+    rng: Mutex<Option<rand_chacha::ChaCha8Rng>>,
+}
+
+/// Loss and delay on the way to one destination.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Impairment {
+    /// Probability in [0, 1] that a datagram is dropped.
+    pub loss: f64,
+    /// Extra one-way delay before a datagram is sent.
+    pub delay: Duration,
 }
 
 impl Faults {
@@ -58,6 +76,40 @@ impl Faults {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
+
+    /// Datagrams sent late so far.
+    pub fn delayed(&self) -> u64 {
+        self.delayed.load(Ordering::Relaxed)
+    }
+
+    /// Impair what this socket sends to `peer` (`None`: to every destination without an
+    /// impairment of its own): drop each datagram with probability `loss`, send the rest
+    /// `delay` late. Loss is drawn from an RNG seeded with `seed`, so a test is repeatable
+    /// as far as the scheduler allows. A zero impairment removes it.
+    pub fn impair(&self, peer: Option<SocketAddr>, impairment: Impairment, seed: u64) {
+        let mut m = self.impaired.write().unwrap_or_else(|e| e.into_inner());
+        if impairment == Impairment::default() {
+            m.remove(&peer);
+        } else {
+            m.insert(peer, impairment);
+        }
+        self.any_impaired.store(!m.is_empty(), Ordering::SeqCst);
+        *self.rng.lock().unwrap_or_else(|e| e.into_inner()) = Some(rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    }
+
+    /// The impairment towards `to`, if any.
+    fn impairment(&self, to: &SocketAddr) -> Option<Impairment> {
+        if !self.any_impaired.load(Ordering::Relaxed) {
+            return None;
+        }
+        let m = self.impaired.read().unwrap_or_else(|e| e.into_inner());
+        m.get(&Some(*to)).or_else(|| m.get(&None)).copied()
+    }
+
+    fn lose(&self, p: f64) -> bool {
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        rng.get_or_insert_with(|| rand_chacha::ChaCha8Rng::seed_from_u64(0)).gen_bool(p.clamp(0.0, 1.0))
+    }
 }
 
 /// An [`AsyncUdpSocket`] that forwards to the real socket unless its [`Faults`] say drop.
@@ -88,6 +140,27 @@ impl AsyncUdpSocket for FaultySocket {
         if self.faults.is_black_holed() || self.faults.is_blocked(&transmit.destination) {
             self.faults.dropped.fetch_add(1, Ordering::Relaxed);
             return Ok(());
+        }
+        if let Some(imp) = self.faults.impairment(&transmit.destination) {
+            if imp.loss > 0.0 && self.faults.lose(imp.loss) {
+                self.faults.dropped.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            if !imp.delay.is_zero() {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    // Send a copy later; a full socket buffer then drops it, like a router.
+                    self.faults.delayed.fetch_add(1, Ordering::Relaxed);
+                    let (inner, contents) = (self.inner.clone(), transmit.contents.to_vec());
+                    let (destination, ecn, segment_size, src_ip) =
+                        (transmit.destination, transmit.ecn, transmit.segment_size, transmit.src_ip);
+                    rt.spawn(async move {
+                        tokio::time::sleep(imp.delay).await;
+                        let late = Transmit { destination, ecn, contents: &contents, segment_size, src_ip };
+                        let _ = inner.try_send(&late);
+                    });
+                    return Ok(());
+                }
+            }
         }
         self.inner.try_send(transmit)
     }
