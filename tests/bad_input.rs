@@ -25,7 +25,7 @@ async fn raw_client(target: std::net::SocketAddr, hello: &Hello, raw: &[u8]) -> 
 }
 
 fn hello(cluster: &str) -> Hello {
-    Hello { cluster: cluster.into(), addr: "127.0.0.1:9".parse().unwrap() }
+    Hello { version: plumcast_transport::WIRE_VERSION, cluster: cluster.into(), addr: "127.0.0.1:9".parse().unwrap() }
 }
 
 async fn stats(n: &TestNode) -> NodeStats {
@@ -85,6 +85,12 @@ async fn oversized_frame_closes_only_that_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_cluster_is_refused() {
     refused(hello("other-cluster"), &[], "wrong cluster", |s| s.net.cluster_mismatches).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_wire_version_is_refused() {
+    let old = Hello { version: plumcast_transport::WIRE_VERSION - 1, ..hello("plumcast") };
+    refused(old, &[], "wrong version", |s| s.net.version_mismatches).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -360,9 +360,17 @@ impl TransportConfig {
 /// a little room covers a stream still finishing while a new one opens.
 const MAX_UNI_STREAMS: u32 = 4;
 
+/// The wire version this build speaks, sent first in every [`Hello`]. Peers of another
+/// version are refused (counted, logged once), since their messages would not decode.
+/// Version 1 (plumcast before anti-entropy) sent no version; version 2 added the
+/// anti-entropy messages (Digest, Repair) and this field.
+pub const WIRE_VERSION: u32 = 2;
+
 /// First frame on every stream: who the sender says it is beyond its TLS key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
+    /// The sender's [`WIRE_VERSION`].
+    pub version: u32,
     /// Cluster name; peers of another cluster are refused.
     pub cluster: String,
     /// The address the sender advertises for dialing it back.
@@ -381,6 +389,8 @@ pub mod close_code {
     pub const WRONG_CLUSTER: u32 = 3;
     /// The peer was declared failed or misbehaving.
     pub const FAILED: u32 = 4;
+    /// The peer speaks another wire version.
+    pub const WRONG_VERSION: u32 = 5;
 }
 
 /// Bytes reserved for an encoded frame: a control message or a 256-byte payload fits

@@ -94,6 +94,8 @@ pub enum Refusal {
     Handshake,
     /// The peer's Hello names another cluster.
     WrongCluster,
+    /// The peer's Hello names another wire version.
+    WrongVersion,
     /// A frame did not decode.
     Malformed,
     /// A frame was longer than the maximum.
@@ -214,6 +216,9 @@ fn closed_in_setup(what: &str, e: &quinn::ConnectionError, peer: PeerInfo) -> (S
         quinn::ConnectionError::ApplicationClosed(c) if c.error_code == close_code::WRONG_CLUSTER.into() => {
             ("the peer refused us: it is in another cluster".to_string(), Refusal::WrongCluster, Some(peer))
         }
+        quinn::ConnectionError::ApplicationClosed(c) if c.error_code == close_code::WRONG_VERSION.into() => {
+            ("the peer refused us: it speaks another wire version".to_string(), Refusal::WrongVersion, Some(peer))
+        }
         _ => (format!("{what}: {e}"), Refusal::Handshake, None),
     }
 }
@@ -264,6 +269,17 @@ pub async fn run<C, E>(
         };
         let theirs: Hello = decode_body(&first).map_err(|e| (format!("hello: {e}"), Refusal::Malformed, None))?;
         let peer = PeerInfo { id, addr: theirs.addr };
+        if theirs.version != hello.version {
+            conn.close(close_code::WRONG_VERSION.into(), b"wrong version");
+            return Err((
+                format!(
+                    "the peer speaks wire version {}, this node {} (see the README on rolling upgrades)",
+                    theirs.version, hello.version
+                ),
+                Refusal::WrongVersion,
+                Some(peer),
+            ));
+        }
         if theirs.cluster != hello.cluster {
             conn.close(close_code::WRONG_CLUSTER.into(), b"wrong cluster");
             return Err((

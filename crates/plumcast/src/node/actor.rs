@@ -91,6 +91,7 @@ struct ActorStats {
     dial_failures: u64,
     handshake_failures: u64,
     cluster_mismatches: u64,
+    version_mismatches: u64,
     malformed_frames: u64,
     oversized_frames: u64,
     task_panics: u64,
@@ -264,6 +265,7 @@ impl Actor {
             dial_failures: a.dial_failures,
             handshake_failures: a.handshake_failures,
             cluster_mismatches: a.cluster_mismatches,
+            version_mismatches: a.version_mismatches,
             malformed_frames: a.malformed_frames,
             oversized_frames: a.oversized_frames,
             slow_peer_disconnects: l.slow_peer_disconnects,
@@ -399,7 +401,7 @@ impl Actor {
     }
 
     fn hello(&self) -> Hello {
-        Hello { cluster: self.config.cluster.clone(), addr: self.me.addr }
+        Hello { version: plumcast_transport::WIRE_VERSION, cluster: self.config.cluster.clone(), addr: self.me.addr }
     }
 
     fn ctx(&mut self, dial: Option<Dial>) -> LinkCtx<NetEvent> {
@@ -570,6 +572,7 @@ impl Actor {
         match kind {
             Refusal::Handshake => self.stats.handshake_failures += 1,
             Refusal::WrongCluster => self.stats.cluster_mismatches += 1,
+            Refusal::WrongVersion => self.stats.version_mismatches += 1,
             Refusal::Malformed => self.stats.malformed_frames += 1,
             Refusal::Oversized => self.stats.oversized_frames += 1,
         }
@@ -579,11 +582,14 @@ impl Actor {
         // keeps dialing is warned about once.
         let quiet = kind == Refusal::Handshake
             || after_dial_failed
-            || (kind == Refusal::WrongCluster && !self.warned.first(format!("cluster {:?}", peer.map(|p| p.id))));
+            || (matches!(kind, Refusal::WrongCluster | Refusal::WrongVersion)
+                && !self.warned.first(format!("{kind:?} {:?}", peer.map(|p| p.id))));
         if quiet {
             debug!(peer = %who, ?kind, %reason, "connection refused");
         } else if kind == Refusal::WrongCluster {
             warn!(peer = %who, %reason, "refused a node of another cluster (further attempts are logged at debug level)");
+        } else if kind == Refusal::WrongVersion {
+            warn!(peer = %who, %reason, "refused a node of another wire version (further attempts are logged at debug level)");
         } else {
             warn!(peer = %who, ?kind, %reason, "connection refused");
         }

@@ -72,6 +72,8 @@ pub struct NetStats {
     pub handshake_failures: u64,
     /// Peers refused because they belong to another cluster.
     pub cluster_mismatches: u64,
+    /// Connections refused: the peer speaks another wire version.
+    pub version_mismatches: u64,
     /// Connections closed for a malformed frame or unknown message.
     pub malformed_frames: u64,
     /// Connections closed for a frame above the maximum size.
