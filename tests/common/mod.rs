@@ -19,6 +19,8 @@ pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 #[derive(Default)]
 pub struct Record {
     pub counts: HashMap<MessageId, u32>,
+    /// (origin, seq) of every delivery, in delivery order.
+    pub order: Vec<(NodeId, u64)>,
     pub neighbor_events: u64,
 }
 
@@ -52,7 +54,10 @@ pub async fn start_with(contact: Option<std::net::SocketAddr>, seed: u64, protoc
         while let Some(ev) = events.recv().await {
             let mut r = r.lock().unwrap();
             match ev {
-                Event::Delivered(d) => *r.counts.entry(d.id).or_default() += 1,
+                Event::Delivered(d) => {
+                    *r.counts.entry(d.id).or_default() += 1;
+                    r.order.push((d.origin, d.seq));
+                }
                 _ => r.neighbor_events += 1,
             }
         }

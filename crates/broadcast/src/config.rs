@@ -22,6 +22,20 @@ pub enum Tree {
     PerOrigin,
 }
 
+/// In which order messages are delivered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ordering {
+    /// As they arrive: lowest latency. Messages of one origin may be delivered out of
+    /// order (the tree and repairs race).
+    #[default]
+    None,
+    /// FIFO per origin and incarnation: a message is held back until every earlier one
+    /// of its origin's life was delivered, or until [`Config::ordering_max_wait`] gives
+    /// up on the gap (counted in [`Stats::ordering_gaps_skipped`](crate::Stats::ordering_gaps_skipped)). A life's first
+    /// message seen starts its order (a node that joins late does not wait for history).
+    PerOrigin,
+}
+
 /// How payloads spread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mode {
@@ -98,6 +112,14 @@ pub struct Config {
     pub anti_entropy_max_messages: usize,
     /// Most payload bytes in one repair (beyond its first message).
     pub anti_entropy_max_bytes: usize,
+    /// Delivery order. Default [`Ordering::None`].
+    pub ordering: Ordering,
+    /// With [`Ordering::PerOrigin`]: how long a message is held back waiting for an
+    /// earlier one before the gap is given up.
+    pub ordering_max_wait: Duration,
+    /// With [`Ordering::PerOrigin`]: most messages held back at once; beyond it the
+    /// oldest gap is given up.
+    pub ordering_max_held: usize,
 }
 
 impl Default for Config {
@@ -158,6 +180,11 @@ pub const ANTI_ENTROPY_MAX_MESSAGES: usize = 512;
 /// [`Config::anti_entropy_max_bytes`] default: 256 KiB per repair, a quarter of the
 /// 1 MiB frame limit.
 pub const ANTI_ENTROPY_MAX_BYTES: usize = 256 << 10;
+/// [`Config::ordering_max_wait`] default: 60 s, twelve anti-entropy intervals: a gap that
+/// neither the tree, a Graft nor twelve exchanges filled is taken as lost.
+pub const ORDERING_MAX_WAIT: Duration = Duration::from_secs(60);
+/// [`Config::ordering_max_held`] default: as many as the payload cache holds.
+pub const ORDERING_MAX_HELD: usize = CACHE_MAX_MESSAGES;
 /// [`Config::wan`]'s timer 1: iroh-gossip's 80 ms scaled to ≈ 100 ms round trips.
 pub const WAN_GRAFT_TIMEOUT_1: Duration = Duration::from_millis(250);
 /// [`Config::wan`]'s timer 2: a bit over one 100 ms round trip (Plumtree §3.6).
@@ -191,6 +218,9 @@ impl Config {
             anti_entropy_max_heads: ANTI_ENTROPY_MAX_HEADS,
             anti_entropy_max_messages: ANTI_ENTROPY_MAX_MESSAGES,
             anti_entropy_max_bytes: ANTI_ENTROPY_MAX_BYTES,
+            ordering: Ordering::None,
+            ordering_max_wait: ORDERING_MAX_WAIT,
+            ordering_max_held: ORDERING_MAX_HELD,
         }
     }
 

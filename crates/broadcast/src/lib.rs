@@ -40,7 +40,7 @@ use std::hash::Hash;
 
 use serde::Serialize;
 
-pub use config::{Config, Mode, Tree};
+pub use config::{Config, Mode, Ordering, Tree};
 pub use io::{Delivery, Input, Output, Timer};
 pub use message::{Announcement, Envelope, Head, Message, MessageId};
 pub use state::State;

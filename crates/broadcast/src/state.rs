@@ -65,6 +65,23 @@ impl<P> Default for AntiEntropy<P> {
     }
 }
 
+/// Messages of one origin's life held back, by seq, with the time each was held.
+type Held<P> = BTreeMap<u64, (Instant, Delivery<P>)>;
+
+/// Per (origin, incarnation): the next seq to deliver and the messages held back for it.
+#[derive(Clone, Debug)]
+struct Holdback<P> {
+    next: BTreeMap<Key<P>, u64>,
+    held: BTreeMap<Key<P>, Held<P>>,
+    count: usize,
+}
+
+impl<P> Default for Holdback<P> {
+    fn default() -> Self {
+        Self { next: BTreeMap::new(), held: BTreeMap::new(), count: 0 }
+    }
+}
+
 /// The Plumtree state of one node.
 #[derive(Clone)]
 pub struct State<P> {
@@ -75,6 +92,8 @@ pub struct State<P> {
     neighbors: BTreeSet<P>,
     trees: Trees<P>,
     versions: Versions<P>,
+    /// Per-origin FIFO hold-back ([`crate::Ordering::PerOrigin`]).
+    holdback: Holdback<P>,
     cache: PayloadCache<P>,
     store: Box<dyn MessageStore<P>>,
     anti_entropy: AntiEntropy<P>,
@@ -110,6 +129,7 @@ impl<P: PeerId> State<P> {
             neighbors: BTreeSet::new(),
             trees: Trees::new(config.tree, config.max_trees),
             versions: Versions::new(config.dedupe_window, config.max_incarnations),
+            holdback: Holdback::default(),
             cache: PayloadCache::new(config.cache_max_messages, config.cache_max_bytes, config.cache_max_age),
             missing: HashMap::new(),
             missing_order: VecDeque::new(),
@@ -227,13 +247,7 @@ impl<P: PeerId> State<P> {
         self.mark_seen(&envelope);
         if self.config.deliver_own {
             self.stats.delivered += 1;
-            self.out.push(Output::Deliver(Delivery {
-                id,
-                envelope: envelope.clone(),
-                hops: 0,
-                from: None,
-                recovered: false,
-            }));
+            self.deliver(now, Delivery { id, envelope: envelope.clone(), hops: 0, from: None, recovered: false });
         }
         self.store_append(now, id, &envelope);
         self.push(now, id, &envelope, 0, None);
@@ -394,13 +408,16 @@ impl<P: PeerId> State<P> {
             self.trees.set_eager(&envelope.origin, &from);
             self.trees.set_parent(&envelope.origin, &from);
         }
-        self.out.push(Output::Deliver(Delivery {
-            id,
-            envelope: envelope.clone(),
-            hops: round.saturating_add(1),
-            from: Some(from.clone()),
-            recovered: false,
-        }));
+        self.deliver(
+            now,
+            Delivery {
+                id,
+                envelope: envelope.clone(),
+                hops: round.saturating_add(1),
+                from: Some(from.clone()),
+                recovered: false,
+            },
+        );
         self.store_append(now, id, &envelope);
         let send_round = round.saturating_add(1);
         self.push(now, id, &envelope, send_round, Some(&from));
@@ -604,6 +621,80 @@ impl<P: PeerId> State<P> {
         self.stats.dedupe_window_overflows += self.versions.mark(&e.origin, e.incarnation, e.seq);
     }
 
+    /// Hand `d` to the application, or hold it back until its origin's earlier messages
+    /// were delivered ([`crate::Ordering::PerOrigin`]).
+    fn deliver(&mut self, now: Instant, d: Delivery<P>) {
+        if self.config.ordering == crate::Ordering::None || d.from.is_none() {
+            self.out.push(Output::Deliver(d));
+            return;
+        }
+        let key = (d.envelope.origin.clone(), d.envelope.incarnation);
+        let seq = d.envelope.seq;
+        let next = *self.holdback.next.entry(key.clone()).or_insert(seq);
+        if seq < next {
+            // Its gap was given up earlier: deliver it late rather than never.
+            self.out.push(Output::Deliver(d));
+            return;
+        }
+        if seq > next {
+            self.stats.ordering_held += 1;
+            self.holdback.held.entry(key).or_default().insert(seq, (now, d));
+            self.holdback.count += 1;
+            if self.holdback.count > self.config.ordering_max_held {
+                self.skip_oldest_gap();
+            }
+            return;
+        }
+        self.out.push(Output::Deliver(d));
+        self.release(key, seq + 1);
+    }
+
+    /// Deliver the held messages of `key` from `next` on while they are contiguous.
+    fn release(&mut self, key: Key<P>, mut next: u64) {
+        if let Some(held) = self.holdback.held.get_mut(&key) {
+            while let Some((_, d)) = held.remove(&next) {
+                self.holdback.count -= 1;
+                self.out.push(Output::Deliver(d));
+                next += 1;
+            }
+            if held.is_empty() {
+                self.holdback.held.remove(&key);
+            }
+        }
+        self.holdback.next.insert(key, next);
+    }
+
+    /// Give up the gap before the oldest held message (by hold time), counted.
+    fn skip_oldest_gap(&mut self) {
+        let oldest = self
+            .holdback
+            .held
+            .iter()
+            .filter_map(|(k, h)| h.iter().next().map(|(seq, (t, _))| (*t, k.clone(), *seq)))
+            .min_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        if let Some((_, key, seq)) = oldest {
+            self.stats.ordering_gaps_skipped += 1;
+            self.release(key, seq);
+        }
+    }
+
+    /// Give up every gap whose first held message waited past `ordering_max_wait`.
+    fn expire_holdback(&mut self, now: Instant) {
+        let max = self.config.ordering_max_wait;
+        let due: Vec<(Key<P>, u64)> = self
+            .holdback
+            .held
+            .iter()
+            .filter_map(|(k, h)| h.iter().next().map(|(seq, (t, _))| (k, *seq, *t)))
+            .filter(|(_, _, t)| now.saturating_duration_since(*t) > max)
+            .map(|(k, seq, _)| (k.clone(), seq))
+            .collect();
+        for (key, seq) in due {
+            self.stats.ordering_gaps_skipped += 1;
+            self.release(key, seq);
+        }
+    }
+
     fn store_append(&mut self, now: Instant, id: MessageId, e: &Envelope<P>) {
         if self.store.append(now, id, e).is_err() {
             self.stats.store_errors += 1;
@@ -742,13 +833,7 @@ impl<P: PeerId> State<P> {
             self.stats.delivered += 1;
             self.stats.recovered += 1;
             self.store_append(now, id, &envelope);
-            self.out.push(Output::Deliver(Delivery {
-                id,
-                envelope,
-                hops: 0,
-                from: Some(from.clone()),
-                recovered: true,
-            }));
+            self.deliver(now, Delivery { id, envelope, hops: 0, from: Some(from.clone()), recovered: true });
         }
         if more {
             // The neighbour had more than one repair holds: ask for the same piece again.
@@ -770,6 +855,9 @@ impl<P: PeerId> State<P> {
         self.next_expiry = Some(now + EXPIRY_SWEEP);
         self.stats.cache_evictions += self.cache.expire(now);
         self.stats.store_evictions += self.store.evict(now);
+        if self.holdback.count > 0 {
+            self.expire_holdback(now);
+        }
         let max = self.config.cache_max_age;
         while let Some((id, t)) = self.missing_order.front().copied() {
             if now.saturating_duration_since(t) <= max {

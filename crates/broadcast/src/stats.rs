@@ -76,4 +76,8 @@ pub struct Stats {
     pub store_errors: u64,
     /// Messages evicted from the store by retention.
     pub store_evictions: u64,
+    /// With per-origin ordering: messages held back for an earlier one.
+    pub ordering_held: u64,
+    /// With per-origin ordering: gaps given up (waited too long, or too many held).
+    pub ordering_gaps_skipped: u64,
 }

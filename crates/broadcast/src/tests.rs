@@ -596,3 +596,40 @@ fn a_large_version_vector_is_covered_in_bounded_pieces_over_rounds() {
     assert_eq!(got, 100);
     assert!(rounds >= 100 / 16, "pieces, not one digest: {rounds} rounds");
 }
+
+#[test]
+fn per_origin_ordering_holds_back_until_the_gap_fills_or_gives_it_up() {
+    let now = Instant::now();
+    let config = Config { ordering: Ordering::PerOrigin, tree: Tree::Shared, ..Config::lan() };
+    let mut s = State::new(0u32, 1, config);
+    up(&mut s, &[1]);
+    let mut order = Vec::new();
+    let feed = |s: &mut State<u32>, at: Instant, seq: u64, order: &mut Vec<u64>| {
+        let m = Message::Gossip { round: 0, envelope: env(9, seq, b"o") };
+        for o in s.handle(at, Input::Message { from: 1, message: m }) {
+            if let Output::Deliver(d) = o {
+                order.push(d.envelope.seq);
+            }
+        }
+    };
+    // The first message seen (1) starts the order; 3 and 2 arrive swapped, then 5 before 4.
+    for seq in [1, 3, 2, 5, 4] {
+        feed(&mut s, now, seq, &mut order);
+    }
+    assert_eq!(order, vec![1, 2, 3, 4, 5]);
+    assert_eq!(s.stats().ordering_held, 2);
+    // 6 never comes: 7 waits, then the gap is given up after `ordering_max_wait`.
+    feed(&mut s, now, 7, &mut order);
+    assert_eq!(order.len(), 5, "7 is held for 6");
+    let late = now + config::ORDERING_MAX_WAIT + Duration::from_secs(2);
+    for o in s.handle(late, Input::Timer(Timer::IHaveFlush)) {
+        if let Output::Deliver(d) = o {
+            order.push(d.envelope.seq);
+        }
+    }
+    assert_eq!(order, vec![1, 2, 3, 4, 5, 7]);
+    assert_eq!(s.stats().ordering_gaps_skipped, 1);
+    // 6 arrives after all: delivered late rather than never, once.
+    feed(&mut s, late, 6, &mut order);
+    assert_eq!(order, vec![1, 2, 3, 4, 5, 7, 6]);
+}

@@ -41,6 +41,15 @@ impl Preset {
     }
 }
 
+/// Delivery order.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum OrderArg {
+    /// As messages arrive (lowest latency).
+    None,
+    /// FIFO per origin: a message waits for its origin's earlier ones (at most 60 s).
+    PerOrigin,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// UDP address to listen on.
@@ -64,13 +73,20 @@ pub struct Args {
     /// Protocol preset.
     #[arg(long, value_enum, default_value = "lan")]
     preset: Preset,
+    /// Delivery order.
+    #[arg(long, value_enum, default_value = "none")]
+    ordering: OrderArg,
     /// How long to wait for the first neighbour before broadcasting stdin, seconds.
     #[arg(long, default_value_t = 10)]
     wait_neighbor_secs: u64,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let mut b = Node::builder().bind(a.bind).cluster(a.cluster).protocol(a.preset.config());
+    let ordering = match a.ordering {
+        OrderArg::None => proto::Ordering::None,
+        OrderArg::PerOrigin => proto::Ordering::PerOrigin,
+    };
+    let mut b = Node::builder().bind(a.bind).cluster(a.cluster).protocol(a.preset.config()).ordering(ordering);
     for c in a.bootstrap.iter() {
         b = b.bootstrap(c.clone());
     }

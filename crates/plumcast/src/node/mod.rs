@@ -165,6 +165,14 @@ impl NodeBuilder {
         self.config.protocol.broadcast.tree = tree;
         self
     }
+    /// Delivery order: as messages arrive ([`proto::Ordering::None`], the default: lowest
+    /// latency) or FIFO per origin and incarnation ([`proto::Ordering::PerOrigin`]: a
+    /// message waits for the earlier ones of its origin, at most
+    /// [`proto::broadcast::Config::ordering_max_wait`], 60 s by default).
+    pub fn ordering(mut self, ordering: proto::Ordering) -> Self {
+        self.config.protocol.broadcast.ordering = ordering;
+        self
+    }
     /// QUIC parameters (keep-alive, idle timeout, frame size, handshake timeout).
     pub fn transport(mut self, transport: TransportConfig) -> Self {
         self.config.transport = transport;

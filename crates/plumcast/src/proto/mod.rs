@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 #[doc(inline)]
 pub use plumcast_broadcast as broadcast;
-pub use plumcast_broadcast::{Delivery, Envelope, MessageId, Mode, Tree};
+pub use plumcast_broadcast::{Delivery, Envelope, MessageId, Mode, Ordering, Tree};
 #[doc(inline)]
 pub use plumcast_membership as membership;
 pub use plumcast_membership::DownReason;
