@@ -19,7 +19,7 @@ mod overlay;
 pub mod scenario;
 
 pub use engine::{
-    Counters, Detector, Latency, MessageKey, NodeState, Sim, SimConfig, Track, sim_protocol,
+    Counters, Detector, DigestSizes, Latency, MessageKey, NodeState, Sim, SimConfig, Track, digest_sizes, sim_protocol,
     sim_protocol_with_anti_entropy,
 };
 pub use overlay::{OverlayStats, overlay_stats};

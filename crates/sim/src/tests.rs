@@ -322,3 +322,17 @@ fn a_partition_heals_with_its_messages_only_with_anti_entropy() {
         }
     }
 }
+
+/// Digests stay bounded as origins grow: every digest fits one 8 KiB piece, and a large
+/// vector is covered over several exchanges instead.
+#[test]
+fn digests_stay_bounded_as_origins_grow() {
+    for origins in [10, 1_000, 10_000] {
+        let d = digest_sizes(origins);
+        eprintln!("{d:?}");
+        assert!(d.max_digest_bytes <= 8 << 10, "{d:?}");
+        assert_eq!(d.other_frames, 0, "nothing missing, nothing repaired: {d:?}");
+        let pieces = origins.div_ceil(128) as u64;
+        assert_eq!(d.exchanges_to_cover, pieces, "{d:?}");
+    }
+}
