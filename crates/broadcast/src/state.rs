@@ -198,6 +198,14 @@ impl<P: PeerId> State<P> {
         self.cache.len()
     }
 
+    /// Record `(origin, incarnation, seq)` as seen without delivering it: what a node
+    /// delivered before a restart (the host reads it back from its data dir).
+    pub fn restore_delivered(&mut self, origin: &P, incarnation: u64, seq: u64) {
+        if self.versions.check(origin, incarnation, seq) == Seen::No {
+            self.stats.dedupe_window_overflows += self.versions.mark(origin, incarnation, seq);
+        }
+    }
+
     /// What the message store holds.
     pub fn store_size(&self) -> StoreSize {
         self.store.size()
@@ -702,11 +710,12 @@ impl<P: PeerId> State<P> {
     }
 
     fn arm_anti_entropy(&mut self, now: Instant) {
-        if let Some(every) = self.config.anti_entropy_interval {
-            if !self.anti_entropy.armed && !self.neighbors.is_empty() {
-                self.anti_entropy.armed = true;
-                self.out.push(Output::Timer { at: now + every, timer: Timer::AntiEntropy });
-            }
+        if let Some(every) = self.config.anti_entropy_interval
+            && !self.anti_entropy.armed
+            && !self.neighbors.is_empty()
+        {
+            self.anti_entropy.armed = true;
+            self.out.push(Output::Timer { at: now + every, timer: Timer::AntiEntropy });
         }
     }
 

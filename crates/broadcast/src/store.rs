@@ -114,10 +114,10 @@ impl<P: PeerId> MemoryStore<P> {
 
     fn evict_oldest(&mut self) -> bool {
         let Some((id, _)) = self.order.pop_front() else { return false };
-        if let Some(key) = self.by_id.remove(&id) {
-            if let Some((_, e)) = self.by_key.remove(&key) {
-                self.bytes -= e.payload.len();
-            }
+        if let Some(key) = self.by_id.remove(&id)
+            && let Some((_, e)) = self.by_key.remove(&key)
+        {
+            self.bytes -= e.payload.len();
         }
         true
     }

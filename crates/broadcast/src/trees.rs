@@ -72,11 +72,12 @@ impl<P: PeerId> Trees<P> {
                 self.clock += 1;
                 let clock = self.clock;
                 let mut evicted = false;
-                if !self.per_origin.contains_key(origin) && self.per_origin.len() >= self.max {
-                    if let Some(old) = self.per_origin.iter().min_by_key(|(_, t)| t.used).map(|(k, _)| k.clone()) {
-                        self.per_origin.remove(&old);
-                        evicted = true;
-                    }
+                if !self.per_origin.contains_key(origin)
+                    && self.per_origin.len() >= self.max
+                    && let Some(old) = self.per_origin.iter().min_by_key(|(_, t)| t.used).map(|(k, _)| k.clone())
+                {
+                    self.per_origin.remove(&old);
+                    evicted = true;
                 }
                 let t = self.per_origin.entry(origin.clone()).or_insert_with(|| OriginTree {
                     lazy: Vec::new(),

@@ -73,6 +73,10 @@ pub struct Args {
     /// Protocol preset.
     #[arg(long, value_enum, default_value = "lan")]
     preset: Preset,
+    /// Keep identity, messages, deliveries and views here (created if missing): a restart
+    /// on the same dir with no --bootstrap rejoins, catches up and delivers nothing twice.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Delivery order.
     #[arg(long, value_enum, default_value = "none")]
     ordering: OrderArg,
@@ -92,6 +96,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(adv) = a.advertise {
         b = b.advertise(adv);
+    }
+    if let Some(dir) = &a.data_dir {
+        b = b.data_dir(dir);
     }
     if let Some(path) = &a.identity {
         b = b.identity_file(path).context("--identity")?;

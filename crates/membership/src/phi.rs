@@ -32,11 +32,11 @@ impl PhiAccrual {
     }
 
     fn push(&mut self, ms: f64) {
-        if self.samples.len() == self.window {
-            if let Some(old) = self.samples.pop_front() {
-                self.sum -= old;
-                self.sum_sq -= old * old;
-            }
+        if self.samples.len() == self.window
+            && let Some(old) = self.samples.pop_front()
+        {
+            self.sum -= old;
+            self.sum_sq -= old * old;
         }
         self.samples.push_back(ms);
         self.sum += ms;

@@ -296,12 +296,12 @@ impl<P: Peer, R: RngCore> State<P, R> {
                 if origin == self.me {
                     return;
                 }
-                if ttl > 0 && self.active.len() > 1 {
-                    if let Some(q) = self.random_active_except(&[&from, &origin]) {
-                        self.out
-                            .push(Output::Send { to: q, message: Message::Shuffle { origin, ttl: ttl - 1, nodes } });
-                        return;
-                    }
+                if ttl > 0
+                    && self.active.len() > 1
+                    && let Some(q) = self.random_active_except(&[&from, &origin])
+                {
+                    self.out.push(Output::Send { to: q, message: Message::Shuffle { origin, ttl: ttl - 1, nodes } });
+                    return;
                 }
                 self.stats.shuffles_accepted += 1;
                 let nodes: Vec<P> = nodes.into_iter().take(self.shuffle_len()).collect();
@@ -351,10 +351,10 @@ impl<P: Peer, R: RngCore> State<P, R> {
                 let mut failed = Vec::new();
                 for p in &self.active {
                     self.out.push(Output::Send { to: p.clone(), message: Message::Heartbeat });
-                    if let Some(d) = self.detector(p) {
-                        if self.phi_of(d, now) > self.config.phi_threshold {
-                            failed.push(p.clone());
-                        }
+                    if let Some(d) = self.detector(p)
+                        && self.phi_of(d, now) > self.config.phi_threshold
+                    {
+                        failed.push(p.clone());
                     }
                 }
                 for p in failed {

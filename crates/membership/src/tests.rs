@@ -352,10 +352,10 @@ impl Net {
     fn symmetric(&self) -> Result<(), String> {
         for (id, s) in &self.nodes {
             for p in s.active_view() {
-                if let Some(o) = self.nodes.get(p) {
-                    if !o.is_active(id) {
-                        return Err(format!("{id} has {p} active but not vice versa"));
-                    }
+                if let Some(o) = self.nodes.get(p)
+                    && !o.is_active(id)
+                {
+                    return Err(format!("{id} has {p} active but not vice versa"));
                 }
             }
         }

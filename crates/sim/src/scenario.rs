@@ -714,10 +714,10 @@ fn massive_failure(s: &Scenario, base: Option<Sim>, mode: RunMode, head: Row, se
         // Broadcasts sent during the failure window: all at once, right after the crash.
         let mut keys = Vec::new();
         for _ in 0..s.broadcasts.max(1) {
-            if let Some(o) = pick_sender(&sim, mode, &mut rng) {
-                if let Some(k) = sim.broadcast(o) {
-                    keys.push(k);
-                }
+            if let Some(o) = pick_sender(&sim, mode, &mut rng)
+                && let Some(k) = sim.broadcast(o)
+            {
+                keys.push(k);
             }
             sim.run_for(Duration::from_millis(1));
         }

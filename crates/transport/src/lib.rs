@@ -432,15 +432,15 @@ pub fn frame_codec(max_frame_size: usize) -> tokio_util::codec::LengthDelimitedC
 fn udp_socket(addr: SocketAddr, config: &TransportConfig) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if config.udp_recv_buffer > 0 {
-        if let Err(e) = socket.set_recv_buffer_size(config.udp_recv_buffer) {
-            tracing::warn!(%addr, requested = config.udp_recv_buffer, error = %e, "UDP receive buffer not set");
-        }
+    if config.udp_recv_buffer > 0
+        && let Err(e) = socket.set_recv_buffer_size(config.udp_recv_buffer)
+    {
+        tracing::warn!(%addr, requested = config.udp_recv_buffer, error = %e, "UDP receive buffer not set");
     }
-    if config.udp_send_buffer > 0 {
-        if let Err(e) = socket.set_send_buffer_size(config.udp_send_buffer) {
-            tracing::warn!(%addr, requested = config.udp_send_buffer, error = %e, "UDP send buffer not set");
-        }
+    if config.udp_send_buffer > 0
+        && let Err(e) = socket.set_send_buffer_size(config.udp_send_buffer)
+    {
+        tracing::warn!(%addr, requested = config.udp_send_buffer, error = %e, "UDP send buffer not set");
     }
     tracing::debug!(
         %addr,

@@ -146,20 +146,20 @@ impl AsyncUdpSocket for FaultySocket {
                 self.faults.dropped.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
-            if !imp.delay.is_zero() {
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    // Send a copy later; a full socket buffer then drops it, like a router.
-                    self.faults.delayed.fetch_add(1, Ordering::Relaxed);
-                    let (inner, contents) = (self.inner.clone(), transmit.contents.to_vec());
-                    let (destination, ecn, segment_size, src_ip) =
-                        (transmit.destination, transmit.ecn, transmit.segment_size, transmit.src_ip);
-                    rt.spawn(async move {
-                        tokio::time::sleep(imp.delay).await;
-                        let late = Transmit { destination, ecn, contents: &contents, segment_size, src_ip };
-                        let _ = inner.try_send(&late);
-                    });
-                    return Ok(());
-                }
+            if !imp.delay.is_zero()
+                && let Ok(rt) = tokio::runtime::Handle::try_current()
+            {
+                // Send a copy later; a full socket buffer then drops it, like a router.
+                self.faults.delayed.fetch_add(1, Ordering::Relaxed);
+                let (inner, contents) = (self.inner.clone(), transmit.contents.to_vec());
+                let (destination, ecn, segment_size, src_ip) =
+                    (transmit.destination, transmit.ecn, transmit.segment_size, transmit.src_ip);
+                rt.spawn(async move {
+                    tokio::time::sleep(imp.delay).await;
+                    let late = Transmit { destination, ecn, contents: &contents, segment_size, src_ip };
+                    let _ = inner.try_send(&late);
+                });
+                return Ok(());
             }
         }
         self.inner.try_send(transmit)

@@ -70,6 +70,16 @@ impl From<LinkEvent<proto::Message<PeerInfo>>> for NetEvent {
     }
 }
 
+/// What a data dir gave back at start (see [`super::NodeBuilder::data_dir`]).
+pub(crate) struct Restored {
+    pub dir: Arc<super::durable::DataDir>,
+    pub store: Box<dyn broadcast::MessageStore<NodeId>>,
+    /// Delivered before this life: never again.
+    pub delivered: Vec<(NodeId, u64, u64)>,
+    /// Stored but not taken by the application before the restart: delivered at start.
+    pub undelivered: Vec<broadcast::Envelope<NodeId>>,
+}
+
 /// What the actor is started with (built by [`super::NodeBuilder`]).
 pub(crate) struct ActorInit {
     pub config: NodeConfig,
@@ -82,6 +92,7 @@ pub(crate) struct ActorInit {
     pub ctl_rx: mpsc::Receiver<Control>,
     pub app_tx: mpsc::Sender<Event>,
     pub reach_tx: watch::Sender<Reach>,
+    pub restored: Option<Restored>,
 }
 
 /// Counters the actor itself keeps (the links keep theirs).
@@ -132,6 +143,10 @@ pub(crate) struct Actor {
     /// The outputs of one protocol input, reused (no allocation per input).
     scratch: Vec<proto::Output<PeerInfo>>,
     stats: ActorStats,
+    /// The data dir, if any (views saved on change, pending writes flushed).
+    data: Option<Arc<super::durable::DataDir>>,
+    /// The views last saved to the data dir.
+    saved_views: Vec<SocketAddr>,
     /// The time of the event being handled: read once per event (a frame, a timer batch,
     /// a broadcast), so timers armed while handling it start from when it arrived.
     now: Instant,
@@ -140,7 +155,27 @@ pub(crate) struct Actor {
 impl Actor {
     pub(crate) fn new(init: ActorInit) -> Self {
         let rng = ChaCha8Rng::seed_from_u64(init.seed);
-        let proto = proto::State::new(init.me, init.incarnation, init.config.protocol.clone(), rng);
+        let mut backlog = VecDeque::new();
+        let (proto, data) = match init.restored {
+            None => (proto::State::new(init.me, init.incarnation, init.config.protocol.clone(), rng), None),
+            Some(r) => {
+                let mut p =
+                    proto::State::with_store(init.me, init.incarnation, init.config.protocol.clone(), rng, r.store);
+                for (origin, incarnation, seq) in &r.delivered {
+                    p.restore_delivered(origin, *incarnation, *seq);
+                }
+                for e in r.undelivered {
+                    p.restore_delivered(&e.origin, e.incarnation, e.seq);
+                    // Our own messages are not delivered to us (unless asked), and ours
+                    // were never recorded as taken.
+                    if e.origin != init.me.id || init.config.protocol.broadcast.deliver_own {
+                        let d = broadcast::Delivery { id: e.id(), envelope: e, hops: 0, from: None, recovered: true };
+                        backlog.push_back(Event::Delivered(Delivered::from(d)));
+                    }
+                }
+                (p, Some(r.dir))
+            }
+        };
         let (net_tx, net_rx) = mpsc::channel(NET_QUEUE);
         let limits = Limits {
             soft: init.config.peer_queue_soft_limit,
@@ -168,7 +203,9 @@ impl Actor {
             rejoin_logged: false,
             warned: Warned::default(),
             next_conn_id: 0,
-            backlog: VecDeque::new(),
+            backlog,
+            data,
+            saved_views: Vec::new(),
             follow_ups: VecDeque::new(),
             envelopes: EnvelopeCache::default(),
             scratch: Vec::new(),
@@ -179,6 +216,19 @@ impl Actor {
 
     pub(crate) async fn run(mut self) {
         debug!(addr = %self.me.addr, id = %self.me.id, "node listening");
+        if let Some(d) = &self.data {
+            // Make the non-fsynced writes durable every FLUSH_EVERY.
+            let recorder = d.recorder();
+            self.tasks.spawn(async move {
+                let mut every = tokio::time::interval(super::durable::FLUSH_EVERY);
+                loop {
+                    every.tick().await;
+                    let r = recorder.clone();
+                    let _ = tokio::task::spawn_blocking(move || r.flush()).await;
+                }
+            });
+        }
+        self.flush_app().await;
         let contacts = self.config.bootstrap.clone();
         self.spawn_bootstrap(contacts);
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
@@ -235,11 +285,11 @@ impl Actor {
 
     /// A connection task ended. Its errors reached us as events; a panic did not.
     fn on_task_done(&mut self, done: Result<(), tokio::task::JoinError>) {
-        if let Err(e) = done {
-            if e.is_panic() {
-                self.stats.task_panics += 1;
-                tracing::error!(error = %e, "a connection task panicked");
-            }
+        if let Err(e) = done
+            && e.is_panic()
+        {
+            self.stats.task_panics += 1;
+            tracing::error!(error = %e, "a connection task panicked");
         }
     }
 
@@ -355,6 +405,7 @@ impl Actor {
                 debug!(peer = %p, "neighbor up");
                 self.rejoin_logged = false;
                 self.publish_reach();
+                self.save_views();
                 Event::NeighborUp(p)
             }
             proto::Event::Neighbor(membership::Event::NeighborDown { peer, reason }) => {
@@ -618,14 +669,32 @@ impl Actor {
             m.is_active(&p) || m.pending().any(|q| q.id == id)
         };
         let rtts = self.links.sweep(Instant::now(), in_use);
+        self.save_views();
         // Graft retry waits follow quinn's RTT estimate (Plumtree §3.6: about one round trip).
         for (id, rtt) in rtts {
             self.proto.set_rtt(id, rtt);
         }
     }
 
+    /// Keep the active and passive views in the data dir when they changed (a restart
+    /// rejoins through them).
+    fn save_views(&mut self) {
+        let Some(d) = &self.data else { return };
+        let m = self.proto.membership();
+        let mut views: Vec<SocketAddr> = m.active_view().iter().chain(m.passive_view()).map(|p| p.addr).collect();
+        views.sort_unstable();
+        if !views.is_empty() && views != self.saved_views {
+            debug!(views = views.len(), "saving the views to the data dir");
+            if let Err(e) = d.save_peers(&views) {
+                warn!(error = %e, "cannot save the views to the data dir");
+            }
+            self.saved_views = views;
+        }
+    }
+
     /// Graceful leave: Disconnect to the neighbours, flush, close, drain tasks.
     async fn leave(&mut self) {
+        self.save_views();
         let neighbors: Vec<NodeId> = self.proto.membership().active_view().iter().map(|p| p.id).collect();
         self.input(proto::Input::Membership(membership::Input::Leave));
         self.flush_app().await;
@@ -655,6 +724,9 @@ impl Actor {
         let _ = tokio::time::timeout(ENDPOINT_CLOSE_WAIT, self.endpoint.wait_idle()).await;
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
+        if let Some(d) = &self.data {
+            d.recorder().flush();
+        }
         info!("node left");
     }
 }

@@ -44,6 +44,16 @@ pub enum Error {
     /// The transport could not be set up (socket, TLS, identity).
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The data dir cannot be used: in use by another process, another schema version,
+    /// an identity that differs from the one given, or a disk error. The message names
+    /// the dir and what is wrong.
+    #[error("data dir {}: {reason}", path.display())]
+    DataDir {
+        /// The data dir.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The configuration is invalid: a bootstrap contact without a port, an empty cluster
     /// name, a payload limit that does not fit a frame. The message names what.
     #[error("invalid configuration: {0}")]

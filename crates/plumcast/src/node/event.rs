@@ -77,16 +77,28 @@ pub trait MessageHandler: Send + 'static {
 #[derive(Debug)]
 pub struct Events {
     pub(super) rx: mpsc::Receiver<Event>,
+    /// With a data dir: records each delivery as it is taken.
+    pub(super) recorder: Option<super::durable::Recorder>,
 }
 
 impl Events {
     /// The next event, or `None` once the node has stopped and all events were read.
     pub async fn recv(&mut self) -> Option<Event> {
-        self.rx.recv().await
+        let ev = self.rx.recv().await;
+        self.taken(ev)
     }
 
     /// The next event if one is ready.
     pub fn try_recv(&mut self) -> Option<Event> {
-        self.rx.try_recv().ok()
+        let ev = self.rx.try_recv().ok();
+        self.taken(ev)
+    }
+
+    /// With a data dir, a delivery taken from the stream is recorded as delivered.
+    fn taken(&self, ev: Option<Event>) -> Option<Event> {
+        if let (Some(r), Some(Event::Delivered(d))) = (&self.recorder, &ev) {
+            r.delivered(d.origin, d.incarnation, d.seq);
+        }
+        ev
     }
 }

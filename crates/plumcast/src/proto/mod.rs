@@ -195,10 +195,22 @@ pub struct State<P: Peer, R> {
 impl<P: Peer, R: RngCore> State<P, R> {
     /// A node `me` in life `incarnation` (start time in ms), with its only RNG.
     pub fn new(me: P, incarnation: u64, config: Config, rng: R) -> Self {
+        let store = Box::new(broadcast::MemoryStore::new(config.broadcast.retention));
+        Self::with_store(me, incarnation, config, rng, store)
+    }
+
+    /// Like [`State::new`], keeping messages in `store` (the node's durable store).
+    pub fn with_store(
+        me: P,
+        incarnation: u64,
+        config: Config,
+        rng: R,
+        store: Box<dyn broadcast::MessageStore<P::Id>>,
+    ) -> Self {
         let id = me.id();
         Self {
             membership: membership::State::new(me, config.membership, rng),
-            broadcast: broadcast::State::new(id, incarnation, config.broadcast),
+            broadcast: broadcast::State::with_store(id, incarnation, config.broadcast, store),
             peers: BTreeMap::new(),
             unroutable: 0,
             out: Vec::new(),
@@ -215,6 +227,12 @@ impl<P: Peer, R: RngCore> State<P, R> {
     /// The Plumtree state (eager/lazy sets, stats).
     pub fn broadcast_state(&self) -> &broadcast::State<P::Id> {
         &self.broadcast
+    }
+
+    /// Record `(origin, incarnation, seq)` as delivered before this life (a restart
+    /// from a data dir): it will never be delivered again.
+    pub fn restore_delivered(&mut self, origin: &P::Id, incarnation: u64, seq: u64) {
+        self.broadcast.restore_delivered(origin, incarnation, seq);
     }
 
     /// Switch the broadcast mode (Plumtree or eager flooding) for the next messages.
