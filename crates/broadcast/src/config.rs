@@ -112,6 +112,10 @@ pub struct Config {
     pub anti_entropy_max_messages: usize,
     /// Most payload bytes in one repair (beyond its first message).
     pub anti_entropy_max_bytes: usize,
+    /// Whether a node that joins for the first time is repaired with the history kept
+    /// within retention (`true`), or gets messages from its join on (`false`, the
+    /// default). A node restarted from a data dir always catches up.
+    pub replay_history: bool,
     /// Delivery order. Default [`Ordering::None`].
     pub ordering: Ordering,
     /// With [`Ordering::PerOrigin`]: how long a message is held back waiting for an
@@ -218,6 +222,7 @@ impl Config {
             anti_entropy_max_heads: ANTI_ENTROPY_MAX_HEADS,
             anti_entropy_max_messages: ANTI_ENTROPY_MAX_MESSAGES,
             anti_entropy_max_bytes: ANTI_ENTROPY_MAX_BYTES,
+            replay_history: false,
             ordering: Ordering::None,
             ordering_max_wait: ORDERING_MAX_WAIT,
             ordering_max_held: ORDERING_MAX_HELD,

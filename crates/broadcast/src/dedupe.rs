@@ -112,6 +112,37 @@ impl<P: PeerId> Versions<P> {
         overflows
     }
 
+    /// Take every seq ≤ `head` of `key` as seen (a node that joined adopts what was sent
+    /// before its join instead of asking for it). Does nothing if already that far.
+    pub(crate) fn raise(&mut self, key: &Key<P>, head: u64) {
+        if !self.seen.contains_key(key) {
+            let origin = key.0.clone();
+            while self.incarnations(&origin).count() >= self.max_incarnations {
+                let Some(oldest) = self.incarnations(&origin).next() else { break };
+                self.seen.remove(&(origin.clone(), oldest));
+            }
+        }
+        let h = self.seen.entry(key.clone()).or_default();
+        if head <= h.watermark {
+            return;
+        }
+        h.watermark = head;
+        if let Some(above) = h.above.as_mut() {
+            above.retain(|s| *s > head);
+            while above.remove(&(h.watermark + 1)) {
+                h.watermark += 1;
+            }
+            if above.is_empty() {
+                h.above = None;
+            }
+        }
+    }
+
+    /// Whether `key` has an entry.
+    pub(crate) fn knows(&self, key: &Key<P>) -> bool {
+        self.seen.contains_key(key)
+    }
+
     /// The head (contiguous watermark) of one incarnation, 0 if none was seen.
     pub(crate) fn head(&self, key: &Key<P>) -> u64 {
         self.seen.get(key).map_or(0, |h| h.watermark)

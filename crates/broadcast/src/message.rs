@@ -156,6 +156,9 @@ pub enum Message<P> {
         upto: Option<(P, u64)>,
         /// Whether the receiver should answer with its own digest of the same keys.
         reply: bool,
+        /// The sender joined recently and wants no history: repair only the keys it lists
+        /// (what was sent since its join), not the ones it lacks entirely.
+        joined: bool,
     },
     /// Anti-entropy: messages the receiver lacked, oldest first per origin and
     /// incarnation. Delivered as recovered and not pushed on through the tree.

@@ -49,6 +49,10 @@ const DIGESTS_PER_INTERVAL: u32 = 256;
 #[derive(Clone, Debug)]
 struct AntiEntropy<P> {
     armed: bool,
+    /// A first-time node wants no history: until this time (set at its first neighbour,
+    /// two intervals later) it adopts the heads it hears of instead of asking for them.
+    /// `Some(None)`: fresh, no neighbour yet; `None`: not fresh.
+    fresh_until: Option<Option<Instant>>,
     /// The next periodic piece starts after this key (`None`: at the first).
     cursor: Option<Key<P>>,
     /// When each neighbour was last synced with (partner choice: least recently).
@@ -61,7 +65,14 @@ struct AntiEntropy<P> {
 
 impl<P> Default for AntiEntropy<P> {
     fn default() -> Self {
-        Self { armed: false, cursor: None, last_sync: BTreeMap::new(), asked: BTreeMap::new(), budget: BTreeMap::new() }
+        Self {
+            armed: false,
+            fresh_until: None,
+            cursor: None,
+            last_sync: BTreeMap::new(),
+            asked: BTreeMap::new(),
+            budget: BTreeMap::new(),
+        }
     }
 }
 
@@ -122,7 +133,10 @@ impl<P: PeerId> State<P> {
     pub fn with_store(me: P, incarnation: u64, config: Config, store: Box<dyn MessageStore<P>>) -> Self {
         Self {
             store,
-            anti_entropy: AntiEntropy::default(),
+            anti_entropy: AntiEntropy {
+                fresh_until: if config.replay_history { None } else { Some(None) },
+                ..AntiEntropy::default()
+            },
             me,
             incarnation,
             next_seq: 1,
@@ -201,6 +215,8 @@ impl<P: PeerId> State<P> {
     /// Record `(origin, incarnation, seq)` as seen without delivering it: what a node
     /// delivered before a restart (the host reads it back from its data dir).
     pub fn restore_delivered(&mut self, origin: &P, incarnation: u64, seq: u64) {
+        // A restarted node catches up on what it missed: it is not new.
+        self.anti_entropy.fresh_until = None;
         if self.versions.check(origin, incarnation, seq) == Seen::No {
             self.stats.dedupe_window_overflows += self.versions.mark(origin, incarnation, seq);
         }
@@ -282,7 +298,10 @@ impl<P: PeerId> State<P> {
                     self.neighbors.insert(p.clone());
                     self.catch_up(now, p.clone());
                     // Anti-entropy at once with a new neighbour, from the first key.
-                    if self.config.anti_entropy_interval.is_some() {
+                    if let Some(every) = self.config.anti_entropy_interval {
+                        if self.anti_entropy.fresh_until == Some(None) {
+                            self.anti_entropy.fresh_until = Some(Some(now + every.saturating_mul(2)));
+                        }
                         self.send_digest(now, p, None, true);
                         self.arm_anti_entropy(now);
                     }
@@ -372,7 +391,9 @@ impl<P: PeerId> State<P> {
                 self.stats.prunes_received += 1;
                 self.set_lazy(&origin, &from);
             }
-            Message::Digest { heads, after, upto, reply } => self.on_digest(now, from, heads, after, upto, reply),
+            Message::Digest { heads, after, upto, reply, joined } => {
+                self.on_digest(now, from, heads, (after, upto), reply, joined)
+            }
             Message::Repair { envelopes, more } => self.on_repair(now, from, envelopes, more),
         }
     }
@@ -744,8 +765,20 @@ impl<P: PeerId> State<P> {
         self.stats.digest_heads_sent += heads.len() as u64;
         self.anti_entropy.last_sync.insert(to.clone(), now);
         self.anti_entropy.asked.insert(to.clone(), after.clone());
-        self.out.push(Output::Send { to, message: Message::Digest { heads, after, upto: upto.clone(), reply } });
+        let joined = self.is_fresh(now);
+        self.out
+            .push(Output::Send { to, message: Message::Digest { heads, after, upto: upto.clone(), reply, joined } });
         upto
+    }
+
+    /// Whether this node joined for the first time within the last two anti-entropy
+    /// intervals (and wants no history, [`Config::replay_history`] being off).
+    fn is_fresh(&self, now: Instant) -> bool {
+        match self.anti_entropy.fresh_until {
+            Some(None) => true,
+            Some(Some(t)) => now < t,
+            None => false,
+        }
     }
 
     /// Whether a digest from `from` is within its budget for this interval.
@@ -768,9 +801,9 @@ impl<P: PeerId> State<P> {
         now: Instant,
         from: P,
         heads: Vec<Head<P>>,
-        after: Option<Key<P>>,
-        upto: Option<Key<P>>,
+        (after, upto): (Option<Key<P>>, Option<Key<P>>),
         reply: bool,
+        joined: bool,
     ) {
         self.stats.digests_received += 1;
         if self.config.anti_entropy_interval.is_none() || !self.digest_allowed(now, &from) {
@@ -778,6 +811,14 @@ impl<P: PeerId> State<P> {
             return;
         }
         let theirs: BTreeMap<Key<P>, u64> = heads.into_iter().map(|h| ((h.origin, h.incarnation), h.seq)).collect();
+        if self.is_fresh(now) {
+            // New here: what was sent before our join is not ours to ask for.
+            for (key, head) in &theirs {
+                if !self.versions.knows(key) {
+                    self.versions.raise(key, *head);
+                }
+            }
+        }
         let (max, max_bytes) = (self.config.anti_entropy_max_messages.max(1), self.config.anti_entropy_max_bytes);
         let mut envelopes: Vec<Envelope<P>> = Vec::new();
         let mut bytes = 0usize;
@@ -785,7 +826,10 @@ impl<P: PeerId> State<P> {
         let mine: Vec<(Key<P>, u64)> =
             self.versions.between(after.as_ref(), upto.as_ref()).map(|(k, h)| (k.clone(), h)).collect();
         for (key, my_head) in &mine {
-            let their_head = theirs.get(key).copied().unwrap_or(0);
+            let Some(their_head) = theirs.get(key).copied().or((!joined).then_some(0)) else {
+                // A node that just joined lacks this origin entirely: it wants no history.
+                continue;
+            };
             if *my_head <= their_head {
                 continue;
             }
@@ -823,8 +867,9 @@ impl<P: PeerId> State<P> {
             self.stats.digests_sent += 1;
             self.stats.digest_heads_sent += piece.len() as u64;
             self.anti_entropy.asked.insert(from.clone(), after.clone());
-            self.out
-                .push(Output::Send { to: from, message: Message::Digest { heads: piece, after, upto, reply: false } });
+            let joined = self.is_fresh(now);
+            let message = Message::Digest { heads: piece, after, upto, reply: false, joined };
+            self.out.push(Output::Send { to: from, message });
         }
     }
 

@@ -529,9 +529,36 @@ fn sends_from(me: u32, out: Vec<Output<u32>>) -> Vec<(u32, u32, Message<u32>)> {
     sends(out).into_iter().map(|(to, m)| (me, to, m)).collect()
 }
 
-/// No catch-up IHaves, so only anti-entropy can repair.
+/// No catch-up IHaves, so only anti-entropy can repair; a new node is repaired with the
+/// history (`replay_history`), as a restarted one would be.
 fn ae_node(me: u32, config: Config) -> State<u32> {
-    State::new(me, 1, Config { catch_up_window: Duration::ZERO, ihave_batch_window: Duration::ZERO, ..config })
+    let config =
+        Config { catch_up_window: Duration::ZERO, ihave_batch_window: Duration::ZERO, replay_history: true, ..config };
+    State::new(me, 1, config)
+}
+
+#[test]
+fn a_first_time_node_gets_messages_from_its_join_on_not_the_history() {
+    let now = Instant::now();
+    let base = Config { catch_up_window: Duration::ZERO, ihave_batch_window: Duration::ZERO, ..Config::lan() };
+    let mut nodes = vec![State::new(0u32, 1, base.clone()), State::new(1u32, 1, base)];
+    for k in 0..50u32 {
+        let _ = nodes[0].broadcast(now, Bytes::from(k.to_le_bytes().to_vec()));
+    }
+    let mut queue = sends_from(0, nodes[0].handle(now, Input::NeighborUp(1)).collect());
+    queue.extend(sends_from(1, nodes[1].handle(now, Input::NeighborUp(0)).collect()));
+    let (delivered, _) = pump(&mut nodes, now, queue);
+    assert!(delivered[1].is_empty(), "no history: {} delivered", delivered[1].len());
+    assert_eq!(nodes[1].head(&0, 1), 50, "the history is adopted as seen");
+    // What is sent after the join arrives, and later exchanges repair nothing old.
+    let (_, out) = nodes[0].broadcast(now, Bytes::from_static(b"after"));
+    let queue = sends_from(0, out.collect());
+    let (delivered, _) = pump(&mut nodes, now, queue);
+    assert_eq!(delivered[1].len(), 1);
+    let later = now + Duration::from_secs(60);
+    let queue = sends_from(1, nodes[1].handle(later, Input::Timer(Timer::AntiEntropy)).collect());
+    let (delivered, _) = pump(&mut nodes, later, queue);
+    assert!(delivered[1].is_empty());
 }
 
 #[test]
@@ -558,7 +585,7 @@ fn anti_entropy_repairs_a_new_neighbour_with_everything_it_missed_exactly_once()
 }
 
 fn digest_of(s: &State<u32>) -> Message<u32> {
-    Message::Digest { heads: s.all_heads(), after: None, upto: None, reply: true }
+    Message::Digest { heads: s.all_heads(), after: None, upto: None, reply: true, joined: false }
 }
 
 #[test]

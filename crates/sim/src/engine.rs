@@ -616,7 +616,7 @@ impl Sim {
             }
             proto::Message::Broadcast(broadcast::Message::Graft { .. }) => self.counters.grafts += 1,
             proto::Message::Broadcast(broadcast::Message::Prune { .. }) => self.counters.prunes += 1,
-            proto::Message::Broadcast(broadcast::Message::Digest { heads, after, upto, reply }) => {
+            proto::Message::Broadcast(broadcast::Message::Digest { heads, after, upto, reply, .. }) => {
                 self.counters.digests += 1;
                 self.counters.digest_bytes += wire_digest_bytes(heads, after.as_ref(), upto.as_ref(), *reply);
             }
@@ -868,6 +868,7 @@ fn wire_digest_bytes(
         after: after.map(|(o, i)| (wide(*o), *i)),
         upto: upto.map(|(o, i)| (wide(*o), *i)),
         reply,
+        joined: false,
     };
     // One byte more for the `proto::Message::Broadcast` variant tag.
     postcard::to_allocvec(&message).map_or(0, |v| v.len() as u64 + 1 + 4)
@@ -929,7 +930,7 @@ pub fn digest_sizes(origins: usize) -> DigestSizes {
             .filter_map(|o| if let broadcast::Output::Send { message, .. } = o { Some((true, message)) } else { None })
             .collect();
         while let Some((from_a, message)) = queue.pop() {
-            if let broadcast::Message::Digest { heads, after, upto, reply } = &message {
+            if let broadcast::Message::Digest { heads, after, upto, reply, .. } = &message {
                 let bytes = wire_digest_bytes(heads, after.as_ref(), upto.as_ref(), *reply);
                 out.max_digest_bytes = out.max_digest_bytes.max(bytes);
                 out.bytes_to_cover += bytes;

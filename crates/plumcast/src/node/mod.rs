@@ -175,6 +175,14 @@ impl NodeBuilder {
         self.config.protocol.broadcast.ordering = ordering;
         self
     }
+    /// Whether this node, joining for the first time, is repaired with the history the
+    /// cluster keeps (within retention, [`proto::broadcast::Retention`]); default `false`:
+    /// it gets messages from its join on. A node restarted from a data dir always
+    /// catches up on what it missed.
+    pub fn replay_history(mut self, yes: bool) -> Self {
+        self.config.protocol.broadcast.replay_history = yes;
+        self
+    }
     /// QUIC parameters (keep-alive, idle timeout, frame size, handshake timeout).
     pub fn transport(mut self, transport: TransportConfig) -> Self {
         self.config.transport = transport;
