@@ -16,6 +16,8 @@ pub(crate) struct Cached<P> {
     pub(crate) send_round: u32,
     /// The neighbour that delivered it first (`None` for our own).
     pub(crate) parent: Option<P>,
+    /// When it was cached (set by [`PayloadCache::insert`]).
+    pub(crate) at: Option<Instant>,
 }
 
 /// Payloads by id, oldest first in `order`. Overflow policy: the oldest entry goes first,
@@ -39,7 +41,8 @@ impl<P> PayloadCache<P> {
 
     /// Cache `entry` under `id` at `now`; returns how many older entries were evicted to
     /// keep within the count and byte bounds.
-    pub(crate) fn insert(&mut self, now: Instant, id: MessageId, entry: Cached<P>) -> u64 {
+    pub(crate) fn insert(&mut self, now: Instant, id: MessageId, mut entry: Cached<P>) -> u64 {
+        entry.at = Some(now);
         self.bytes += entry.envelope.payload.len();
         match self.map.insert(id, entry) {
             Some(old) => self.bytes -= old.envelope.payload.len(),
@@ -107,7 +110,7 @@ mod tests {
 
     fn entry(seq: u64, len: usize) -> (MessageId, Cached<u32>) {
         let envelope = Envelope { origin: 1u32, incarnation: 1, seq, payload: Bytes::from(vec![0; len]) };
-        (envelope.id(), Cached { envelope, send_round: 0, parent: None })
+        (envelope.id(), Cached { envelope, send_round: 0, parent: None, at: None })
     }
 
     #[test]

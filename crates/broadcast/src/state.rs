@@ -57,6 +57,8 @@ struct AntiEntropy<P> {
     cursor: Option<Key<P>>,
     /// When each neighbour was last synced with (partner choice: least recently).
     last_sync: BTreeMap<P, Instant>,
+    /// When each neighbour became one (the repair grace applies to older messages only).
+    neighbor_since: BTreeMap<P, Instant>,
     /// The piece last asked of each neighbour, asked again when a repair says `more`.
     asked: BTreeMap<P, Option<Key<P>>>,
     /// Digests answered per neighbour in the current window, and the window's start.
@@ -70,6 +72,7 @@ impl<P> Default for AntiEntropy<P> {
             fresh_until: None,
             cursor: None,
             last_sync: BTreeMap::new(),
+            neighbor_since: BTreeMap::new(),
             asked: BTreeMap::new(),
             budget: BTreeMap::new(),
         }
@@ -275,7 +278,7 @@ impl<P: PeerId> State<P> {
         }
         self.store_append(now, id, &envelope);
         self.push(now, id, &envelope, 0, None);
-        self.cache_insert(now, id, Cached { envelope, send_round: 0, parent: None });
+        self.cache_insert(now, id, Cached { envelope, send_round: 0, parent: None, at: None });
         (id, self.out.drain(..))
     }
 
@@ -296,6 +299,7 @@ impl<P: PeerId> State<P> {
                     // A new neighbour starts eager in every tree.
                     self.trees.neighbor_up(&p);
                     self.neighbors.insert(p.clone());
+                    self.anti_entropy.neighbor_since.insert(p.clone(), now);
                     self.catch_up(now, p.clone());
                     // Anti-entropy at once with a new neighbour, from the first key.
                     if let Some(every) = self.config.anti_entropy_interval {
@@ -326,6 +330,7 @@ impl<P: PeerId> State<P> {
         self.ihave_queue.remove(&p);
         self.rtt.remove(&p);
         self.anti_entropy.last_sync.remove(&p);
+        self.anti_entropy.neighbor_since.remove(&p);
         self.anti_entropy.asked.remove(&p);
         self.anti_entropy.budget.remove(&p);
         for m in self.missing.values_mut() {
@@ -458,7 +463,7 @@ impl<P: PeerId> State<P> {
             (true, Tree::PerOrigin, Some(best)) => Some((envelope.origin.clone(), best)),
             _ => None,
         };
-        self.cache_insert(now, id, Cached { envelope, send_round, parent: Some(from) });
+        self.cache_insert(now, id, Cached { envelope, send_round, parent: Some(from), at: None });
         if let Some((origin, (announcer, announced))) = swap {
             self.maybe_swap_parent(id, &origin, round, announcer, announced);
         }
@@ -839,7 +844,21 @@ impl<P: PeerId> State<P> {
                 more = true;
                 break;
             }
-            let found = self.store.range(&key.0, key.1, their_head, room, room_bytes.max(1));
+            let mut found = self.store.range(&key.0, key.1, their_head, room, room_bytes.max(1));
+            // Messages younger than the grace may still be on their way through the tree:
+            // repair up to the first of them (no gaps), the next exchange covers the rest.
+            // Only towards a neighbour that was one already when we got them: a newer
+            // neighbour cannot be getting them through the tree.
+            let grace = self.config.anti_entropy_grace;
+            let since = self.anti_entropy.neighbor_since.get(&from).copied();
+            if let Some(young) = found.iter().position(|e| {
+                self.cache
+                    .get(&e.id())
+                    .and_then(|c| c.at)
+                    .is_some_and(|t| now.saturating_duration_since(t) < grace && since.is_some_and(|s| s < t))
+            }) {
+                found.truncate(young);
+            }
             bytes += found.iter().map(|e| e.payload.len()).sum::<usize>();
             let full = found.len() == room || bytes >= max_bytes;
             envelopes.extend(found);
@@ -876,6 +895,7 @@ impl<P: PeerId> State<P> {
     /// Messages a neighbour repaired us with: deliver each one not seen yet, marked
     /// recovered, and keep it; they are not pushed on (every node repairs itself).
     fn on_repair(&mut self, now: Instant, from: P, envelopes: Vec<Envelope<P>>, more: bool) {
+        let mut new = 0;
         for envelope in envelopes {
             self.stats.repaired_received += 1;
             if self.versions.check(&envelope.origin, envelope.incarnation, envelope.seq) != Seen::No {
@@ -886,11 +906,14 @@ impl<P: PeerId> State<P> {
             self.missing.remove(&id);
             self.stats.delivered += 1;
             self.stats.recovered += 1;
+            new += 1;
             self.store_append(now, id, &envelope);
             self.deliver(now, Delivery { id, envelope, hops: 0, from: Some(from.clone()), recovered: true });
         }
-        if more {
-            // The neighbour had more than one repair holds: ask for the same piece again.
+        // The neighbour had more than one repair holds: ask for the same piece again. Only
+        // if this one brought something new: two exchanges started at once (one from each
+        // side) answer the same keys, and the later copy must not keep a second chain going.
+        if more && new > 0 {
             let after = self.anti_entropy.asked.get(&from).cloned().flatten();
             self.send_digest(now, from, after, false);
         }

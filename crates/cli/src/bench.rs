@@ -45,6 +45,11 @@ pub struct Args {
     /// Also print a human-readable table.
     #[arg(long)]
     table: bool,
+    /// Instead of the broadcast benchmark, measure anti-entropy catch-up over loopback:
+    /// one node broadcasts --messages alone, then a new node (replaying the history)
+    /// joins it; prints messages recovered per second.
+    #[arg(long)]
+    catch_up: bool,
     /// Spanning trees: one per origin (the default) or one shared tree (the paper).
     #[arg(long, value_enum, default_value = "per-origin")]
     tree: TreeArg,
@@ -67,7 +72,54 @@ impl From<TreeArg> for proto::Tree {
     }
 }
 
+/// `--catch-up`: how fast anti-entropy brings a node everything it lacks.
+async fn catch_up(a: &Args) -> anyhow::Result<ExitCode> {
+    let m = a.messages;
+    let mut config = proto::Config::lan();
+    config.broadcast.retention.max_messages = config.broadcast.retention.max_messages.max(m);
+    let (origin, _events) = plumcast::Node::builder().protocol(config.clone()).spawn().await?;
+    for k in 0..m {
+        let mut p = vec![0u8; a.size];
+        p[..4].copy_from_slice(&(k as u32).to_le_bytes());
+        origin.broadcast(p).await?;
+    }
+    let start = Instant::now();
+    let cpu0 = cpu_secs();
+    let (late, mut events) =
+        plumcast::Node::builder().protocol(config).replay_history(true).bootstrap(origin.addr()).spawn().await?;
+    let mut got = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while got < m && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+            Ok(Some(plumcast::Event::Delivered(_))) => got += 1,
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - cpu0;
+    let s = late.stats().await?;
+    let row = json!({
+        "impl": concat!("plumcast ", env!("CARGO_PKG_VERSION")), "bench": "catch-up",
+        "messages": m, "size": a.size, "recovered": got, "complete": got == m,
+        "secs": round3(secs), "messages_per_s": round1(got as f64 / secs.max(1e-9)),
+        "repairs_received": s.broadcast.repaired_received, "digests_sent": s.broadcast.digests_sent,
+        "cpu_s": round3(cpu),
+    });
+    println!("{row}");
+    if a.table {
+        println!("| messages | size B | recovered | seconds (from the join) | messages/s |\n|---|---|---|---|---|");
+        println!("| {m} | {} | {got} | {secs:.2} | {:.0} |", a.size, got as f64 / secs.max(1e-9));
+    }
+    late.shutdown().await?;
+    origin.shutdown().await?;
+    Ok(if got == m { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    if a.catch_up {
+        return catch_up(&a).await;
+    }
     anyhow::ensure!(a.nodes >= 2, "--nodes must be at least 2");
     anyhow::ensure!(a.size >= HEADER, "--size must be at least {HEADER}");
     anyhow::ensure!(a.messages >= 1 && a.messages < u32::MAX as usize, "--messages out of range");

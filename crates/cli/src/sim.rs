@@ -46,6 +46,11 @@ pub struct Args {
     /// List the embedded scenarios.
     #[arg(long)]
     list: bool,
+    /// Anti-entropy's steady-state cost instead of a scenario: N = 20, every node an
+    /// origin, 100 broadcasts/s of 256 B in total, the default 5 s interval, 120 s; and
+    /// the digest sizes at 10, 1,000 and 10,000 origins.
+    #[arg(long)]
+    anti_entropy_cost: bool,
     /// Seeds simulated at once, each on its own thread (memory grows with it: ≈ 1.2 GiB
     /// per seed at 10,000 nodes). Results do not depend on it.
     #[arg(long, default_value_t = 1)]
@@ -63,6 +68,29 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     if a.bench {
         return bench(a.quick);
+    }
+    if a.anti_entropy_cost {
+        let c = plumcast_sim::anti_entropy_cost(20, 100.0, 256, 120, 1);
+        println!("| nodes | msg/s (all) | size B | digest B/s per node | payload B/s per node | overhead | repaired |");
+        println!("|---|---|---|---|---|---|---|");
+        println!(
+            "| {} | {} | {} | {:.0} | {:.0} | {:.2}% | {} |",
+            c.nodes,
+            c.rate,
+            c.size,
+            c.digest_bytes_per_s_per_node,
+            c.payload_bytes_per_s_per_node,
+            c.overhead * 100.0,
+            c.repaired
+        );
+        println!(
+            "\n| origins | largest digest B | exchanges to cover the vector | bytes to cover it |\n|---|---|---|---|"
+        );
+        for n in [10, 1_000, 10_000] {
+            let d = plumcast_sim::digest_sizes(n);
+            println!("| {n} | {} | {} | {} |", d.max_digest_bytes, d.exchanges_to_cover, d.bytes_to_cover);
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let name = a.scenario.as_deref().context("name a scenario (see --list) or use --bench")?;
     let mut s = Scenario::load(name)?;

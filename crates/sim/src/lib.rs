@@ -19,8 +19,8 @@ mod overlay;
 pub mod scenario;
 
 pub use engine::{
-    Counters, Detector, DigestSizes, Latency, MessageKey, NodeState, Sim, SimConfig, Track, digest_sizes, sim_protocol,
-    sim_protocol_with_anti_entropy,
+    AntiEntropyCost, Counters, Detector, DigestSizes, Latency, MessageKey, NodeState, Sim, SimConfig, Track,
+    anti_entropy_cost, digest_sizes, sim_protocol, sim_protocol_with_anti_entropy,
 };
 pub use overlay::{OverlayStats, overlay_stats};
 pub use scenario::{Kind, Row, RunMode, Scenario, ScenarioError, build_overlay, build_overlay_with_gap};
