@@ -162,3 +162,36 @@ fn failing_bootstrap_contacts_are_warned_about_once_and_the_wait_says_why() {
         p.finish();
     }
 }
+
+/// Two processes on one data dir: the second refuses to start, naming the dir; a data dir
+/// and an `--identity` of another key are refused too.
+#[test]
+fn a_data_dir_serves_one_process_and_one_identity() {
+    let dir = std::env::temp_dir().join(format!("plumcast-cli-datadir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_s = dir.to_str().unwrap().to_string();
+    let first = spawn(&["--data-dir", &dir_s]);
+    first.expect(START, "listening", |v| v["event"] == "listening");
+    let out = Command::new(env!("CARGO_BIN_EXE_plumcast"))
+        .args(["node", "--data-dir", &dir_s])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run a second node");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&dir_s) && err.contains("in use by another plumcast process"), "{err}");
+    first.finish();
+    // Another key than the dir's own.
+    let key = dir.with_extension("other.key");
+    let _ = std::fs::remove_file(&key);
+    let out = Command::new(env!("CARGO_BIN_EXE_plumcast"))
+        .args(["node", "--data-dir", &dir_s, "--identity", key.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run a node with another identity");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is not the one given"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&key);
+}
