@@ -76,12 +76,7 @@ impl<P: PeerId> Versions<P> {
     /// caller counts them). Call only after [`Versions::check`] said `No`.
     pub(crate) fn mark(&mut self, origin: &P, incarnation: u64, seq: u64) -> u64 {
         let key = (origin.clone(), incarnation);
-        if !self.seen.contains_key(&key) {
-            while self.incarnations(origin).count() >= self.max_incarnations {
-                let Some(oldest) = self.incarnations(origin).next() else { break };
-                self.seen.remove(&(origin.clone(), oldest));
-            }
-        }
+        self.make_room(&key);
         let h = self.seen.entry(key).or_default();
         if seq <= h.watermark {
             return 0;
@@ -115,13 +110,7 @@ impl<P: PeerId> Versions<P> {
     /// Take every seq ≤ `head` of `key` as seen (a node that joined adopts what was sent
     /// before its join instead of asking for it). Does nothing if already that far.
     pub(crate) fn raise(&mut self, key: &Key<P>, head: u64) {
-        if !self.seen.contains_key(key) {
-            let origin = key.0.clone();
-            while self.incarnations(&origin).count() >= self.max_incarnations {
-                let Some(oldest) = self.incarnations(&origin).next() else { break };
-                self.seen.remove(&(origin.clone(), oldest));
-            }
-        }
+        self.make_room(key);
         let h = self.seen.entry(key.clone()).or_default();
         if head <= h.watermark {
             return;
@@ -141,6 +130,19 @@ impl<P: PeerId> Versions<P> {
     /// Whether `key` has an entry.
     pub(crate) fn knows(&self, key: &Key<P>) -> bool {
         self.seen.contains_key(key)
+    }
+
+    /// Before a new incarnation of an origin is added: forget its oldest ones beyond
+    /// `max_incarnations - 1`.
+    fn make_room(&mut self, key: &Key<P>) {
+        if self.seen.contains_key(key) {
+            return;
+        }
+        let kept: Vec<u64> = self.incarnations(&key.0).collect();
+        let excess = (kept.len() + 1).saturating_sub(self.max_incarnations);
+        for oldest in &kept[..excess] {
+            self.seen.remove(&(key.0.clone(), *oldest));
+        }
     }
 
     /// The head (contiguous watermark) of one incarnation, 0 if none was seen.

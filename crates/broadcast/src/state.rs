@@ -45,14 +45,24 @@ enum Sender {
 /// defaults), and what a hostile neighbour can make us send.
 const DIGESTS_PER_INTERVAL: u32 = 256;
 
+/// A first-time node's window for adopting the history instead of asking for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fresh {
+    /// Not new (restored from a data dir, replaying history, or the window is over).
+    No,
+    /// New, no neighbour yet: the window starts at the first one.
+    BeforeFirstNeighbor,
+    /// New until then (two anti-entropy intervals after the first neighbour).
+    Until(Instant),
+}
+
 /// Anti-entropy bookkeeping.
 #[derive(Clone, Debug)]
 struct AntiEntropy<P> {
     armed: bool,
-    /// A first-time node wants no history: until this time (set at its first neighbour,
-    /// two intervals later) it adopts the heads it hears of instead of asking for them.
-    /// `Some(None)`: fresh, no neighbour yet; `None`: not fresh.
-    fresh_until: Option<Option<Instant>>,
+    /// Whether this node is new and wants no history (it adopts the heads it hears of
+    /// instead of asking for them).
+    fresh: Fresh,
     /// The next periodic piece starts after this key (`None`: at the first).
     cursor: Option<Key<P>>,
     /// When each neighbour was last synced with (partner choice: least recently).
@@ -69,7 +79,7 @@ impl<P> Default for AntiEntropy<P> {
     fn default() -> Self {
         Self {
             armed: false,
-            fresh_until: None,
+            fresh: Fresh::No,
             cursor: None,
             last_sync: BTreeMap::new(),
             neighbor_since: BTreeMap::new(),
@@ -137,7 +147,7 @@ impl<P: PeerId> State<P> {
         Self {
             store,
             anti_entropy: AntiEntropy {
-                fresh_until: if config.replay_history { None } else { Some(None) },
+                fresh: if config.replay_history { Fresh::No } else { Fresh::BeforeFirstNeighbor },
                 ..AntiEntropy::default()
             },
             me,
@@ -219,7 +229,7 @@ impl<P: PeerId> State<P> {
     /// delivered before a restart (the host reads it back from its data dir).
     pub fn restore_delivered(&mut self, origin: &P, incarnation: u64, seq: u64) {
         // A restarted node catches up on what it missed: it is not new.
-        self.anti_entropy.fresh_until = None;
+        self.anti_entropy.fresh = Fresh::No;
         if self.versions.check(origin, incarnation, seq) == Seen::No {
             self.stats.dedupe_window_overflows += self.versions.mark(origin, incarnation, seq);
         }
@@ -303,8 +313,8 @@ impl<P: PeerId> State<P> {
                     self.catch_up(now, p.clone());
                     // Anti-entropy at once with a new neighbour, from the first key.
                     if let Some(every) = self.config.anti_entropy_interval {
-                        if self.anti_entropy.fresh_until == Some(None) {
-                            self.anti_entropy.fresh_until = Some(Some(now + every.saturating_mul(2)));
+                        if self.anti_entropy.fresh == Fresh::BeforeFirstNeighbor {
+                            self.anti_entropy.fresh = Fresh::Until(now + every.saturating_mul(2));
                         }
                         self.send_digest(now, p, None, true);
                         self.arm_anti_entropy(now);
@@ -779,10 +789,10 @@ impl<P: PeerId> State<P> {
     /// Whether this node joined for the first time within the last two anti-entropy
     /// intervals (and wants no history, [`Config::replay_history`] being off).
     fn is_fresh(&self, now: Instant) -> bool {
-        match self.anti_entropy.fresh_until {
-            Some(None) => true,
-            Some(Some(t)) => now < t,
-            None => false,
+        match self.anti_entropy.fresh {
+            Fresh::BeforeFirstNeighbor => true,
+            Fresh::Until(t) => now < t,
+            Fresh::No => false,
         }
     }
 

@@ -978,7 +978,7 @@ pub struct AntiEntropyCost {
 /// senders at `rate` broadcasts per second of `size` bytes for `secs` simulated seconds.
 pub fn anti_entropy_cost(n: usize, rate: f64, size: usize, secs: u64, seed: u64) -> AntiEntropyCost {
     let mut cfg = SimConfig::new(seed);
-    cfg.protocol = sim_protocol_with_anti_entropy(crate::engine::ANTI_ENTROPY_DEFAULT, 100_000);
+    cfg.protocol = sim_protocol_with_anti_entropy(broadcast::config::ANTI_ENTROPY_INTERVAL, 100_000);
     cfg.payload_size = size;
     let mut sim = crate::build_overlay(n, cfg, 10);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -1007,6 +1007,3 @@ pub fn anti_entropy_cost(n: usize, rate: f64, size: usize, secs: u64, seed: u64)
         repaired: c.repaired - c0.repaired,
     }
 }
-
-/// The node's default anti-entropy interval (`broadcast::config::ANTI_ENTROPY_INTERVAL`).
-pub const ANTI_ENTROPY_DEFAULT: Duration = broadcast::config::ANTI_ENTROPY_INTERVAL;
