@@ -33,6 +33,10 @@ async fn main() -> anyhow::Result<()> {
                 Event::Delivered(m) => println!("<{}> {}", m.origin.short(), String::from_utf8_lossy(&m.payload)),
                 Event::NeighborUp(p) => eprintln!("* {} joined my active view", p.id.short()),
                 Event::NeighborDown { peer, reason } => eprintln!("* {} left ({})", peer.id.short(), reason.as_str()),
+                Event::Exchanged(x) if x.recovered > 0 => {
+                    eprintln!("* {} missed messages recovered from {}", x.recovered, x.peer.short())
+                }
+                Event::Exchanged(_) => {}
             }
         }
     });

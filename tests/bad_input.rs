@@ -128,7 +128,7 @@ fn watch(mut events: Events) -> Arc<Mutex<Vec<(bool, NodeId)>>> {
             match ev {
                 Event::NeighborUp(p) => s.lock().unwrap().push((true, p.id)),
                 Event::NeighborDown { peer, .. } => s.lock().unwrap().push((false, peer.id)),
-                Event::Delivered(_) => {}
+                Event::Delivered(_) | Event::Exchanged(_) => {}
             }
         }
     });

@@ -15,13 +15,16 @@ use tokio::time::Instant;
 /// Multi-node QUIC tests run one at a time (2 cores): hold this for the whole test.
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// What one node saw: deliveries per message id, and how many neighbour events.
+/// What one node saw: deliveries per message id, how many neighbour events, and the
+/// exchanges it started.
 #[derive(Default)]
 pub struct Record {
     pub counts: HashMap<MessageId, u32>,
     /// (origin, seq) of every delivery, in delivery order.
     pub order: Vec<(NodeId, u64)>,
     pub neighbor_events: u64,
+    /// Anti-entropy exchanges this node started, as reported.
+    pub exchanges: Vec<plumcast::Exchange>,
 }
 
 pub struct TestNode {
@@ -58,6 +61,7 @@ pub async fn start_with(contact: Option<std::net::SocketAddr>, seed: u64, protoc
                     *r.counts.entry(d.id).or_default() += 1;
                     r.order.push((d.origin, d.seq));
                 }
+                Event::Exchanged(x) => r.exchanges.push(x),
                 _ => r.neighbor_events += 1,
             }
         }

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use crate::{Envelope, Message, MessageId};
+use crate::{Envelope, Exchange, Message, MessageId};
 
 /// Inputs to [`State::handle`](crate::State::handle).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,4 +72,6 @@ pub enum Output<P> {
     },
     /// Deliver to the application (exactly once per message).
     Deliver(Delivery<P>),
+    /// An anti-entropy exchange this node started ended (or was given up).
+    Exchanged(Exchange<P>),
 }

@@ -28,6 +28,7 @@
 mod cache;
 pub mod config;
 mod dedupe;
+pub mod exchange;
 mod io;
 mod message;
 mod state;
@@ -41,6 +42,7 @@ use std::hash::Hash;
 use serde::Serialize;
 
 pub use config::{Config, Mode, Ordering, Tree};
+pub use exchange::{Exchange, ExchangeError, Trigger};
 pub use io::{Delivery, Input, Output, Timer};
 pub use message::{Announcement, Envelope, Head, Message, MessageId};
 pub use state::State;

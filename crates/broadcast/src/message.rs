@@ -160,9 +160,12 @@ pub enum Message<P> {
         /// (what was sent since its join), not the ones it lacks entirely.
         joined: bool,
     },
-    /// Anti-entropy: messages the receiver lacked, oldest first per origin and
-    /// incarnation. Delivered as recovered and not pushed on through the tree.
+    /// Anti-entropy: the answer to one [`Message::Digest`], with the messages its sender
+    /// lacked, oldest first per origin and incarnation (none when it lacked nothing).
+    /// Delivered as recovered and not pushed on through the tree.
     Repair {
+        /// The piece answered: the digest's `after`.
+        after: Option<(P, u64)>,
         /// The messages.
         envelopes: Vec<Envelope<P>>,
         /// Whether the sender had more than the bounds of one repair let it send: the

@@ -8,11 +8,12 @@ use bytes::Bytes;
 
 use crate::cache::{Cached, PayloadCache};
 use crate::dedupe::{Key, Seen, Versions};
+use crate::exchange::{EXCHANGE_TIMEOUT_INTERVALS, Open};
 use crate::store::MessageStore;
 use crate::trees::Trees;
 use crate::{
-    Announcement, Config, Delivery, Envelope, Head, Input, MemoryStore, Message, MessageId, Mode, Output, PeerId,
-    Stats, StoreSize, Timer, Tree,
+    Announcement, Config, Delivery, Envelope, ExchangeError, Head, Input, MemoryStore, Message, MessageId, Mode,
+    Output, PeerId, Stats, StoreSize, Timer, Tree, Trigger,
 };
 
 /// How often, at most, expired payloads and missing records are swept: an entry lives at
@@ -45,6 +46,11 @@ enum Sender {
 /// defaults), and what a hostile neighbour can make us send.
 const DIGESTS_PER_INTERVAL: u32 = 256;
 
+/// A neighbour not synced with for this many anti-entropy intervals is the next partner,
+/// even if it is on the tree of the origins in the piece (every neighbour is synced with
+/// at least this often).
+const OVERDUE_INTERVALS: u32 = 4;
+
 /// A first-time node's window for adopting the history instead of asking for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fresh {
@@ -69,8 +75,8 @@ struct AntiEntropy<P> {
     last_sync: BTreeMap<P, Instant>,
     /// When each neighbour became one (the repair grace applies to older messages only).
     neighbor_since: BTreeMap<P, Instant>,
-    /// The piece last asked of each neighbour, asked again when a repair says `more`.
-    asked: BTreeMap<P, Option<Key<P>>>,
+    /// The exchanges this node started and that are still open, one per neighbour.
+    exchanges: BTreeMap<P, Open<P>>,
     /// Digests answered per neighbour in the current window, and the window's start.
     budget: BTreeMap<P, (Instant, u32)>,
 }
@@ -83,7 +89,7 @@ impl<P> Default for AntiEntropy<P> {
             cursor: None,
             last_sync: BTreeMap::new(),
             neighbor_since: BTreeMap::new(),
-            asked: BTreeMap::new(),
+            exchanges: BTreeMap::new(),
             budget: BTreeMap::new(),
         }
     }
@@ -235,9 +241,52 @@ impl<P: PeerId> State<P> {
         }
     }
 
+    /// Replace the counters with `stats`: those a node kept in its data dir before a
+    /// restart (call it after [`State::restore_delivered`]).
+    pub fn restore_stats(&mut self, stats: Stats) {
+        self.stats = stats;
+    }
+
     /// What the message store holds.
     pub fn store_size(&self) -> StoreSize {
         self.store.size()
+    }
+
+    /// The version vector, in key order: for every (origin, incarnation) kept, the head
+    /// (every seq up to it was seen here). An application keeps one as a cursor for
+    /// [`State::read_after`].
+    pub fn version_vector(&self) -> Vec<Head<P>> {
+        let piece = self.versions.piece(None, usize::MAX);
+        piece.into_iter().map(|((origin, incarnation), seq)| Head { origin, incarnation, seq }).collect()
+    }
+
+    /// Messages in the store after `cursor` (a version vector the application got from
+    /// [`State::version_vector`] or built from what it processed): for each (origin,
+    /// incarnation) in the version vector, the stored ones with a seq above the cursor's
+    /// head (above 0 for a key the cursor lacks), oldest first, in key order. At most `max`
+    /// messages and, beyond the first, `max_bytes` of payload; the `bool` says the page
+    /// was full (there may be more: ask again with the cursor advanced over it). A message evicted by retention, or of an incarnation the version vector
+    /// no longer keeps ([`Config::max_incarnations`]), is not returned.
+    pub fn read_after(
+        &self,
+        cursor: &BTreeMap<(P, u64), u64>,
+        max: usize,
+        max_bytes: usize,
+    ) -> (Vec<Envelope<P>>, bool) {
+        let mut out: Vec<Envelope<P>> = Vec::new();
+        let mut bytes = 0usize;
+        for (key, _) in self.versions.between(None, None) {
+            let from = cursor.get(key).copied().unwrap_or(0);
+            let room = max.saturating_sub(out.len());
+            if room == 0 || (!out.is_empty() && bytes >= max_bytes) {
+                return (out, true);
+            }
+            let found = self.store.range(&key.0, key.1, from, room, max_bytes.saturating_sub(bytes).max(1));
+            bytes += found.iter().map(|e| e.payload.len()).sum::<usize>();
+            out.extend(found);
+        }
+        let full = out.len() >= max || (!out.is_empty() && bytes >= max_bytes);
+        (out, full)
     }
 
     /// Entries (origin, incarnation) in the version vector.
@@ -316,18 +365,21 @@ impl<P: PeerId> State<P> {
                         if self.anti_entropy.fresh == Fresh::BeforeFirstNeighbor {
                             self.anti_entropy.fresh = Fresh::Until(now + every.saturating_mul(2));
                         }
-                        self.send_digest(now, p, None, true);
+                        self.start_exchange(now, p, Trigger::NeighborUp);
                         self.arm_anti_entropy(now);
                     }
                 }
             }
-            Input::NeighborDown(p) => self.on_neighbor_down(p),
+            Input::NeighborDown(p) => self.on_neighbor_down(now, p),
         }
         self.out.drain(..)
     }
 
-    fn on_neighbor_down(&mut self, p: P) {
+    fn on_neighbor_down(&mut self, now: Instant, p: P) {
         self.neighbors.remove(&p);
+        if let Some(open) = self.anti_entropy.exchanges.remove(&p) {
+            self.out.push(Output::Exchanged(open.close(now, false)));
+        }
         for (origin, q) in self.trees.neighbor_down(&p) {
             // The tree parent of `origin` failed: graft at once the lazy neighbour that
             // announced this origin's messages at the lowest round, so the next message
@@ -341,7 +393,6 @@ impl<P: PeerId> State<P> {
         self.rtt.remove(&p);
         self.anti_entropy.last_sync.remove(&p);
         self.anti_entropy.neighbor_since.remove(&p);
-        self.anti_entropy.asked.remove(&p);
         self.anti_entropy.budget.remove(&p);
         for m in self.missing.values_mut() {
             m.announcers.retain(|a| a != &p);
@@ -409,7 +460,7 @@ impl<P: PeerId> State<P> {
             Message::Digest { heads, after, upto, reply, joined } => {
                 self.on_digest(now, from, heads, (after, upto), reply, joined)
             }
-            Message::Repair { envelopes, more } => self.on_repair(now, from, envelopes, more),
+            Message::Repair { after, envelopes, more } => self.on_repair(now, from, after, envelopes, more),
         }
     }
 
@@ -755,17 +806,102 @@ impl<P: PeerId> State<P> {
         }
     }
 
-    /// One periodic exchange: the next piece of the version vector to the neighbour
-    /// synced with least recently (never synced first; ties in neighbour order).
+    /// One periodic exchange: the next piece of the version vector to a neighbour off
+    /// the tree of the piece's origins (the tree already pushes their messages to the
+    /// others), the least recently synced among those; a neighbour not synced for
+    /// [`OVERDUE_INTERVALS`] goes first. Ties in neighbour order.
     fn on_anti_entropy_timer(&mut self, now: Instant) {
         self.anti_entropy.armed = false;
+        let every = self.config.anti_entropy_interval.unwrap_or(Duration::from_secs(1));
+        let overdue = every.saturating_mul(OVERDUE_INTERVALS);
+        let max = self.config.anti_entropy_max_heads.max(1);
+        let origins: BTreeSet<P> =
+            self.versions.piece(self.anti_entropy.cursor.as_ref(), max).into_iter().map(|((o, _), _)| o).collect();
         let last = &self.anti_entropy.last_sync;
-        let partner = self.neighbors.iter().min_by_key(|p| last.get(*p).copied()).cloned();
+        let partner = self
+            .neighbors
+            .iter()
+            .min_by_key(|p| {
+                let synced = last.get(*p).copied();
+                let due = synced.is_none_or(|t| now.saturating_duration_since(t) >= overdue);
+                let on_tree = origins.iter().filter(|o| !self.trees.is_lazy(o, p)).count();
+                (!due, on_tree, synced)
+            })
+            .cloned();
         if let Some(p) = partner {
-            let after = self.anti_entropy.cursor.clone();
-            self.anti_entropy.cursor = self.send_digest(now, p, after, true);
+            self.start_exchange(now, p, Trigger::Periodic);
         }
         self.arm_anti_entropy(now);
+    }
+
+    /// Start an anti-entropy exchange with neighbour `peer` now: the application's
+    /// `gossipWith(peer)`. Every piece of the version vector goes out at once (a vector of
+    /// `n` entries takes ⌈n / [`Config::anti_entropy_max_heads`]⌉ digests); the exchange
+    /// is reported in an [`Output::Exchanged`] with [`Trigger::Requested`] when the
+    /// neighbour has answered them all, or given up as incomplete after
+    /// [`EXCHANGE_TIMEOUT_INTERVALS`] anti-entropy intervals. An exchange with `peer`
+    /// still open is reported incomplete and replaced.
+    ///
+    /// # Errors
+    /// [`ExchangeError::NotNeighbor`] when `peer` is not a neighbour, [`ExchangeError::Off`]
+    /// when anti-entropy is off.
+    #[must_use = "the outputs must be performed, in order"]
+    pub fn exchange(&mut self, now: Instant, peer: P) -> Result<std::vec::Drain<'_, Output<P>>, ExchangeError> {
+        if self.config.anti_entropy_interval.is_none() {
+            return Err(ExchangeError::Off);
+        }
+        if !self.neighbors.contains(&peer) {
+            return Err(ExchangeError::NotNeighbor);
+        }
+        self.expire(now);
+        self.start_exchange(now, peer, Trigger::Requested);
+        Ok(self.out.drain(..))
+    }
+
+    /// Open an exchange with `peer` and send its digests: the piece at the periodic cursor
+    /// ([`Trigger::Periodic`]), the first piece ([`Trigger::NeighborUp`]) or all of them
+    /// ([`Trigger::Requested`]).
+    fn start_exchange(&mut self, now: Instant, peer: P, trigger: Trigger) {
+        if let Some(old) = self.anti_entropy.exchanges.remove(&peer) {
+            self.out.push(Output::Exchanged(old.close(now, false)));
+        }
+        let mut open = Open::new(peer.clone(), trigger, now);
+        let mut after = match trigger {
+            Trigger::Periodic => self.anti_entropy.cursor.clone(),
+            Trigger::NeighborUp | Trigger::Requested => None,
+        };
+        loop {
+            open.pending.insert(after.clone());
+            open.report.digests += 1;
+            let next = self.send_digest(now, peer.clone(), after, true);
+            if trigger == Trigger::Periodic {
+                self.anti_entropy.cursor = next;
+                break;
+            }
+            match next {
+                Some(k) if trigger == Trigger::Requested => after = Some(k),
+                _ => break,
+            }
+        }
+        self.anti_entropy.exchanges.insert(peer, open);
+    }
+
+    /// Give up the exchanges that waited [`EXCHANGE_TIMEOUT_INTERVALS`] for an answer.
+    fn expire_exchanges(&mut self, now: Instant) {
+        let every = self.config.anti_entropy_interval.unwrap_or(Duration::from_secs(1));
+        let timeout = every.saturating_mul(EXCHANGE_TIMEOUT_INTERVALS);
+        let due: Vec<P> = self
+            .anti_entropy
+            .exchanges
+            .iter()
+            .filter(|(_, o)| now.saturating_duration_since(o.last) >= timeout)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in due {
+            if let Some(open) = self.anti_entropy.exchanges.remove(&p) {
+                self.out.push(Output::Exchanged(open.close(now, false)));
+            }
+        }
     }
 
     /// Send `to` the piece of our version vector after key `after`; returns where the
@@ -779,7 +915,6 @@ impl<P: PeerId> State<P> {
         self.stats.digests_sent += 1;
         self.stats.digest_heads_sent += heads.len() as u64;
         self.anti_entropy.last_sync.insert(to.clone(), now);
-        self.anti_entropy.asked.insert(to.clone(), after.clone());
         let joined = self.is_fresh(now);
         self.out
             .push(Output::Send { to, message: Message::Digest { heads, after, upto: upto.clone(), reply, joined } });
@@ -877,12 +1012,9 @@ impl<P: PeerId> State<P> {
                 break;
             }
         }
-        if !envelopes.is_empty() {
-            self.stats.repairs_sent += 1;
-            self.stats.repaired_sent += envelopes.len() as u64;
-            self.out.push(Output::Send { to: from.clone(), message: Message::Repair { envelopes, more } });
-        }
-        // Our heads of the same keys, if the neighbour is ahead of us on any of them.
+        // Our heads of the same keys first, if the neighbour is ahead of us on any of
+        // them: its answer to them is then counted in its exchange, which our repair
+        // below closes.
         let behind = theirs.iter().any(|(k, h)| self.versions.head(k) < *h);
         if reply && behind {
             let max_heads = self.config.anti_entropy_max_heads.max(1);
@@ -895,19 +1027,32 @@ impl<P: PeerId> State<P> {
                 if piece.len() == max_heads { piece.last().map(|h| (h.origin.clone(), h.incarnation)) } else { upto };
             self.stats.digests_sent += 1;
             self.stats.digest_heads_sent += piece.len() as u64;
-            self.anti_entropy.asked.insert(from.clone(), after.clone());
             let joined = self.is_fresh(now);
-            let message = Message::Digest { heads: piece, after, upto, reply: false, joined };
-            self.out.push(Output::Send { to: from, message });
+            let message = Message::Digest { heads: piece, after: after.clone(), upto, reply: false, joined };
+            self.out.push(Output::Send { to: from.clone(), message });
         }
+        // Every digest is answered, with nothing when nothing is missing: the answer ends
+        // the piece in the sender's exchange.
+        if !envelopes.is_empty() {
+            self.stats.repairs_sent += 1;
+            self.stats.repaired_sent += envelopes.len() as u64;
+            if let Some(open) = self.anti_entropy.exchanges.get_mut(&from) {
+                open.report.sent_messages += envelopes.len() as u64;
+                open.report.sent_bytes += bytes as u64;
+            }
+        }
+        self.out.push(Output::Send { to: from, message: Message::Repair { after, envelopes, more } });
     }
 
-    /// Messages a neighbour repaired us with: deliver each one not seen yet, marked
-    /// recovered, and keep it; they are not pushed on (every node repairs itself).
-    fn on_repair(&mut self, now: Instant, from: P, envelopes: Vec<Envelope<P>>, more: bool) {
-        let mut new = 0;
+    /// The answer to one of our digests (the piece after `after`): deliver each message
+    /// not seen yet, marked recovered, and keep it; they are not pushed on (every node
+    /// repairs itself). Then ask for the piece again if the neighbour had more, or close
+    /// the piece in our exchange with it.
+    fn on_repair(&mut self, now: Instant, from: P, after: Option<Key<P>>, envelopes: Vec<Envelope<P>>, more: bool) {
+        let (mut new, received, mut bytes) = (0u64, envelopes.len() as u64, 0u64);
         for envelope in envelopes {
             self.stats.repaired_received += 1;
+            bytes += envelope.payload.len() as u64;
             if self.versions.check(&envelope.origin, envelope.incarnation, envelope.seq) != Seen::No {
                 continue;
             }
@@ -923,9 +1068,27 @@ impl<P: PeerId> State<P> {
         // The neighbour had more than one repair holds: ask for the same piece again. Only
         // if this one brought something new: two exchanges started at once (one from each
         // side) answer the same keys, and the later copy must not keep a second chain going.
-        if more && new > 0 {
-            let after = self.anti_entropy.asked.get(&from).cloned().flatten();
-            self.send_digest(now, from, after, false);
+        let again = more && new > 0;
+        if again {
+            self.send_digest(now, from.clone(), after.clone(), false);
+        }
+        let Some(open) = self.anti_entropy.exchanges.get_mut(&from) else { return };
+        if !open.pending.contains(&after) {
+            return;
+        }
+        open.last = now;
+        open.report.received_messages += received;
+        open.report.received_bytes += bytes;
+        open.report.recovered += new;
+        if again {
+            open.report.digests += 1;
+        } else {
+            open.pending.remove(&after);
+        }
+        if open.pending.is_empty()
+            && let Some(open) = self.anti_entropy.exchanges.remove(&from)
+        {
+            self.out.push(Output::Exchanged(open.close(now, true)));
         }
     }
 
@@ -944,6 +1107,9 @@ impl<P: PeerId> State<P> {
         self.stats.store_evictions += self.store.evict(now);
         if self.holdback.count > 0 {
             self.expire_holdback(now);
+        }
+        if !self.anti_entropy.exchanges.is_empty() {
+            self.expire_exchanges(now);
         }
         let max = self.config.cache_max_age;
         while let Some((id, t)) = self.missing_order.front().copied() {
@@ -966,12 +1132,6 @@ impl<P: PeerId> State<P> {
 
 #[cfg(test)]
 impl<P: PeerId> State<P> {
-    /// The whole version vector as heads.
-    pub(crate) fn all_heads(&self) -> Vec<Head<P>> {
-        let piece = self.versions.piece(None, usize::MAX);
-        piece.into_iter().map(|((origin, incarnation), seq)| Head { origin, incarnation, seq }).collect()
-    }
-
     /// No tree keeps a lazy link to a peer that is not a neighbour.
     pub(crate) fn lazy_links_are_neighbors(&self) -> bool {
         self.trees.all_lazy().all(|p| self.neighbors.contains(p))

@@ -396,6 +396,7 @@ impl Net {
                 Output::Send { to, message } => self.flight.push((at, to, message)),
                 Output::Timer { at: t, timer } => self.timers.push((t, at, timer)),
                 Output::Deliver(d) => *self.delivered.entry((at, d.id)).or_default() += 1,
+                Output::Exchanged(_) => {}
             }
         }
     }
@@ -507,9 +508,21 @@ fn message_ids_hash_the_postcard_header_then_the_payload() {
 fn pump(
     nodes: &mut [State<u32>],
     now: Instant,
-    mut queue: Vec<(u32, u32, Message<u32>)>,
+    queue: Vec<(u32, u32, Message<u32>)>,
 ) -> (Vec<Vec<Delivery<u32>>>, usize) {
+    let (delivered, frames, _) = pump_exchanges(nodes, now, queue);
+    (delivered, frames)
+}
+
+/// [`pump`], also returning the exchanges reported, by the node that reported them.
+#[allow(clippy::type_complexity)]
+fn pump_exchanges(
+    nodes: &mut [State<u32>],
+    now: Instant,
+    mut queue: Vec<(u32, u32, Message<u32>)>,
+) -> (Vec<Vec<Delivery<u32>>>, usize, Vec<(u32, Exchange<u32>)>) {
     let mut delivered = vec![Vec::new(); nodes.len()];
+    let mut exchanges = Vec::new();
     let mut frames = 0;
     while let Some((from, to, message)) = (!queue.is_empty()).then(|| queue.remove(0)) {
         frames += 1;
@@ -518,11 +531,12 @@ fn pump(
             match o {
                 Output::Send { to: next, message } => queue.push((to, next, message)),
                 Output::Deliver(d) => delivered[to as usize].push(d),
+                Output::Exchanged(x) => exchanges.push((to, x)),
                 Output::Timer { .. } => {}
             }
         }
     }
-    (delivered, frames)
+    (delivered, frames, exchanges)
 }
 
 fn sends_from(me: u32, out: Vec<Output<u32>>) -> Vec<(u32, u32, Message<u32>)> {
@@ -581,11 +595,12 @@ fn anti_entropy_repairs_a_new_neighbour_with_everything_it_missed_exactly_once()
     // The same exchange again moves nothing: both vectors are equal.
     let again = sends_from(1, vec![Output::Send { to: 0, message: digest_of(&nodes[1]) }]);
     let (delivered, more) = pump(&mut nodes, now, again);
-    assert!(delivered.iter().all(Vec::is_empty) && more == 1, "{more} frames: {frames} before");
+    // Two frames: the digest and its empty answer.
+    assert!(delivered.iter().all(Vec::is_empty) && more == 2, "{more} frames: {frames} before");
 }
 
 fn digest_of(s: &State<u32>) -> Message<u32> {
-    Message::Digest { heads: s.all_heads(), after: None, upto: None, reply: true, joined: false }
+    Message::Digest { heads: s.version_vector(), after: None, upto: None, reply: true, joined: false }
 }
 
 #[test]
@@ -659,4 +674,132 @@ fn per_origin_ordering_holds_back_until_the_gap_fills_or_gives_it_up() {
     // 6 arrives after all: delivered late rather than never, once.
     feed(&mut s, late, 6, &mut order);
     assert_eq!(order, vec![1, 2, 3, 4, 5, 7, 6]);
+}
+
+#[test]
+fn a_requested_exchange_reports_what_it_moved_each_way() {
+    let now = Instant::now();
+    let mut nodes = vec![ae_node(0, Config::lan()), ae_node(1, Config::lan())];
+    // Node 0 broadcast 1,500 messages of 4 bytes, node 1 ten of 2 bytes; neither saw the other's.
+    for k in 0..1500u32 {
+        let _ = nodes[0].broadcast(now, Bytes::from(k.to_le_bytes().to_vec()));
+    }
+    for _ in 0..10 {
+        let _ = nodes[1].broadcast(now, Bytes::from_static(b"ab"));
+    }
+    // Neighbours, without running the exchanges NeighborUp starts.
+    let _ = nodes[0].handle(now, Input::NeighborUp(1)).count();
+    let _ = nodes[1].handle(now, Input::NeighborUp(0)).count();
+    let t = now + Duration::from_millis(10);
+    assert_eq!(nodes[1].exchange(t, 7).err(), Some(ExchangeError::NotNeighbor));
+    let out: Vec<_> = nodes[1].exchange(t, 0).expect("a neighbour").collect();
+    // The exchange NeighborUp opened is replaced, reported incomplete.
+    let replaced: Vec<&Exchange<u32>> =
+        out.iter().filter_map(|o| if let Output::Exchanged(x) = o { Some(x) } else { None }).collect();
+    assert_eq!(replaced.len(), 1);
+    assert!(!replaced[0].complete && replaced[0].trigger == Trigger::NeighborUp);
+    let (delivered, _, exchanges) = pump_exchanges(&mut nodes, t, sends_from(1, out));
+    assert_eq!(delivered[1].len(), 1500);
+    assert_eq!(delivered[0].len(), 10);
+    let mine: Vec<&Exchange<u32>> = exchanges.iter().filter(|(at, _)| *at == 1).map(|(_, x)| x).collect();
+    assert_eq!(mine.len(), 1, "one report: {exchanges:?}");
+    let x = mine[0];
+    assert_eq!((x.peer, x.trigger, x.complete), (0, Trigger::Requested, true));
+    assert_eq!((x.received_messages, x.received_bytes, x.recovered), (1500, 6000, 1500));
+    assert_eq!((x.sent_messages, x.sent_bytes), (10, 20));
+    assert_eq!(x.digests, 2, "1,500 messages take two repairs of at most 1,024: one ask again");
+    assert_eq!(x.started, t);
+    // Node 0's exchange of NeighborUp asked for the same (first) piece: node 1's answer to
+    // node 0's digest of it closes it.
+    let theirs: Vec<&Exchange<u32>> = exchanges.iter().filter(|(at, _)| *at == 0).map(|(_, x)| x).collect();
+    assert!(theirs.iter().all(|x| x.trigger == Trigger::NeighborUp && x.peer == 1), "{theirs:?}");
+}
+
+#[test]
+fn an_unanswered_exchange_is_given_up_after_two_intervals() {
+    let now = Instant::now();
+    let mut s = ae_node(0, Config::lan());
+    let out: Vec<_> = s.handle(now, Input::NeighborUp(1)).collect();
+    assert!(out.iter().any(|o| matches!(o, Output::Send { message: Message::Digest { reply: true, .. }, .. })));
+    let every = config::ANTI_ENTROPY_INTERVAL;
+    let early: Vec<_> = s.handle(now + every, Input::Timer(Timer::IHaveFlush)).collect();
+    assert!(!early.iter().any(|o| matches!(o, Output::Exchanged(_))), "still open after one interval");
+    let late: Vec<_> = s.handle(now + every * 2 + Duration::from_secs(1), Input::Timer(Timer::IHaveFlush)).collect();
+    let given_up: Vec<_> =
+        late.iter().filter_map(|o| if let Output::Exchanged(x) = o { Some(x) } else { None }).collect();
+    assert_eq!(given_up.len(), 1);
+    assert!(!given_up[0].complete && given_up[0].peer == 1 && given_up[0].trigger == Trigger::NeighborUp);
+    // A neighbour going down ends its open exchange the same way.
+    let _ = s.exchange(now + every * 3, 1).expect("neighbour").count();
+    let down: Vec<_> = s.handle(now + every * 3, Input::NeighborDown(1)).collect();
+    assert!(down.iter().any(|o| matches!(o, Output::Exchanged(x) if !x.complete && x.trigger == Trigger::Requested)));
+}
+
+#[test]
+fn the_periodic_partner_is_off_the_tree_of_the_pieces_origins_then_the_overdue_one() {
+    let now = Instant::now();
+    let mut s = ae_node(0, Config::lan());
+    for p in [1, 2, 3] {
+        let _ = s.handle(now, Input::NeighborUp(p)).count();
+    }
+    // A message of origin 9 from 1 (the parent); a duplicate from 3 makes 3 lazy for 9.
+    let m = |seq| Message::Gossip { round: 0, envelope: env(9, seq, b"t") };
+    let _ = s.handle(now, Input::Message { from: 1, message: m(1) }).count();
+    let _ = s.handle(now, Input::Message { from: 3, message: m(1) }).count();
+    assert_eq!(s.lazy_peers_for(&9), [3].into());
+    let partner = |s: &mut State<u32>, at: Instant| -> u32 {
+        let out: Vec<_> = s.handle(at, Input::Timer(Timer::AntiEntropy)).collect();
+        let to: Vec<u32> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send { to, message: Message::Digest { reply: true, .. } } => Some(*to),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(to.len(), 1, "one periodic digest: {out:?}");
+        to[0]
+    };
+    let every = config::ANTI_ENTROPY_INTERVAL;
+    // 1 and 2 are on the tree of 9 (parent and child): 3 is chosen, twice in a row.
+    assert_eq!(partner(&mut s, now + every), 3);
+    assert_eq!(partner(&mut s, now + every * 2), 3);
+    // Four intervals after their last sync (the NeighborUp digests), 1 and 2 are overdue.
+    assert_eq!(partner(&mut s, now + every * 4), 1);
+    assert_eq!(partner(&mut s, now + every * 4 + Duration::from_millis(1)), 2);
+}
+
+#[test]
+fn read_after_a_cursor_returns_what_came_since_oldest_first() {
+    let now = Instant::now();
+    let mut s = ae_node(0, Config::lan());
+    up(&mut s, &[1]);
+    for seq in 1..=5 {
+        let _ = s
+            .handle(now, Input::Message { from: 1, message: Message::Gossip { round: 0, envelope: env(9, seq, b"n") } })
+            .count();
+    }
+    for seq in 1..=3 {
+        let _ = s
+            .handle(now, Input::Message { from: 1, message: Message::Gossip { round: 0, envelope: env(8, seq, b"m") } })
+            .count();
+    }
+    let cursor: BTreeMap<(u32, u64), u64> =
+        s.version_vector().into_iter().map(|h| ((h.origin, h.incarnation), h.seq)).collect();
+    assert_eq!(cursor, [((8, 1), 3), ((9, 1), 5)].into());
+    let (all, full) = s.read_after(&BTreeMap::new(), 100, usize::MAX);
+    assert_eq!(
+        all.iter().map(|e| (e.origin, e.seq)).collect::<Vec<_>>(),
+        vec![(8, 1), (8, 2), (8, 3), (9, 1), (9, 2), (9, 3), (9, 4), (9, 5)]
+    );
+    assert!(!full);
+    let (none, _) = s.read_after(&cursor, 100, usize::MAX);
+    assert!(none.is_empty());
+    let _ = s
+        .handle(now, Input::Message { from: 1, message: Message::Gossip { round: 0, envelope: env(9, 6, b"n") } })
+        .count();
+    let (since, _) = s.read_after(&cursor, 100, usize::MAX);
+    assert_eq!(since.iter().map(|e| (e.origin, e.seq)).collect::<Vec<_>>(), vec![(9, 6)]);
+    let (page, full) = s.read_after(&[((8, 1), 1)].into(), 3, usize::MAX);
+    assert_eq!(page.iter().map(|e| (e.origin, e.seq)).collect::<Vec<_>>(), vec![(8, 2), (8, 3), (9, 1)]);
+    assert!(full, "a full page says so");
 }

@@ -118,6 +118,7 @@ impl Recorder {
                 self.neighbors[node].fetch_sub(1, Relaxed);
                 self.topo_change_ns.store(self.now_ns(), Relaxed);
             }
+            Event::Exchanged(_) => {}
         }
     }
 

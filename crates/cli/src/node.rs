@@ -262,5 +262,24 @@ fn print_event(ev: &Event, json: bool) {
         ),
         (Event::NeighborUp(p), false) => eprintln!("neighbor up: {p}"),
         (Event::NeighborDown { peer, reason }, false) => eprintln!("neighbor down: {peer} ({})", reason.as_str()),
+        // Exchanges that moved nothing (the periodic ones of a healthy cluster) are quiet.
+        (Event::Exchanged(x), _) if x.sent_messages == 0 && x.received_messages == 0 => {}
+        (Event::Exchanged(x), true) => println!(
+            "{}",
+            json!({
+                "event": "exchange", "peer": x.peer.to_hex(), "trigger": format!("{:?}", x.trigger).to_lowercase(),
+                "complete": x.complete, "ms": x.duration.as_secs_f64() * 1e3, "digests": x.digests,
+                "sent_messages": x.sent_messages, "sent_bytes": x.sent_bytes,
+                "received_messages": x.received_messages, "received_bytes": x.received_bytes,
+                "recovered": x.recovered,
+            })
+        ),
+        (Event::Exchanged(x), false) => eprintln!(
+            "anti-entropy with {}: {} message(s) recovered, {} sent, in {:.1} ms",
+            x.peer.short(),
+            x.recovered,
+            x.sent_messages,
+            x.duration.as_secs_f64() * 1e3
+        ),
     }
 }

@@ -109,6 +109,11 @@ impl<P: Peer, R: RngCore> State<P, R> {
         &self.stats
     }
 
+    /// Replace the counters with `stats`: those a node kept before a restart.
+    pub fn restore_stats(&mut self, stats: Stats) {
+        self.stats = stats;
+    }
+
     /// The current φ of an active neighbour, if it is one.
     pub fn phi(&self, now: Instant, peer: &P) -> Option<f64> {
         self.detector(peer).map(|d| self.phi_of(d, now))

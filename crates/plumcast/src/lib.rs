@@ -94,8 +94,9 @@ pub mod proto;
 pub use node::config;
 #[cfg(feature = "net")]
 pub use node::{
-    Delivered, Error, Event, Events, FrameDrops, Identity, MessageHandler, NetStats, Node, NodeBuilder, NodeConfig,
-    NodeId, NodeStats, Payload, PeerInfo, StoreStats, TransportConfig, TransportError,
+    Cursor, Delivered, Error, Event, Events, Exchange, FrameDrops, Identity, MessageHandler, NetStats, Node,
+    NodeBuilder, NodeConfig, NodeId, NodeStats, Page, Payload, PeerInfo, READ_MAX, StoreStats, TransportConfig,
+    TransportError,
 };
 
 pub use bytes::Bytes;

@@ -241,7 +241,7 @@ pub struct Counters {
     pub anti_entropy_timers: u64,
     /// Anti-entropy digests sent.
     pub digests: u64,
-    /// Their bytes as on the wire with 32-byte NodeIds (postcard, as the node encodes them).
+    /// Bytes of those digests and of the empty answers to them, as on the wire (32-byte NodeIds).
     pub digest_bytes: u64,
     /// Anti-entropy repairs sent.
     pub repairs: u64,
@@ -620,6 +620,10 @@ impl Sim {
                 self.counters.digests += 1;
                 self.counters.digest_bytes += wire_digest_bytes(heads, after.as_ref(), upto.as_ref(), *reply);
             }
+            proto::Message::Broadcast(broadcast::Message::Repair { after, envelopes, .. }) if envelopes.is_empty() => {
+                // The answer to a digest that found nothing missing: control bytes.
+                self.counters.digest_bytes += wire_answer_bytes(after.as_ref());
+            }
             proto::Message::Broadcast(broadcast::Message::Repair { envelopes, .. }) => {
                 self.counters.repairs += 1;
                 self.counters.repaired += envelopes.len() as u64;
@@ -874,6 +878,19 @@ fn wire_digest_bytes(
     postcard::to_allocvec(&message).map_or(0, |v| v.len() as u64 + 1 + 4)
 }
 
+/// Bytes on the wire of an empty [`broadcast::Message::Repair`] (the answer to a digest
+/// that found nothing missing), with 32-byte NodeIds, its length prefix included.
+fn wire_answer_bytes(after: Option<&(u32, u64)>) -> u64 {
+    let wide = |o: u32| {
+        let mut id = [0u8; 32];
+        id[..4].copy_from_slice(&o.to_le_bytes());
+        id
+    };
+    let message: broadcast::Message<[u8; 32]> =
+        broadcast::Message::Repair { after: after.map(|(o, i)| (wide(*o), *i)), envelopes: Vec::new(), more: false };
+    postcard::to_allocvec(&message).map_or(0, |v| v.len() as u64 + 1 + 4)
+}
+
 /// The size of anti-entropy digests between two nodes that have seen the same messages
 /// of `origins` origins (the steady state), as [`digest_sizes`] measures it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -884,9 +901,10 @@ pub struct DigestSizes {
     pub max_digest_bytes: u64,
     /// Exchanges until the whole version vector was sent once.
     pub exchanges_to_cover: u64,
-    /// Bytes of all digests of those exchanges.
+    /// Bytes of all digests of those exchanges and of their (empty) answers.
     pub bytes_to_cover: u64,
-    /// Frames other than digests in those exchanges (0 when nothing is missing).
+    /// Frames other than digests and empty answers in those exchanges (0 when nothing is
+    /// missing).
     pub other_frames: u64,
 }
 
@@ -937,6 +955,10 @@ pub fn digest_sizes(origins: usize) -> DigestSizes {
                 if from_a {
                     covered += heads.len();
                 }
+            } else if let broadcast::Message::Repair { after, envelopes, .. } = &message
+                && envelopes.is_empty()
+            {
+                out.bytes_to_cover += wire_answer_bytes(after.as_ref());
             } else {
                 out.other_frames += 1;
             }
@@ -964,7 +986,8 @@ pub struct AntiEntropyCost {
     pub size: usize,
     /// Simulated seconds measured.
     pub secs: f64,
-    /// Digest bytes sent per second per node, as on the wire (32-byte NodeIds).
+    /// Digest bytes sent per second per node, with the empty answers to them, as on the
+    /// wire (32-byte NodeIds).
     pub digest_bytes_per_s_per_node: f64,
     /// Payload bytes delivered per second per node.
     pub payload_bytes_per_s_per_node: f64,

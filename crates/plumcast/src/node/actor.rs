@@ -3,7 +3,7 @@
 //! as too slow) are queued and handled after the current batch: the actor never
 //! re-enters itself.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +21,9 @@ use plumcast_transport::link::{self, Dial, Frame, LinkCtx, LinkEvent, Refusal, U
 use super::links::{Limits, Links, Sent};
 use super::timers::Timers;
 use super::wire::{EnvelopeCache, WireCodec};
-use super::{BroadcastCmd, Control, Delivered, Event, NetStats, NodeConfig, NodeStats, Reach};
+use super::{
+    BroadcastCmd, Control, Cursor, Delivered, Error, Event, Exchange, NetStats, NodeConfig, NodeStats, Page, Reach,
+};
 use crate::proto::{self, broadcast, membership};
 
 type Proto = proto::State<PeerInfo, ChaCha8Rng>;
@@ -78,6 +80,8 @@ pub(crate) struct Restored {
     pub delivered: Vec<(NodeId, u64, u64)>,
     /// Stored but not taken by the application before the restart: delivered at start.
     pub undelivered: Vec<broadcast::Envelope<NodeId>>,
+    /// The counters of the last life.
+    pub counters: Option<super::durable::Counters>,
 }
 
 /// What the actor is started with (built by [`super::NodeBuilder`]).
@@ -147,6 +151,12 @@ pub(crate) struct Actor {
     data: Option<Arc<super::durable::DataDir>>,
     /// The views last saved to the data dir.
     saved_views: Vec<SocketAddr>,
+    /// The transport counters of the lives before this one (from the data dir).
+    net_base: NetStats,
+    /// When the counters were last saved to the data dir.
+    counters_saved: Instant,
+    /// [`super::Node::exchange`] callers, per peer, in the order their exchanges started.
+    exchange_waiters: BTreeMap<NodeId, VecDeque<oneshot::Sender<Result<Exchange, Error>>>>,
     /// The time of the event being handled: read once per event (a frame, a timer batch,
     /// a broadcast), so timers armed while handling it start from when it arrived.
     now: Instant,
@@ -156,6 +166,7 @@ impl Actor {
     pub(crate) fn new(init: ActorInit) -> Self {
         let rng = ChaCha8Rng::seed_from_u64(init.seed);
         let mut backlog = VecDeque::new();
+        let mut net_base = NetStats::default();
         let (proto, data) = match init.restored {
             None => (proto::State::new(init.me, init.incarnation, init.config.protocol.clone(), rng), None),
             Some(r) => {
@@ -172,6 +183,10 @@ impl Actor {
                         let d = broadcast::Delivery { id: e.id(), envelope: e, hops: 0, from: None, recovered: true };
                         backlog.push_back(Event::Delivered(Delivered::from(d)));
                     }
+                }
+                if let Some(c) = r.counters {
+                    p.restore_stats(c.membership, c.broadcast);
+                    net_base = c.net;
                 }
                 (p, Some(r.dir))
             }
@@ -206,6 +221,9 @@ impl Actor {
             backlog,
             data,
             saved_views: Vec::new(),
+            net_base,
+            counters_saved: Instant::now(),
+            exchange_waiters: BTreeMap::new(),
             follow_ups: VecDeque::new(),
             envelopes: EnvelopeCache::default(),
             scratch: Vec::new(),
@@ -250,6 +268,13 @@ impl Actor {
                         return;
                     }
                     Some(Control::Neighbors(reply)) => self.reply_neighbors(reply),
+                    Some(Control::Exchange(peer, reply)) => self.start_exchange(peer, reply),
+                    Some(Control::ReadAfter(cursor, max, reply)) => {
+                        let _ = reply.send(self.read_after(&cursor, max));
+                    }
+                    Some(Control::VersionVector(reply)) => {
+                        let _ = reply.send(Cursor::from(self.proto.broadcast_state().version_vector()));
+                    }
                     Some(Control::Stats(reply)) => {
                         let _ = reply.send(self.snapshot());
                     }
@@ -323,7 +348,8 @@ impl Actor {
             backpressure_events: l.backpressure_events,
             broadcasts: a.broadcasts,
             app_events: a.app_events,
-        };
+        }
+        .plus(&self.net_base);
         NodeStats {
             active_view: m.active_view().to_vec(),
             passive_view: m.passive_view().to_vec(),
@@ -338,6 +364,39 @@ impl Actor {
             version_vector: b.versions_len(),
             net,
         }
+    }
+
+    /// Start an exchange the application asked for; `reply` gets its report.
+    fn start_exchange(&mut self, peer: NodeId, reply: oneshot::Sender<Result<Exchange, Error>>) {
+        self.now = Instant::now();
+        let mut out = std::mem::take(&mut self.scratch);
+        match self.proto.exchange(self.now.into_std(), &peer) {
+            Ok(outputs) => {
+                out.extend(outputs);
+                self.exchange_waiters.entry(peer).or_default().push_back(reply);
+            }
+            Err(reason) => {
+                let _ = reply.send(Err(Error::Exchange { peer, reason }));
+            }
+        }
+        self.perform(out);
+        self.run_follow_ups();
+    }
+
+    /// Up to `max` stored messages after `cursor`, and the cursor advanced over them.
+    fn read_after(&self, cursor: &Cursor, max: usize) -> Page {
+        let (envelopes, full) = self.proto.broadcast_state().read_after(cursor.heads(), max, usize::MAX);
+        let mut next = cursor.clone();
+        let messages: Vec<Delivered> = envelopes
+            .into_iter()
+            .map(|e| {
+                let d = broadcast::Delivery { id: e.id(), envelope: e, hops: 0, from: None, recovered: false };
+                let d = Delivered::from(d);
+                next.advance(&d);
+                d
+            })
+            .collect();
+        Page { messages, cursor: next, full }
     }
 
     fn on_broadcast(&mut self, cmd: BroadcastCmd) {
@@ -414,6 +473,24 @@ impl Actor {
                 Event::NeighborDown { peer, reason }
             }
             proto::Event::Delivered(d) => Event::Delivered(Delivered::from(d)),
+            proto::Event::Exchanged(x) => {
+                debug!(
+                    peer = %x.peer.short(), trigger = ?x.trigger, complete = x.complete,
+                    sent = x.sent_messages, received = x.received_messages, recovered = x.recovered,
+                    ms = x.duration.as_millis() as u64, "anti-entropy exchange"
+                );
+                if x.trigger == broadcast::Trigger::Requested
+                    && let Some(waiters) = self.exchange_waiters.get_mut(&x.peer)
+                {
+                    if let Some(w) = waiters.pop_front() {
+                        let _ = w.send(Ok(x.clone()));
+                    }
+                    if waiters.is_empty() {
+                        self.exchange_waiters.remove(&x.peer);
+                    }
+                }
+                Event::Exchanged(x)
+            }
         };
         self.backlog.push_back(ev);
     }
@@ -670,6 +747,9 @@ impl Actor {
         };
         let rtts = self.links.sweep(Instant::now(), in_use);
         self.save_views();
+        if self.counters_saved.elapsed() >= super::durable::COUNTERS_EVERY {
+            self.save_counters();
+        }
         // Graft retry waits follow quinn's RTT estimate (Plumtree §3.6: about one round trip).
         for (id, rtt) in rtts {
             self.proto.set_rtt(id, rtt);
@@ -689,6 +769,17 @@ impl Actor {
                 warn!(error = %e, "cannot save the views to the data dir");
             }
             self.saved_views = views;
+        }
+    }
+
+    /// Keep the counters in the data dir (a restart goes on counting from them).
+    fn save_counters(&mut self) {
+        self.counters_saved = Instant::now();
+        let Some(d) = &self.data else { return };
+        let s = self.snapshot();
+        let counters = super::durable::Counters { membership: s.membership, broadcast: s.broadcast, net: s.net };
+        if let Err(e) = d.save_counters(&counters) {
+            warn!(error = %e, "cannot save the counters to the data dir");
         }
     }
 
@@ -724,6 +815,7 @@ impl Actor {
         let _ = tokio::time::timeout(ENDPOINT_CLOSE_WAIT, self.endpoint.wait_idle()).await;
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
+        self.save_counters();
         if let Some(d) = &self.data {
             d.recorder().flush();
         }

@@ -41,6 +41,20 @@ const IDS: TableDefinition<[u8; 32], ([u8; 32], u64, u64)> = TableDefinition::ne
 const DELIVERED: TableDefinition<([u8; 32], u64, u64), u64> = TableDefinition::new("delivered");
 /// Peer address (text) → when last in one of our views, ms since the epoch.
 const PEERS: TableDefinition<&str, u64> = TableDefinition::new("peers");
+/// "counters" → postcard of [`Counters`].
+const COUNTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("counters");
+
+/// The counters of [`super::NodeStats`], kept across restarts (saved every
+/// [`COUNTERS_EVERY`] and at shutdown; a SIGKILL loses what changed since the last save).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Counters {
+    pub membership: crate::proto::membership::Stats,
+    pub broadcast: crate::proto::broadcast::Stats,
+    pub net: super::NetStats,
+}
+
+/// How often the counters are saved to the data dir.
+pub(crate) const COUNTERS_EVERY: Duration = Duration::from_secs(5);
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -184,6 +198,29 @@ impl DataDir {
             }
         }
         Ok((delivered, undelivered))
+    }
+
+    /// The counters kept by the last life, if any (unreadable ones are dropped: they are
+    /// only counters).
+    pub(crate) fn counters(&self) -> Result<Option<Counters>, Error> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let Ok(t) = txn.open_table(COUNTERS) else { return Ok(None) };
+        let row = t.get("counters").map_err(|e| self.err(e))?;
+        Ok(row.and_then(|v| postcard::from_bytes(v.value()).ok()))
+    }
+
+    /// Keep `counters` (committed without fsync; durable within [`FLUSH_EVERY`]).
+    pub(crate) fn save_counters(&self, counters: &Counters) -> Result<(), Error> {
+        let bytes = postcard::to_allocvec(counters).map_err(|e| self.err(e))?;
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let _ = txn.set_durability(Durability::None);
+        {
+            let mut t = txn.open_table(COUNTERS).map_err(|e| self.err(e))?;
+            t.insert("counters", bytes.as_slice()).map_err(|e| self.err(e))?;
+        }
+        txn.commit().map_err(|e| self.err(e))?;
+        *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        Ok(())
     }
 
     /// The peers of our last views.

@@ -54,6 +54,15 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// [`Node::exchange`] could not start: the peer is not a neighbour, or anti-entropy
+    /// is off.
+    #[error("cannot start an anti-entropy exchange with {peer}: {reason}")]
+    Exchange {
+        /// The peer asked for.
+        peer: plumcast_transport::NodeId,
+        /// Why not.
+        reason: crate::proto::broadcast::ExchangeError,
+    },
     /// The configuration is invalid: a bootstrap contact without a port, an empty cluster
     /// name, a payload limit that does not fit a frame. The message names what.
     #[error("invalid configuration: {0}")]

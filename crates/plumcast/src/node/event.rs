@@ -44,6 +44,10 @@ impl From<proto::Delivery<NodeId>> for Delivered {
     }
 }
 
+/// What one anti-entropy exchange with a neighbour moved each way, and how long it took
+/// (see [`proto::broadcast::Exchange`]).
+pub type Exchange = proto::broadcast::Exchange<NodeId>;
+
 /// What the node tells the application.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -58,6 +62,10 @@ pub enum Event {
         /// Why.
         reason: DownReason,
     },
+    /// An anti-entropy exchange this node started ended (the periodic ones every
+    /// [`proto::broadcast::Config::anti_entropy_interval`], one with each new neighbour,
+    /// and those asked for with [`Node::exchange`](super::Node::exchange)).
+    Exchanged(Exchange),
 }
 
 /// Application callbacks. They run on one dedicated thread, in delivery order; a slow
@@ -69,6 +77,8 @@ pub trait MessageHandler: Send + 'static {
     fn on_neighbor_up(&mut self, _peer: &PeerInfo) {}
     /// A peer left the active view. Default: nothing.
     fn on_neighbor_down(&mut self, _peer: &PeerInfo, _reason: DownReason) {}
+    /// An anti-entropy exchange ended (see [`Event::Exchanged`]). Default: nothing.
+    fn on_exchange(&mut self, _exchange: &Exchange) {}
 }
 
 /// The event stream, for applications that prefer pulling to a [`MessageHandler`].

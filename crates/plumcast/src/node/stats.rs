@@ -106,3 +106,34 @@ pub struct FrameDrops {
     /// The frame could not be encoded (logged with the error).
     pub unencodable: u64,
 }
+
+impl NetStats {
+    /// These counters plus `base` (the counters kept in the data dir before a restart).
+    pub(crate) fn plus(mut self, base: &NetStats) -> NetStats {
+        self.frames_sent += base.frames_sent;
+        self.bytes_sent += base.bytes_sent;
+        let (d, b) = (&mut self.frames_dropped, &base.frames_dropped);
+        d.connection_lost += b.connection_lost;
+        d.dial_queue_full += b.dial_queue_full;
+        d.dial_failed += b.dial_failed;
+        d.unencodable += b.unencodable;
+        self.task_panics += base.task_panics;
+        self.frames_received += base.frames_received;
+        self.connections_dialed += base.connections_dialed;
+        self.connections_accepted += base.connections_accepted;
+        self.connections_retired += base.connections_retired;
+        self.connections_idle_closed += base.connections_idle_closed;
+        self.dial_failures += base.dial_failures;
+        self.handshake_failures += base.handshake_failures;
+        self.cluster_mismatches += base.cluster_mismatches;
+        self.version_mismatches += base.version_mismatches;
+        self.malformed_frames += base.malformed_frames;
+        self.oversized_frames += base.oversized_frames;
+        self.slow_peer_disconnects += base.slow_peer_disconnects;
+        self.unroutable += base.unroutable;
+        self.backpressure_events += base.backpressure_events;
+        self.broadcasts += base.broadcasts;
+        self.app_events += base.app_events;
+        self
+    }
+}

@@ -130,6 +130,8 @@ pub enum Event<P: Peer> {
     Neighbor(membership::Event<P>),
     /// A broadcast to deliver (exactly once per message).
     Delivered(Delivery<P::Id>),
+    /// An anti-entropy exchange this node started ended, or was given up.
+    Exchanged(broadcast::Exchange<P::Id>),
 }
 
 impl<P: Peer> From<membership::Event<P>> for Event<P> {
@@ -233,6 +235,31 @@ impl<P: Peer, R: RngCore> State<P, R> {
     /// from a data dir): it will never be delivered again.
     pub fn restore_delivered(&mut self, origin: &P::Id, incarnation: u64, seq: u64) {
         self.broadcast.restore_delivered(origin, incarnation, seq);
+    }
+
+    /// Replace both layers' counters with those kept before a restart (call it after
+    /// [`State::restore_delivered`]).
+    pub fn restore_stats(&mut self, membership: membership::Stats, broadcast: broadcast::Stats) {
+        self.membership.restore_stats(membership);
+        self.broadcast.restore_stats(broadcast);
+    }
+
+    /// Start an anti-entropy exchange with neighbour `peer` now (see
+    /// [`broadcast::State::exchange`]); it is reported in an [`Event::Exchanged`].
+    ///
+    /// # Errors
+    /// [`broadcast::ExchangeError`] when `peer` is not a neighbour or anti-entropy is off.
+    #[must_use = "the outputs must be performed, in order"]
+    pub fn exchange(
+        &mut self,
+        now: Instant,
+        peer: &P::Id,
+    ) -> Result<std::vec::Drain<'_, Output<P>>, broadcast::ExchangeError> {
+        let mut b = std::mem::take(&mut self.broadcast_out);
+        let result = self.broadcast.exchange(now, peer.clone()).map(|out| b.extend(out));
+        self.absorb_broadcast(&mut b);
+        self.broadcast_out = b;
+        result.map(|()| self.out.drain(..))
     }
 
     /// Switch the broadcast mode (Plumtree or eager flooding) for the next messages.
@@ -339,6 +366,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
                     self.out.push(Output::Timer { at, timer: Timer::Broadcast(timer) })
                 }
                 broadcast::Output::Deliver(d) => self.out.push(Output::Event(Event::Delivered(d))),
+                broadcast::Output::Exchanged(x) => self.out.push(Output::Event(Event::Exchanged(x))),
             }
         }
     }
