@@ -241,6 +241,13 @@ impl<P: PeerId> State<P> {
         }
     }
 
+    /// This node lived before (a restart from a data dir): it catches up on everything it
+    /// missed within retention, instead of getting messages from its join on as a node
+    /// that joins for the first time does ([`Config::replay_history`]).
+    pub fn restarted(&mut self) {
+        self.anti_entropy.fresh = Fresh::No;
+    }
+
     /// Replace the counters with `stats`: those a node kept in its data dir before a
     /// restart (call it after [`State::restore_delivered`]).
     pub fn restore_stats(&mut self, stats: Stats) {
@@ -1068,7 +1075,14 @@ impl<P: PeerId> State<P> {
         // The neighbour had more than one repair holds: ask for the same piece again. Only
         // if this one brought something new: two exchanges started at once (one from each
         // side) answer the same keys, and the later copy must not keep a second chain going.
-        let again = more && new > 0;
+        // An exchange the application asked for goes on to the end of the piece, though:
+        // its report promises that everything the neighbour had was moved.
+        let requested = self
+            .anti_entropy
+            .exchanges
+            .get(&from)
+            .is_some_and(|o| o.report.trigger == Trigger::Requested && o.pending.contains(&after));
+        let again = more && (new > 0 || requested);
         if again {
             self.send_digest(now, from.clone(), after.clone(), false);
         }

@@ -82,6 +82,8 @@ pub(crate) struct Restored {
     pub undelivered: Vec<broadcast::Envelope<NodeId>>,
     /// The counters of the last life.
     pub counters: Option<super::durable::Counters>,
+    /// Whether the dir had a last life (a restart: catch up on everything missed).
+    pub lived: bool,
 }
 
 /// What the actor is started with (built by [`super::NodeBuilder`]).
@@ -183,6 +185,9 @@ impl Actor {
                         let d = broadcast::Delivery { id: e.id(), envelope: e, hops: 0, from: None, recovered: true };
                         backlog.push_back(Event::Delivered(Delivered::from(d)));
                     }
+                }
+                if r.lived {
+                    p.restarted();
                 }
                 if let Some(c) = r.counters {
                     p.restore_stats(c.membership, c.broadcast);

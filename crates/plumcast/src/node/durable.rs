@@ -158,11 +158,13 @@ impl DataDir {
         }
     }
 
-    /// This life's incarnation: never below the last one + 1, even if the clock went back.
-    pub(crate) fn next_incarnation(&self) -> Result<u64, Error> {
-        let inc = self.meta("incarnation")?.map_or(0, |i| i + 1).max(now_ms());
+    /// This life's incarnation: never below the last one + 1, even if the clock went back;
+    /// and whether there was a last one (a restart, not a first start).
+    pub(crate) fn next_incarnation(&self) -> Result<(u64, bool), Error> {
+        let last = self.meta("incarnation")?;
+        let inc = last.map_or(0, |i| i + 1).max(now_ms());
         self.set_meta("incarnation", inc)?;
-        Ok(inc)
+        Ok((inc, last.is_some()))
     }
 
     /// What was delivered (within retention), and the stored messages that were not
@@ -256,7 +258,7 @@ impl DataDir {
 
     /// A recorder for deliveries taken by the application.
     pub(crate) fn recorder(&self) -> Recorder {
-        Recorder { db: self.db.clone(), pending: self.pending.clone() }
+        Recorder { db: Arc::downgrade(&self.db), pending: self.pending.clone() }
     }
 
     /// The durable message store of this dir, for the node `me`.
@@ -266,16 +268,20 @@ impl DataDir {
 }
 
 /// Records deliveries as the application takes them, and makes pending writes durable.
+/// It does not keep the database open: once the node has stopped, a delivery taken from
+/// the stream is no longer recorded (it is delivered again after a restart), and a new
+/// node can open the dir at once.
 #[derive(Clone, Debug)]
 pub(crate) struct Recorder {
-    db: Arc<Database>,
+    db: std::sync::Weak<Database>,
     pending: Arc<Mutex<bool>>,
 }
 
 impl Recorder {
     /// Record one delivery (committed without fsync; durable within [`FLUSH_EVERY`]).
     pub(crate) fn delivered(&self, origin: NodeId, incarnation: u64, seq: u64) {
-        let Ok(mut txn) = self.db.begin_write() else { return };
+        let Some(db) = self.db.upgrade() else { return };
+        let Ok(mut txn) = db.begin_write() else { return };
         let _ = txn.set_durability(Durability::None);
         if let Ok(mut t) = txn.open_table(DELIVERED) {
             let _ = t.insert((origin.0, incarnation, seq), now_ms());
@@ -293,7 +299,8 @@ impl Recorder {
         }
         // An immediate commit makes every earlier non-durable one durable; it must write
         // something, or it may not reach the disk.
-        if let Ok(txn) = self.db.begin_write() {
+        let Some(db) = self.db.upgrade() else { return };
+        if let Ok(txn) = db.begin_write() {
             let wrote = txn.open_table(META).map(|mut t| t.insert("flushed_ms", now_ms()).is_ok());
             if wrote.unwrap_or(false) && txn.commit().is_ok() {
                 *pending = false;
@@ -506,11 +513,14 @@ mod tests {
             let d = DataDir::open(&dir).unwrap();
             d.save_peers(&peers).unwrap();
             d.recorder().flush();
-            d.next_incarnation().unwrap()
+            let (inc, lived) = d.next_incarnation().unwrap();
+            assert!(!lived, "a new dir had no last life");
+            inc
         };
         let d = DataDir::open(&dir).unwrap();
         assert_eq!(d.peers().unwrap(), peers);
-        assert!(d.next_incarnation().unwrap() > first);
+        let (next, lived) = d.next_incarnation().unwrap();
+        assert!(next > first && lived);
         drop(d);
         let _ = std::fs::remove_dir_all(&dir);
     }

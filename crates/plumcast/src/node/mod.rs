@@ -333,9 +333,9 @@ impl NodeBuilder {
         drop(faults);
         let local = endpoint.local_addr().map_err(TransportError::Io)?;
         let me = PeerInfo { id: identity.node_id(), addr: config.advertise.unwrap_or(local) };
-        let incarnation = match &data {
+        let (incarnation, lived) = match &data {
             Some(d) => d.next_incarnation()?,
-            None => SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            None => (SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0), false),
         };
         let recorder = data.as_ref().map(durable::DataDir::recorder);
         let restored = match data {
@@ -343,7 +343,14 @@ impl NodeBuilder {
                 let store = d.store(me.id, config.protocol.broadcast.retention)?;
                 let (delivered, undelivered) = d.restore()?;
                 let counters = d.counters()?;
-                Some(actor::Restored { dir: Arc::new(d), store: Box::new(store), delivered, undelivered, counters })
+                Some(actor::Restored {
+                    dir: Arc::new(d),
+                    store: Box::new(store),
+                    delivered,
+                    undelivered,
+                    counters,
+                    lived,
+                })
             }
             None => None,
         };

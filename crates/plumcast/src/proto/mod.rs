@@ -237,6 +237,12 @@ impl<P: Peer, R: RngCore> State<P, R> {
         self.broadcast.restore_delivered(origin, incarnation, seq);
     }
 
+    /// This node lived before (a restart from a data dir): it catches up on what it missed
+    /// (see [`broadcast::State::restarted`]).
+    pub fn restarted(&mut self) {
+        self.broadcast.restarted();
+    }
+
     /// Replace both layers' counters with those kept before a restart (call it after
     /// [`State::restore_delivered`]).
     pub fn restore_stats(&mut self, membership: membership::Stats, broadcast: broadcast::Stats) {
