@@ -158,9 +158,11 @@ fn exchanges_only() -> plumcast::proto::Config {
 }
 
 /// B misses 3,000 messages of A while down; restarted, it asks A for an exchange: when
-/// `exchange` returns, B's version vector covers all of A's messages, and the reports of
-/// the exchanges B started with A (the one at NeighborUp, replaced by the one asked
-/// for) account for every message recovered, each once.
+/// `exchange` returns (complete), B's version vector covers all of A's messages, every
+/// one is delivered once, and the reports of the exchanges B started count no message as
+/// recovered twice. (How the 3,000 split between B's exchanges and A's, which run at
+/// once on the new link, depends on timing; the exact counts of one exchange are tested
+/// in the broadcast core, `a_requested_exchange_reports_what_it_moved_each_way`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_requested_exchange_moves_what_the_peer_had_and_reports_it() {
     let _g = SERIAL.lock().await;
@@ -195,11 +197,13 @@ async fn a_requested_exchange_moves_what_the_peer_had_and_reports_it() {
         let s = seen.lock().unwrap();
         panic!("B's stream has {} deliveries and the exchanges {:?}", s.counts.len(), s.exchanges);
     }
-    let s = seen.lock().unwrap();
-    assert!(s.counts.values().all(|n| *n == 1), "each once");
-    let recovered: u64 = s.exchanges.iter().filter(|e| e.peer == a.id()).map(|e| e.recovered).sum();
-    assert_eq!(recovered, 3000, "the reports account for every message recovered: {:?}", s.exchanges);
-    drop(s);
+    {
+        let s = seen.lock().unwrap();
+        assert!(s.counts.values().all(|n| *n == 1), "each once");
+        let recovered: u64 = s.exchanges.iter().filter(|e| e.peer == a.id()).map(|e| e.recovered).sum();
+        assert!(recovered <= 3000, "no message counted twice: {:?}", s.exchanges);
+        assert!(s.exchanges.iter().all(|e| e.received_messages >= e.recovered), "{:?}", s.exchanges);
+    }
     b.shutdown().await.unwrap();
     a.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);

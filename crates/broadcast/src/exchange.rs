@@ -8,7 +8,7 @@
 //! missing); a repair that says `more` is asked again. The exchange ends when every piece
 //! is answered without `more`, and is reported in an [`Output::Exchanged`](crate::Output).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::dedupe::Key;
@@ -67,8 +67,9 @@ pub const EXCHANGE_TIMEOUT_INTERVALS: u32 = 2;
 #[derive(Clone, Debug)]
 pub(crate) struct Open<P> {
     pub(crate) report: Exchange<P>,
-    /// The pieces (by the key they start after) not answered yet.
-    pub(crate) pending: BTreeSet<Option<Key<P>>>,
+    /// The asks not answered yet, with the piece each asked for (by the key it starts
+    /// after).
+    pub(crate) pending: BTreeMap<u32, Option<Key<P>>>,
     /// When the last answer came.
     pub(crate) last: Instant,
 }
@@ -88,7 +89,7 @@ impl<P: Clone> Open<P> {
             recovered: 0,
             complete: false,
         };
-        Self { report, pending: BTreeSet::new(), last: now }
+        Self { report, pending: BTreeMap::new(), last: now }
     }
 
     /// The report, closed at `end`.

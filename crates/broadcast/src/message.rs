@@ -159,6 +159,9 @@ pub enum Message<P> {
         /// The sender joined recently and wants no history: repair only the keys it lists
         /// (what was sent since its join), not the ones it lacks entirely.
         joined: bool,
+        /// The sender's number for this ask, echoed in the answer (its exchange counts
+        /// only the answers to its own asks).
+        ask: u32,
     },
     /// Anti-entropy: the answer to one [`Message::Digest`], with the messages its sender
     /// lacked, oldest first per origin and incarnation (none when it lacked nothing).
@@ -166,6 +169,8 @@ pub enum Message<P> {
     Repair {
         /// The piece answered: the digest's `after`.
         after: Option<(P, u64)>,
+        /// The digest's `ask`.
+        ask: u32,
         /// The messages.
         envelopes: Vec<Envelope<P>>,
         /// Whether the sender had more than the bounds of one repair let it send: the

@@ -77,6 +77,8 @@ struct AntiEntropy<P> {
     neighbor_since: BTreeMap<P, Instant>,
     /// The exchanges this node started and that are still open, one per neighbour.
     exchanges: BTreeMap<P, Open<P>>,
+    /// The number of the last digest sent.
+    asks: u32,
     /// Digests answered per neighbour in the current window, and the window's start.
     budget: BTreeMap<P, (Instant, u32)>,
 }
@@ -90,6 +92,7 @@ impl<P> Default for AntiEntropy<P> {
             last_sync: BTreeMap::new(),
             neighbor_since: BTreeMap::new(),
             exchanges: BTreeMap::new(),
+            asks: 0,
             budget: BTreeMap::new(),
         }
     }
@@ -239,6 +242,22 @@ impl<P: PeerId> State<P> {
         if self.versions.check(origin, incarnation, seq) == Seen::No {
             self.stats.dedupe_window_overflows += self.versions.mark(origin, incarnation, seq);
         }
+    }
+
+    /// Raise the version vector to `heads` (every seq up to each head counts as seen, and
+    /// is never delivered again): a host that keeps the vector rather than one record per
+    /// delivery restores it this way. Keys beyond [`Config::max_incarnations`] per origin
+    /// make room as new incarnations do.
+    pub fn restore_version_vector(&mut self, heads: &[Head<P>]) {
+        self.anti_entropy.fresh = Fresh::No;
+        for h in heads {
+            self.versions.raise(&(h.origin.clone(), h.incarnation), h.seq);
+        }
+    }
+
+    /// The message store (to hand over to the next life of a restarted node, say).
+    pub fn store(&self) -> &dyn MessageStore<P> {
+        self.store.as_ref()
     }
 
     /// This node lived before (a restart from a data dir): it catches up on everything it
@@ -464,10 +483,10 @@ impl<P: PeerId> State<P> {
                 self.stats.prunes_received += 1;
                 self.set_lazy(&origin, &from);
             }
-            Message::Digest { heads, after, upto, reply, joined } => {
-                self.on_digest(now, from, heads, (after, upto), reply, joined)
+            Message::Digest { heads, after, upto, reply, joined, ask } => {
+                self.on_digest(now, from, heads, (after, upto), reply, joined, ask)
             }
-            Message::Repair { after, envelopes, more } => self.on_repair(now, from, after, envelopes, more),
+            Message::Repair { after, ask, envelopes, more } => self.on_repair(now, from, (ask, after), envelopes, more),
         }
     }
 
@@ -878,9 +897,9 @@ impl<P: PeerId> State<P> {
             Trigger::NeighborUp | Trigger::Requested => None,
         };
         loop {
-            open.pending.insert(after.clone());
             open.report.digests += 1;
-            let next = self.send_digest(now, peer.clone(), after, true);
+            let (next, ask) = self.send_digest(now, peer.clone(), after.clone(), true);
+            open.pending.insert(ask, after);
             if trigger == Trigger::Periodic {
                 self.anti_entropy.cursor = next;
                 break;
@@ -912,8 +931,8 @@ impl<P: PeerId> State<P> {
     }
 
     /// Send `to` the piece of our version vector after key `after`; returns where the
-    /// next piece starts (`None`: the vector was covered to its end).
-    fn send_digest(&mut self, now: Instant, to: P, after: Option<Key<P>>, reply: bool) -> Option<Key<P>> {
+    /// next piece starts (`None`: the vector was covered to its end) and the ask's number.
+    fn send_digest(&mut self, now: Instant, to: P, after: Option<Key<P>>, reply: bool) -> (Option<Key<P>>, u32) {
         let max = self.config.anti_entropy_max_heads.max(1);
         let piece = self.versions.piece(after.as_ref(), max);
         let upto = if piece.len() < max { None } else { piece.last().map(|(k, _)| k.clone()) };
@@ -923,9 +942,16 @@ impl<P: PeerId> State<P> {
         self.stats.digest_heads_sent += heads.len() as u64;
         self.anti_entropy.last_sync.insert(to.clone(), now);
         let joined = self.is_fresh(now);
-        self.out
-            .push(Output::Send { to, message: Message::Digest { heads, after, upto: upto.clone(), reply, joined } });
-        upto
+        let ask = self.next_ask();
+        let message = Message::Digest { heads, after, upto: upto.clone(), reply, joined, ask };
+        self.out.push(Output::Send { to, message });
+        (upto, ask)
+    }
+
+    /// A number for the next digest.
+    fn next_ask(&mut self) -> u32 {
+        self.anti_entropy.asks = self.anti_entropy.asks.wrapping_add(1);
+        self.anti_entropy.asks
     }
 
     /// Whether this node joined for the first time within the last two anti-entropy
@@ -953,6 +979,7 @@ impl<P: PeerId> State<P> {
     /// A neighbour's piece of its version vector: repair what it lacks of the keys in
     /// `(after, upto]` (oldest first, within the bounds of one repair), and, if asked,
     /// send our heads of the same keys when it has something we lack.
+    #[allow(clippy::too_many_arguments)]
     fn on_digest(
         &mut self,
         now: Instant,
@@ -961,6 +988,7 @@ impl<P: PeerId> State<P> {
         (after, upto): (Option<Key<P>>, Option<Key<P>>),
         reply: bool,
         joined: bool,
+        ask: u32,
     ) {
         self.stats.digests_received += 1;
         if self.config.anti_entropy_interval.is_none() || !self.digest_allowed(now, &from) {
@@ -1035,7 +1063,8 @@ impl<P: PeerId> State<P> {
             self.stats.digests_sent += 1;
             self.stats.digest_heads_sent += piece.len() as u64;
             let joined = self.is_fresh(now);
-            let message = Message::Digest { heads: piece, after: after.clone(), upto, reply: false, joined };
+            let ask = self.next_ask();
+            let message = Message::Digest { heads: piece, after: after.clone(), upto, reply: false, joined, ask };
             self.out.push(Output::Send { to: from.clone(), message });
         }
         // Every digest is answered, with nothing when nothing is missing: the answer ends
@@ -1048,14 +1077,21 @@ impl<P: PeerId> State<P> {
                 open.report.sent_bytes += bytes as u64;
             }
         }
-        self.out.push(Output::Send { to: from, message: Message::Repair { after, envelopes, more } });
+        self.out.push(Output::Send { to: from, message: Message::Repair { after, ask, envelopes, more } });
     }
 
-    /// The answer to one of our digests (the piece after `after`): deliver each message
-    /// not seen yet, marked recovered, and keep it; they are not pushed on (every node
-    /// repairs itself). Then ask for the piece again if the neighbour had more, or close
-    /// the piece in our exchange with it.
-    fn on_repair(&mut self, now: Instant, from: P, after: Option<Key<P>>, envelopes: Vec<Envelope<P>>, more: bool) {
+    /// The answer to our digest number `ask` (the piece after `after`): deliver each
+    /// message not seen yet, marked recovered, and keep it; they are not pushed on (every
+    /// node repairs itself). Then ask for the piece again if the neighbour had more, and
+    /// count the answer in our exchange with it if the ask was one of the exchange's.
+    fn on_repair(
+        &mut self,
+        now: Instant,
+        from: P,
+        (ask, after): (u32, Option<Key<P>>),
+        envelopes: Vec<Envelope<P>>,
+        more: bool,
+    ) {
         let (mut new, received, mut bytes) = (0u64, envelopes.len() as u64, 0u64);
         for envelope in envelopes {
             self.stats.repaired_received += 1;
@@ -1072,32 +1108,25 @@ impl<P: PeerId> State<P> {
             self.store_append(now, id, &envelope);
             self.deliver(now, Delivery { id, envelope, hops: 0, from: Some(from.clone()), recovered: true });
         }
-        // The neighbour had more than one repair holds: ask for the same piece again. Only
-        // if this one brought something new: two exchanges started at once (one from each
-        // side) answer the same keys, and the later copy must not keep a second chain going.
-        // An exchange the application asked for goes on to the end of the piece, though:
-        // its report promises that everything the neighbour had was moved.
-        let requested = self
-            .anti_entropy
-            .exchanges
-            .get(&from)
-            .is_some_and(|o| o.report.trigger == Trigger::Requested && o.pending.contains(&after));
-        let again = more && (new > 0 || requested);
-        if again {
-            self.send_digest(now, from.clone(), after.clone(), false);
-        }
-        let Some(open) = self.anti_entropy.exchanges.get_mut(&from) else { return };
-        if !open.pending.contains(&after) {
+        let ours = self.anti_entropy.exchanges.get(&from).is_some_and(|o| o.pending.contains_key(&ask));
+        // The neighbour had more than one repair holds: ask for the same piece again. An
+        // ask of an open exchange always goes on to the end of its piece (its report says
+        // what moved); any other only if this answer brought something new: two exchanges
+        // started at once (one from each side) answer the same keys, and the later copy
+        // must not keep a second chain going.
+        let again = (more && (ours || new > 0)).then(|| self.send_digest(now, from.clone(), after.clone(), false).1);
+        if !ours {
             return;
         }
+        let Some(open) = self.anti_entropy.exchanges.get_mut(&from) else { return };
         open.last = now;
+        open.pending.remove(&ask);
         open.report.received_messages += received;
         open.report.received_bytes += bytes;
         open.report.recovered += new;
-        if again {
+        if let Some(next) = again {
             open.report.digests += 1;
-        } else {
-            open.pending.remove(&after);
+            open.pending.insert(next, after);
         }
         if open.pending.is_empty()
             && let Some(open) = self.anti_entropy.exchanges.remove(&from)

@@ -600,7 +600,7 @@ fn anti_entropy_repairs_a_new_neighbour_with_everything_it_missed_exactly_once()
 }
 
 fn digest_of(s: &State<u32>) -> Message<u32> {
-    Message::Digest { heads: s.version_vector(), after: None, upto: None, reply: true, joined: false }
+    Message::Digest { heads: s.version_vector(), after: None, upto: None, reply: true, joined: false, ask: 1 }
 }
 
 #[test]

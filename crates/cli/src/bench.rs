@@ -50,6 +50,12 @@ pub struct Args {
     /// joins it; prints messages recovered per second.
     #[arg(long)]
     catch_up: bool,
+    /// Instead of the broadcast benchmark, measure what a data dir costs: --messages own
+    /// broadcasts of one node alone (each durable, fsynced, before `broadcast` returns),
+    /// and a catch-up of --messages into a new node, each with and without a data dir
+    /// (in the system temp dir).
+    #[arg(long)]
+    store: bool,
     /// Spanning trees: one per origin (the default) or one shared tree (the paper).
     #[arg(long, value_enum, default_value = "per-origin")]
     tree: TreeArg,
@@ -72,8 +78,73 @@ impl From<TreeArg> for proto::Tree {
     }
 }
 
-/// `--catch-up`: how fast anti-entropy brings a node everything it lacks.
-async fn catch_up(a: &Args) -> anyhow::Result<ExitCode> {
+/// A fresh directory for one data dir under the system temp dir.
+fn temp_data_dir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("plumcast-bench-{what}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// `--store`: own broadcasts and a catch-up, with and without a data dir.
+async fn store(a: &Args) -> anyhow::Result<ExitCode> {
+    let m = a.messages;
+    let mut rows = Vec::new();
+    for durable in [false, true] {
+        let dir = temp_data_dir("own");
+        let mut b = plumcast::Node::builder().bind("127.0.0.1:0".parse()?);
+        if durable {
+            b = b.data_dir(&dir);
+        }
+        let (node, _events) = b.spawn().await?;
+        let start = Instant::now();
+        for k in 0..m {
+            let mut p = vec![0u8; a.size];
+            p[..4].copy_from_slice(&(k as u32).to_le_bytes());
+            node.broadcast(p).await?;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        node.shutdown().await?;
+        let _ = std::fs::remove_dir_all(&dir);
+        rows.push(("own broadcasts", durable, m, secs));
+        let dir = temp_data_dir("late");
+        let (got, secs, _, _) = catch_up_run(a, durable.then_some(dir.as_path())).await?;
+        let _ = std::fs::remove_dir_all(&dir);
+        rows.push(("catch-up (received)", durable, got, secs));
+    }
+    for (what, durable, n, secs) in &rows {
+        let row = json!({
+            "impl": concat!("plumcast ", env!("CARGO_PKG_VERSION")), "bench": "store", "what": what,
+            "data_dir": durable, "messages": n, "size": a.size, "secs": round3(*secs),
+            "messages_per_s": round1(*n as f64 / secs.max(1e-9)), "us_per_message": round1(secs * 1e6 / (*n).max(1) as f64),
+        });
+        println!("{row}");
+    }
+    if a.table {
+        println!(
+            "| what | data dir | messages | size B | seconds | messages/s | µs per message |
+|---|---|---|---|---|---|---|"
+        );
+        for (what, durable, n, secs) in &rows {
+            println!(
+                "| {what} | {} | {n} | {} | {secs:.2} | {:.0} | {:.1} |",
+                if *durable { "yes" } else { "no" },
+                a.size,
+                *n as f64 / secs.max(1e-9),
+                secs * 1e6 / (*n).max(1) as f64
+            );
+        }
+    }
+    let complete = rows.iter().all(|(_, _, n, _)| *n == m);
+    Ok(if complete { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// One catch-up: a node broadcasts `--messages` alone, then a new node (on `late_dir` if
+/// given) replaying the history joins it. Returns the messages recovered, the seconds
+/// and the process CPU seconds from the join, and the new node's stats.
+async fn catch_up_run(
+    a: &Args,
+    late_dir: Option<&std::path::Path>,
+) -> anyhow::Result<(usize, f64, f64, plumcast::NodeStats)> {
     let m = a.messages;
     let mut config = proto::Config::lan();
     config.broadcast.retention.max_messages = config.broadcast.retention.max_messages.max(m);
@@ -85,8 +156,11 @@ async fn catch_up(a: &Args) -> anyhow::Result<ExitCode> {
     }
     let start = Instant::now();
     let cpu0 = cpu_secs();
-    let (late, mut events) =
-        plumcast::Node::builder().protocol(config).replay_history(true).bootstrap(origin.addr()).spawn().await?;
+    let mut b = plumcast::Node::builder().protocol(config).replay_history(true).bootstrap(origin.addr());
+    if let Some(d) = late_dir {
+        b = b.data_dir(d);
+    }
+    let (late, mut events) = b.spawn().await?;
     let mut got = 0usize;
     let deadline = Instant::now() + Duration::from_secs(120);
     while got < m && Instant::now() < deadline {
@@ -99,6 +173,15 @@ async fn catch_up(a: &Args) -> anyhow::Result<ExitCode> {
     let secs = start.elapsed().as_secs_f64();
     let cpu = cpu_secs() - cpu0;
     let s = late.stats().await?;
+    late.shutdown().await?;
+    origin.shutdown().await?;
+    Ok((got, secs, cpu, s))
+}
+
+/// `--catch-up`: how fast anti-entropy brings a node everything it lacks.
+async fn catch_up(a: &Args) -> anyhow::Result<ExitCode> {
+    let m = a.messages;
+    let (got, secs, cpu, s) = catch_up_run(a, None).await?;
     let row = json!({
         "impl": concat!("plumcast ", env!("CARGO_PKG_VERSION")), "bench": "catch-up",
         "messages": m, "size": a.size, "recovered": got, "complete": got == m,
@@ -111,14 +194,15 @@ async fn catch_up(a: &Args) -> anyhow::Result<ExitCode> {
         println!("| messages | size B | recovered | seconds (from the join) | messages/s |\n|---|---|---|---|---|");
         println!("| {m} | {} | {got} | {secs:.2} | {:.0} |", a.size, got as f64 / secs.max(1e-9));
     }
-    late.shutdown().await?;
-    origin.shutdown().await?;
     Ok(if got == m { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     if a.catch_up {
         return catch_up(&a).await;
+    }
+    if a.store {
+        return store(&a).await;
     }
     anyhow::ensure!(a.nodes >= 2, "--nodes must be at least 2");
     anyhow::ensure!(a.size >= HEADER, "--size must be at least {HEADER}");

@@ -168,6 +168,20 @@ impl Slab {
 struct Slot {
     state: Option<Box<NodeState>>,
     inc: u32,
+    /// What a stopped node keeps, as a data dir would ([`Sim::stop`]).
+    kept: Option<Kept>,
+}
+
+/// A stopped node's version vector and message store.
+struct Kept {
+    heads: Vec<broadcast::Head<u32>>,
+    store: Box<dyn broadcast::MessageStore<u32>>,
+}
+
+impl Clone for Kept {
+    fn clone(&self) -> Self {
+        Self { heads: self.heads.clone(), store: self.store.clone_box() }
+    }
 }
 
 /// The slot a node whose views ran empty rejoins through first (the first node started;
@@ -285,7 +299,7 @@ impl Sim {
             now: 0,
             seq: 0,
             rng,
-            nodes: (0..n).map(|_| Slot { state: None, inc: 0 }).collect(),
+            nodes: (0..n).map(|_| Slot { state: None, inc: 0, kept: None }).collect(),
             queue: BinaryHeap::new(),
             slab: Slab::default(),
             group: vec![0; n],
@@ -389,6 +403,40 @@ impl Sim {
             // Arm the periodic timers of a first node.
             self.input(i, proto::Input::Membership(membership::Input::JoinFailed));
         }
+    }
+
+    /// Stop node `i` as [`Sim::crash`] does, keeping what a data dir keeps (its version
+    /// vector and message store) for [`Sim::restart`]. The version vector is kept as
+    /// heads: stop a node when it has no gap (no broadcast in flight), or what it saw
+    /// above a gap is delivered again after the restart.
+    pub fn stop(&mut self, victims: &[u32]) {
+        for &v in victims {
+            if let Some(slot) = self.nodes.get_mut(v as usize)
+                && let Some(state) = slot.state.as_ref()
+            {
+                let b = state.broadcast_state();
+                slot.kept = Some(Kept { heads: b.version_vector(), store: b.store().clone_box() });
+            }
+        }
+        self.crash_many(victims);
+    }
+
+    /// Start a node stopped with [`Sim::stop`] again (next incarnation), from what it
+    /// kept, joining through `contact`: it catches up on what it missed by anti-entropy
+    /// and delivers nothing twice. A slot with nothing kept starts fresh ([`Sim::start`]).
+    pub fn restart(&mut self, i: u32, contact: u32) {
+        let Some(kept) = self.nodes.get_mut(i as usize).and_then(|s| s.kept.take()) else {
+            return self.start(i, Some(contact));
+        };
+        let slot = &mut self.nodes[i as usize];
+        slot.inc += 1;
+        let inc = slot.inc;
+        let rng = ChaCha8Rng::seed_from_u64(self.cfg.seed ^ (u64::from(i) << 20) ^ u64::from(inc));
+        let mut state = proto::State::with_store(i, u64::from(inc), self.cfg.protocol.clone(), rng, kept.store);
+        state.restore_version_vector(&kept.heads);
+        state.restarted();
+        slot.state = Some(Box::new(state));
+        self.schedule(self.now, Ev::Join { node: i, inc, contact });
     }
 
     /// Crash node `i` abruptly. With [`Detector::Shipped`], every live node that has it
@@ -873,6 +921,7 @@ fn wire_digest_bytes(
         upto: upto.map(|(o, i)| (wide(*o), *i)),
         reply,
         joined: false,
+        ask: u32::MAX,
     };
     // One byte more for the `proto::Message::Broadcast` variant tag.
     postcard::to_allocvec(&message).map_or(0, |v| v.len() as u64 + 1 + 4)
@@ -886,8 +935,12 @@ fn wire_answer_bytes(after: Option<&(u32, u64)>) -> u64 {
         id[..4].copy_from_slice(&o.to_le_bytes());
         id
     };
-    let message: broadcast::Message<[u8; 32]> =
-        broadcast::Message::Repair { after: after.map(|(o, i)| (wide(*o), *i)), envelopes: Vec::new(), more: false };
+    let message: broadcast::Message<[u8; 32]> = broadcast::Message::Repair {
+        after: after.map(|(o, i)| (wide(*o), *i)),
+        ask: u32::MAX,
+        envelopes: Vec::new(),
+        more: false,
+    };
     postcard::to_allocvec(&message).map_or(0, |v| v.len() as u64 + 1 + 4)
 }
 

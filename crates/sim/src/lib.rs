@@ -16,6 +16,7 @@
 
 mod engine;
 mod overlay;
+pub mod recovery;
 pub mod scenario;
 
 pub use engine::{
@@ -23,6 +24,7 @@ pub use engine::{
     anti_entropy_cost, digest_sizes, sim_protocol, sim_protocol_with_anti_entropy,
 };
 pub use overlay::{OverlayStats, overlay_stats};
+pub use recovery::Recovery;
 pub use scenario::{Kind, Row, RunMode, Scenario, ScenarioError, build_overlay, build_overlay_with_gap};
 
 #[cfg(test)]

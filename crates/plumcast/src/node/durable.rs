@@ -7,8 +7,9 @@
 //!
 //! What "stored" means: [`MessageStore::append`] of our own broadcast commits with
 //! [`redb::Durability::Immediate`] (fsync) before `Node::broadcast` returns; other
-//! messages and delivery records are committed without fsync and made durable by the
-//! next immediate commit, at most [`FLUSH_EVERY`] later. A SIGKILL can therefore lose up to
+//! messages and delivery records are written in batches (one transaction for up to
+//! [`BATCH`] messages, or whatever is waiting when the store is read) and made durable by
+//! the next immediate commit, at most [`FLUSH_EVERY`] later. A SIGKILL can therefore lose up to
 //! that much of received messages (anti-entropy fetches them again) and of delivery
 //! records (those messages are delivered again after the restart: at-least-once for
 //! them, never lost).
@@ -32,6 +33,63 @@ pub const SCHEMA_VERSION: u64 = 1;
 /// How often pending (not yet fsynced) writes are made durable: the window a SIGKILL can
 /// hit (received messages and delivery records within it are fetched or delivered again).
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Received messages written in one transaction at most (a repair holds up to 1,024):
+/// one transaction per message cost 64 µs per message of a catch-up, one per batch
+/// about 10 (`plumcast bench --store`).
+pub const BATCH: usize = 1024;
+
+/// A row of the message table: (origin, incarnation, seq), id, encoded value.
+type Row = (([u8; 32], u64, u64), [u8; 32], Vec<u8>);
+
+/// Writes not made durable yet, shared by the store, the recorder and the flush task.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    /// Whether some transaction was committed without fsync since the last immediate one.
+    dirty: bool,
+    /// Received messages not written yet.
+    messages: Vec<Row>,
+    /// Deliveries taken by the application, not recorded yet.
+    delivered: Vec<([u8; 32], u64, u64)>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        !self.dirty && self.messages.is_empty() && self.delivered.is_empty()
+    }
+}
+
+/// Write what `pending` holds in one transaction (fsynced with `durable`; an immediate
+/// commit also makes every earlier non-durable one durable).
+fn write_pending(db: &Database, pending: &mut Pending, durable: bool) -> Result<(), String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let mut txn = db.begin_write().map_err(|x| e(&x))?;
+    if !durable {
+        let _ = txn.set_durability(Durability::None);
+    }
+    {
+        let mut ids = txn.open_table(IDS).map_err(|x| e(&x))?;
+        let mut rows = txn.open_table(MESSAGES).map_err(|x| e(&x))?;
+        for (key, id, value) in &pending.messages {
+            if ids.get(*id).map_err(|x| e(&x))?.is_some() {
+                continue;
+            }
+            ids.insert(*id, *key).map_err(|x| e(&x))?;
+            rows.insert(*key, value.as_slice()).map_err(|x| e(&x))?;
+        }
+        let mut delivered = txn.open_table(DELIVERED).map_err(|x| e(&x))?;
+        let at = now_ms();
+        for key in &pending.delivered {
+            delivered.insert(*key, at).map_err(|x| e(&x))?;
+        }
+        // An immediate commit must write something, or it may not reach the disk.
+        txn.open_table(META).map_err(|x| e(&x))?.insert("flushed_ms", at).map_err(|x| e(&x))?;
+    }
+    txn.commit().map_err(|x| e(&x))?;
+    pending.messages.clear();
+    pending.delivered.clear();
+    pending.dirty = !durable;
+    Ok(())
+}
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// (origin, incarnation, seq) → postcard of (id, stored at in ms since the epoch, payload).
@@ -69,8 +127,8 @@ fn fail(dir: &Path, what: impl std::fmt::Display) -> Error {
 pub(crate) struct DataDir {
     dir: PathBuf,
     db: Arc<Database>,
-    /// Writes committed without fsync since the last immediate commit.
-    pending: Arc<Mutex<bool>>,
+    /// Writes not made durable yet.
+    pending: Arc<Mutex<Pending>>,
     _lock: File,
 }
 
@@ -95,7 +153,7 @@ impl DataDir {
             Err(std::fs::TryLockError::Error(e)) => return Err(fail(dir, format!("cannot lock it: {e}"))),
         }
         let db = Database::create(dir.join("plumcast.redb")).map_err(|e| fail(dir, format!("database: {e}")))?;
-        let me = Self { dir: dir.to_path_buf(), db: Arc::new(db), pending: Arc::new(Mutex::new(false)), _lock: lock };
+        let me = Self { dir: dir.to_path_buf(), db: Arc::new(db), pending: Arc::default(), _lock: lock };
         let schema = me.meta("schema")?;
         match schema {
             None => me.set_meta("schema", SCHEMA_VERSION)?,
@@ -221,7 +279,7 @@ impl DataDir {
             t.insert("counters", bytes.as_slice()).map_err(|e| self.err(e))?;
         }
         txn.commit().map_err(|e| self.err(e))?;
-        *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).dirty = true;
         Ok(())
     }
 
@@ -252,7 +310,7 @@ impl DataDir {
             }
         }
         txn.commit().map_err(|e| self.err(e))?;
-        *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).dirty = true;
         Ok(())
     }
 
@@ -274,37 +332,25 @@ impl DataDir {
 #[derive(Clone, Debug)]
 pub(crate) struct Recorder {
     db: std::sync::Weak<Database>,
-    pending: Arc<Mutex<bool>>,
+    pending: Arc<Mutex<Pending>>,
 }
 
 impl Recorder {
-    /// Record one delivery (committed without fsync; durable within [`FLUSH_EVERY`]).
+    /// Record one delivery (written and made durable by the next flush, within
+    /// [`FLUSH_EVERY`]).
     pub(crate) fn delivered(&self, origin: NodeId, incarnation: u64, seq: u64) {
-        let Some(db) = self.db.upgrade() else { return };
-        let Ok(mut txn) = db.begin_write() else { return };
-        let _ = txn.set_durability(Durability::None);
-        if let Ok(mut t) = txn.open_table(DELIVERED) {
-            let _ = t.insert((origin.0, incarnation, seq), now_ms());
-        }
-        if txn.commit().is_ok() {
-            *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = true;
-        }
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).delivered.push((origin.0, incarnation, seq));
     }
 
-    /// Make every pending write durable (one fsync), if there is any.
+    /// Make every pending write durable (one transaction, one fsync), if there is any.
     pub(crate) fn flush(&self) {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        if !*pending {
+        if pending.is_empty() {
             return;
         }
-        // An immediate commit makes every earlier non-durable one durable; it must write
-        // something, or it may not reach the disk.
         let Some(db) = self.db.upgrade() else { return };
-        if let Ok(txn) = db.begin_write() {
-            let wrote = txn.open_table(META).map(|mut t| t.insert("flushed_ms", now_ms()).is_ok());
-            if wrote.unwrap_or(false) && txn.commit().is_ok() {
-                *pending = false;
-            }
+        if let Err(e) = write_pending(&db, &mut pending, true) {
+            tracing::warn!(error = %e, "cannot make the data dir's pending writes durable; retrying");
         }
     }
 }
@@ -313,7 +359,7 @@ impl Recorder {
 /// in-memory order of storage times for retention.
 pub(crate) struct DurableStore {
     db: Arc<Database>,
-    pending: Arc<Mutex<bool>>,
+    pending: Arc<Mutex<Pending>>,
     me: NodeId,
     retention: Retention,
     order: VecDeque<(MessageId, Instant, usize)>,
@@ -321,7 +367,7 @@ pub(crate) struct DurableStore {
 }
 
 impl DurableStore {
-    fn open(db: Arc<Database>, pending: Arc<Mutex<bool>>, me: NodeId, retention: Retention) -> Result<Self, String> {
+    fn open(db: Arc<Database>, pending: Arc<Mutex<Pending>>, me: NodeId, retention: Retention) -> Result<Self, String> {
         let mut order = Vec::new();
         let (now, now_ms) = (Instant::now(), now_ms());
         {
@@ -342,8 +388,19 @@ impl DurableStore {
         Ok(Self { db, pending, me, retention, order, bytes })
     }
 
+    /// Write the received messages still waiting (the store is about to be read or
+    /// changed), without fsync.
+    fn write_waiting(&self) -> Result<(), StoreError> {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if pending.messages.is_empty() {
+            return Ok(());
+        }
+        write_pending(&self.db, &mut pending, false).map_err(StoreError)
+    }
+
     fn evict_oldest(&mut self, n: usize) -> Result<u64, StoreError> {
         let err = |e: &dyn std::fmt::Display| StoreError(e.to_string());
+        self.write_waiting()?;
         let mut txn = self.db.begin_write().map_err(|e| err(&e))?;
         let _ = txn.set_durability(Durability::None);
         let mut evicted = 0;
@@ -361,7 +418,7 @@ impl DurableStore {
             }
         }
         txn.commit().map_err(|e| err(&e))?;
-        *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).dirty = true;
         Ok(evicted)
     }
 }
@@ -371,28 +428,20 @@ impl MessageStore<NodeId> for DurableStore {
         if self.retention.max_messages == 0 {
             return Ok(());
         }
-        let err = |e: &dyn std::fmt::Display| StoreError(e.to_string());
         let own = envelope.origin == self.me;
-        let mut txn = self.db.begin_write().map_err(|e| err(&e))?;
-        if !own {
-            let _ = txn.set_durability(Durability::None);
-        }
         let key = (envelope.origin.0, envelope.incarnation, envelope.seq);
-        {
-            let mut ids = txn.open_table(IDS).map_err(|e| err(&e))?;
-            if ids.get(id.0).map_err(|e| err(&e))?.is_some() {
-                return Ok(());
-            }
-            ids.insert(id.0, key).map_err(|e| err(&e))?;
-            let value = postcard::to_allocvec(&(id.0, now_ms(), &envelope.payload[..])).map_err(|e| err(&e))?;
-            let mut rows = txn.open_table(MESSAGES).map_err(|e| err(&e))?;
-            rows.insert(key, value.as_slice()).map_err(|e| err(&e))?;
-        }
-        txn.commit().map_err(|e| err(&e))?;
+        let value =
+            postcard::to_allocvec(&(id.0, now_ms(), &envelope.payload[..])).map_err(|e| StoreError(e.to_string()))?;
         {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            // An immediate commit makes the earlier non-durable ones durable too.
-            *pending = !own;
+            pending.messages.push((key, id.0, value));
+            // Our own broadcast is durable before `broadcast` returns (with whatever was
+            // waiting); received ones wait for a batch, a read or the flush.
+            if own {
+                write_pending(&self.db, &mut pending, true).map_err(StoreError)?;
+            } else if pending.messages.len() >= BATCH {
+                write_pending(&self.db, &mut pending, false).map_err(StoreError)?;
+            }
         }
         self.order.push_back((id, now, envelope.payload.len()));
         self.bytes += envelope.payload.len();
@@ -413,6 +462,7 @@ impl MessageStore<NodeId> for DurableStore {
     }
 
     fn get(&self, id: &MessageId) -> Option<Envelope<NodeId>> {
+        self.write_waiting().ok()?;
         let txn = self.db.begin_read().ok()?;
         let key = txn.open_table(IDS).ok()?.get(id.0).ok()??.value();
         let row = txn.open_table(MESSAGES).ok()?.get(key).ok()??;
@@ -429,6 +479,9 @@ impl MessageStore<NodeId> for DurableStore {
         max_bytes: usize,
     ) -> Vec<Envelope<NodeId>> {
         let mut out = Vec::new();
+        if self.write_waiting().is_err() {
+            return out;
+        }
         let Ok(txn) = self.db.begin_read() else { return out };
         let Ok(t) = txn.open_table(MESSAGES) else { return out };
         let lo = (origin.0, incarnation, after.saturating_add(1));
@@ -461,6 +514,7 @@ impl MessageStore<NodeId> for DurableStore {
     }
 
     fn size(&self) -> StoreSize {
+        let _ = self.write_waiting();
         let incarnations = self
             .db
             .begin_read()

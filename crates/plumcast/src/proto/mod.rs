@@ -237,6 +237,11 @@ impl<P: Peer, R: RngCore> State<P, R> {
         self.broadcast.restore_delivered(origin, incarnation, seq);
     }
 
+    /// Raise the version vector to `heads` (see [`broadcast::State::restore_version_vector`]).
+    pub fn restore_version_vector(&mut self, heads: &[broadcast::Head<P::Id>]) {
+        self.broadcast.restore_version_vector(heads);
+    }
+
     /// This node lived before (a restart from a data dir): it catches up on what it missed
     /// (see [`broadcast::State::restarted`]).
     pub fn restarted(&mut self) {
