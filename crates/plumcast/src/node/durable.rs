@@ -38,8 +38,10 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// about 10 (`plumcast bench --store`).
 pub const BATCH: usize = 1024;
 
-/// A row of the message table: (origin, incarnation, seq), id, encoded value.
-type Row = (([u8; 32], u64, u64), [u8; 32], Vec<u8>);
+/// The key of a message row: (origin, incarnation, seq).
+type RowKey = ([u8; 32], u64, u64);
+/// A row of the message table: its key and encoded value.
+type Row = (RowKey, Vec<u8>);
 
 /// Writes not made durable yet, shared by the store, the recorder and the flush task.
 #[derive(Debug, Default)]
@@ -67,13 +69,8 @@ fn write_pending(db: &Database, pending: &mut Pending, durable: bool) -> Result<
         let _ = txn.set_durability(Durability::None);
     }
     {
-        let mut ids = txn.open_table(IDS).map_err(|x| e(&x))?;
         let mut rows = txn.open_table(MESSAGES).map_err(|x| e(&x))?;
-        for (key, id, value) in &pending.messages {
-            if ids.get(*id).map_err(|x| e(&x))?.is_some() {
-                continue;
-            }
-            ids.insert(*id, *key).map_err(|x| e(&x))?;
+        for (key, value) in &pending.messages {
             rows.insert(*key, value.as_slice()).map_err(|x| e(&x))?;
         }
         let mut delivered = txn.open_table(DELIVERED).map_err(|x| e(&x))?;
@@ -94,7 +91,9 @@ fn write_pending(db: &Database, pending: &mut Pending, durable: bool) -> Result<
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// (origin, incarnation, seq) → postcard of (id, stored at in ms since the epoch, payload).
 const MESSAGES: TableDefinition<([u8; 32], u64, u64), &[u8]> = TableDefinition::new("messages");
-const IDS: TableDefinition<[u8; 32], ([u8; 32], u64, u64)> = TableDefinition::new("ids");
+// Before 2026-12-01 16:40 UTC an "ids" table indexed the rows by message id; the index is
+// now built in memory from the rows at open (a second B-tree insert and a lookup per
+// message cost a third of a catch-up's time), and a dir that still has the table works.
 /// (origin, incarnation, seq) → when the application took it, ms since the epoch.
 const DELIVERED: TableDefinition<([u8; 32], u64, u64), u64> = TableDefinition::new("delivered");
 /// Peer address (text) → when last in one of our views, ms since the epoch.
@@ -355,13 +354,14 @@ impl Recorder {
     }
 }
 
-/// The message store on redb: rows by (origin, incarnation, seq), an id index, and an
-/// in-memory order of storage times for retention.
+/// The message store on redb: rows by (origin, incarnation, seq), and in memory an id
+/// index and the order of storage times for retention.
 pub(crate) struct DurableStore {
     db: Arc<Database>,
     pending: Arc<Mutex<Pending>>,
     me: NodeId,
     retention: Retention,
+    ids: std::collections::HashMap<MessageId, RowKey>,
     order: VecDeque<(MessageId, Instant, usize)>,
     bytes: usize,
 }
@@ -369,13 +369,15 @@ pub(crate) struct DurableStore {
 impl DurableStore {
     fn open(db: Arc<Database>, pending: Arc<Mutex<Pending>>, me: NodeId, retention: Retention) -> Result<Self, String> {
         let mut order = Vec::new();
+        let mut ids = std::collections::HashMap::new();
         let (now, now_ms) = (Instant::now(), now_ms());
         {
             let txn = db.begin_read().map_err(|e| e.to_string())?;
             if let Ok(t) = txn.open_table(MESSAGES) {
                 for row in t.iter().map_err(|e| e.to_string())? {
-                    let (_, v) = row.map_err(|e| e.to_string())?;
+                    let (k, v) = row.map_err(|e| e.to_string())?;
                     if let Ok((id, at, payload)) = postcard::from_bytes::<([u8; 32], u64, Vec<u8>)>(v.value()) {
+                        ids.insert(MessageId(id), k.value());
                         let age = Duration::from_millis(now_ms.saturating_sub(at));
                         order.push((at, MessageId(id), now.checked_sub(age).unwrap_or(now), payload.len()));
                     }
@@ -385,7 +387,7 @@ impl DurableStore {
         order.sort_by_key(|(at, id, _, _)| (*at, *id));
         let bytes = order.iter().map(|(_, _, _, n)| n).sum();
         let order = order.into_iter().map(|(_, id, t, n)| (id, t, n)).collect();
-        Ok(Self { db, pending, me, retention, order, bytes })
+        Ok(Self { db, pending, me, retention, ids, order, bytes })
     }
 
     /// Write the received messages still waiting (the store is about to be read or
@@ -405,13 +407,11 @@ impl DurableStore {
         let _ = txn.set_durability(Durability::None);
         let mut evicted = 0;
         {
-            let mut ids = txn.open_table(IDS).map_err(|e| err(&e))?;
             let mut rows = txn.open_table(MESSAGES).map_err(|e| err(&e))?;
             for _ in 0..n {
                 let Some((id, _, len)) = self.order.pop_front() else { break };
                 self.bytes -= len;
-                let key = ids.remove(id.0).map_err(|e| err(&e))?.map(|k| k.value());
-                if let Some(key) = key {
+                if let Some(key) = self.ids.remove(&id) {
                     rows.remove(key).map_err(|e| err(&e))?;
                     evicted += 1;
                 }
@@ -428,13 +428,17 @@ impl MessageStore<NodeId> for DurableStore {
         if self.retention.max_messages == 0 {
             return Ok(());
         }
+        if self.ids.contains_key(&id) {
+            return Ok(());
+        }
         let own = envelope.origin == self.me;
         let key = (envelope.origin.0, envelope.incarnation, envelope.seq);
+        self.ids.insert(id, key);
         let value =
             postcard::to_allocvec(&(id.0, now_ms(), &envelope.payload[..])).map_err(|e| StoreError(e.to_string()))?;
         {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            pending.messages.push((key, id.0, value));
+            pending.messages.push((key, value));
             // Our own broadcast is durable before `broadcast` returns (with whatever was
             // waiting); received ones wait for a batch, a read or the flush.
             if own {
@@ -463,8 +467,8 @@ impl MessageStore<NodeId> for DurableStore {
 
     fn get(&self, id: &MessageId) -> Option<Envelope<NodeId>> {
         self.write_waiting().ok()?;
+        let key = *self.ids.get(id)?;
         let txn = self.db.begin_read().ok()?;
-        let key = txn.open_table(IDS).ok()?.get(id.0).ok()??.value();
         let row = txn.open_table(MESSAGES).ok()?.get(key).ok()??;
         let (_, _, payload) = postcard::from_bytes::<([u8; 32], u64, Vec<u8>)>(row.value()).ok()?;
         Some(Envelope { origin: NodeId(key.0), incarnation: key.1, seq: key.2, payload: Bytes::from(payload) })
@@ -514,27 +518,9 @@ impl MessageStore<NodeId> for DurableStore {
     }
 
     fn size(&self) -> StoreSize {
-        let _ = self.write_waiting();
-        let incarnations = self
-            .db
-            .begin_read()
-            .ok()
-            .and_then(|txn| txn.open_table(MESSAGES).ok())
-            .and_then(|t| {
-                let mut last = None;
-                let mut n = 0;
-                for row in t.iter().ok()? {
-                    let (k, _) = row.ok()?;
-                    let (o, i, _) = k.value();
-                    if last != Some((o, i)) {
-                        n += 1;
-                        last = Some((o, i));
-                    }
-                }
-                Some(n)
-            })
-            .unwrap_or(0);
-        StoreSize { messages: self.order.len(), bytes: self.bytes, incarnations }
+        let incarnations: std::collections::BTreeSet<([u8; 32], u64)> =
+            self.ids.values().map(|(o, i, _)| (*o, *i)).collect();
+        StoreSize { messages: self.order.len(), bytes: self.bytes, incarnations: incarnations.len() }
     }
 
     fn clone_box(&self) -> Box<dyn MessageStore<NodeId>> {
@@ -543,6 +529,7 @@ impl MessageStore<NodeId> for DurableStore {
             pending: self.pending.clone(),
             me: self.me,
             retention: self.retention,
+            ids: self.ids.clone(),
             order: self.order.clone(),
             bytes: self.bytes,
         })
