@@ -189,7 +189,8 @@ pub const ANTI_ENTROPY_GRACE: Duration = Duration::from_secs(1);
 /// [`Config::anti_entropy_max_messages`] default: 1,024 messages per repair (with the
 /// 256 digests a neighbour may send per interval: ≈ 52,000 messages/s of catch-up from
 /// one neighbour, sustained; measured 164–207 k/s for a 50,000-message burst over
-/// loopback, `plumcast bench --catch-up`).
+/// loopback into memory and 75–77 k/s into a data dir, `plumcast bench --catch-up` and
+/// `--store`).
 pub const ANTI_ENTROPY_MAX_MESSAGES: usize = 1024;
 /// [`Config::anti_entropy_max_bytes`] default: 512 KiB per repair, half the 1 MiB frame
 /// limit.
