@@ -31,6 +31,8 @@ pub struct StoreSize {
     pub bytes: usize,
     /// Distinct (origin, incarnation) pairs.
     pub incarnations: usize,
+    /// Distinct origins.
+    pub origins: usize,
 }
 
 /// How long and how much a store keeps. Whichever bound is reached first evicts the
@@ -176,15 +178,18 @@ impl<P: PeerId> MessageStore<P> for MemoryStore<P> {
     }
 
     fn size(&self) -> StoreSize {
-        let mut incarnations = 0;
+        let (mut incarnations, mut origins) = (0, 0);
         let mut last: Option<(&P, u64)> = None;
         for (o, i, _) in self.by_key.keys() {
+            if last.is_none_or(|(lo, _)| lo != o) {
+                origins += 1;
+            }
             if last != Some((o, *i)) {
                 incarnations += 1;
                 last = Some((o, *i));
             }
         }
-        StoreSize { messages: self.by_id.len(), bytes: self.bytes, incarnations }
+        StoreSize { messages: self.by_id.len(), bytes: self.bytes, incarnations, origins }
     }
 
     fn clone_box(&self) -> Box<dyn MessageStore<P>> {
@@ -215,7 +220,7 @@ mod tests {
         assert_eq!(seqs(s.range(&7, 1, 1, 10, 1 << 20)), vec![2, 3, 5]);
         assert_eq!(seqs(s.range(&7, 1, 0, 2, 1 << 20)), vec![1, 2], "count bound");
         assert_eq!(seqs(s.range(&7, 1, 0, 10, 15)), vec![1], "byte bound, at least one");
-        assert_eq!(s.size(), StoreSize { messages: 5, bytes: 50, incarnations: 2 });
+        assert_eq!(s.size(), StoreSize { messages: 5, bytes: 50, incarnations: 2, origins: 2 });
         let one = env(7, 1, 3, 10);
         assert_eq!(s.get(&one.id()), Some(one));
     }

@@ -363,8 +363,10 @@ const MAX_UNI_STREAMS: u32 = 4;
 /// The wire version this build speaks, sent first in every [`Hello`]. Peers of another
 /// version are refused (counted, logged once), since their messages would not decode.
 /// Version 1 (plumcast before anti-entropy) sent no version; version 2 added the
-/// anti-entropy messages (Digest, Repair) and this field.
-pub const WIRE_VERSION: u32 = 2;
+/// anti-entropy messages (Digest, Repair) and this field; version 3 numbers each digest
+/// and names the digest a repair answers (development builds of 2026-12-01 before 16:10
+/// UTC spoke 2).
+pub const WIRE_VERSION: u32 = 3;
 
 /// First frame on every stream: who the sender says it is beyond its TLS key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

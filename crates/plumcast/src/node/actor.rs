@@ -364,7 +364,12 @@ impl Actor {
             broadcast: b.stats().clone(),
             store: {
                 let z = b.store_size();
-                super::StoreStats { messages: z.messages, bytes: z.bytes, incarnations: z.incarnations }
+                super::StoreStats {
+                    messages: z.messages,
+                    bytes: z.bytes,
+                    incarnations: z.incarnations,
+                    origins: z.origins,
+                }
             },
             version_vector: b.versions_len(),
             net,

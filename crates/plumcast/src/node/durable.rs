@@ -520,7 +520,8 @@ impl MessageStore<NodeId> for DurableStore {
     fn size(&self) -> StoreSize {
         let incarnations: std::collections::BTreeSet<([u8; 32], u64)> =
             self.ids.values().map(|(o, i, _)| (*o, *i)).collect();
-        StoreSize { messages: self.order.len(), bytes: self.bytes, incarnations: incarnations.len() }
+        let origins = incarnations.iter().map(|(o, _)| o).collect::<std::collections::BTreeSet<_>>().len();
+        StoreSize { messages: self.order.len(), bytes: self.bytes, incarnations: incarnations.len(), origins }
     }
 
     fn clone_box(&self) -> Box<dyn MessageStore<NodeId>> {

@@ -23,7 +23,7 @@ pub struct NodeStats {
     pub membership: proto::membership::Stats,
     /// Plumtree counters (anti-entropy included).
     pub broadcast: proto::broadcast::Stats,
-    /// What the message store holds (messages, payload bytes, origin incarnations).
+    /// What the message store holds (messages, payload bytes, origins, origin incarnations).
     pub store: StoreStats,
     /// Entries (origin, incarnation) in the version vector.
     pub version_vector: usize,
@@ -40,6 +40,8 @@ pub struct StoreStats {
     pub bytes: usize,
     /// Distinct (origin, incarnation) pairs among them.
     pub incarnations: usize,
+    /// Distinct origins among them.
+    pub origins: usize,
 }
 
 /// Transport and actor counters: every drop and refusal shows here.
