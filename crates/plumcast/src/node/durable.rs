@@ -91,7 +91,7 @@ fn write_pending(db: &Database, pending: &mut Pending, durable: bool) -> Result<
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// (origin, incarnation, seq) → postcard of (id, stored at in ms since the epoch, payload).
 const MESSAGES: TableDefinition<([u8; 32], u64, u64), &[u8]> = TableDefinition::new("messages");
-// Before 2026-12-01 16:40 UTC an "ids" table indexed the rows by message id; the index is
+// Before 2026-12-01 16:25 UTC an "ids" table indexed the rows by message id; the index is
 // now built in memory from the rows at open (a second B-tree insert and a lookup per
 // message cost a third of a catch-up's time), and a dir that still has the table works.
 /// (origin, incarnation, seq) → when the application took it, ms since the epoch.
