@@ -16,7 +16,13 @@ use plumcast_transport::{Hello, TransportConfig, bind, client_config, encode_fra
 /// connection (kept open so the node is the one closing it).
 async fn raw_client(target: std::net::SocketAddr, hello: &Hello, raw: &[u8]) -> quinn::Connection {
     let identity = Identity::generate().unwrap();
-    let (endpoint, _faults) = bind("127.0.0.1:0".parse().unwrap(), &identity, &TransportConfig::default()).unwrap();
+    let (endpoint, _faults) = bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &identity,
+        &TransportConfig::default(),
+        &plumcast_transport::Admission::open(),
+    )
+    .unwrap();
     let conn = endpoint.connect(target, plumcast_transport::SERVER_NAME).unwrap().await.unwrap();
     let mut send = conn.open_uni().await.unwrap();
     send.write_all(&encode_frame(hello).unwrap()).await.unwrap();
@@ -100,17 +106,18 @@ async fn node_id_mismatch_is_rejected_in_the_handshake() {
     let mut nodes = cluster(2).await;
     let identity = Identity::generate().unwrap();
     let config = TransportConfig::default();
-    let (endpoint, _faults) = bind("127.0.0.1:0".parse().unwrap(), &identity, &config).unwrap();
+    let open = plumcast_transport::Admission::open();
+    let (endpoint, _faults) = bind("127.0.0.1:0".parse().unwrap(), &identity, &config, &open).unwrap();
     // Expect some other node's id at node 0's address: hearsay that lies.
     let wrong = nodes[1].node.id();
-    let cfg = client_config(&identity, Some(wrong), &config).unwrap();
+    let cfg = client_config(&identity, Some(wrong), &config, &open).unwrap();
     let err = endpoint.connect_with(cfg, nodes[0].node.addr(), plumcast_transport::SERVER_NAME).unwrap().await;
     let err = err.expect_err("the handshake must fail");
     // rustls shows the verifier's error by its Debug form.
     let want = format!("IdMismatch {{ want: {wrong:?}, got: {:?} }}", nodes[0].node.id());
     assert!(format!("{err}").contains(&want), "{err} (wanted {want:?})");
     // The right id is accepted.
-    let cfg = client_config(&identity, Some(nodes[0].node.id()), &config).unwrap();
+    let cfg = client_config(&identity, Some(nodes[0].node.id()), &config, &open).unwrap();
     endpoint.connect_with(cfg, nodes[0].node.addr(), plumcast_transport::SERVER_NAME).unwrap().await.unwrap();
     wait_until(Duration::from_secs(5), "handshake failure counted", || async {
         stats(&nodes[0]).await.net.handshake_failures >= 1

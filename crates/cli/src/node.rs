@@ -80,6 +80,14 @@ pub struct Args {
     /// Delivery order.
     #[arg(long, value_enum, default_value = "none")]
     ordering: OrderArg,
+    /// Admit only this peer (a NodeId, 64 hex characters; `plumcast id` prints one).
+    /// Repeatable; with --allow-file the lists add up. Default: every peer is admitted.
+    #[arg(long, value_name = "NODE_ID")]
+    allow: Vec<plumcast::NodeId>,
+    /// Admit only the ids in this file (one a line, `#` comments), read again every 5 s
+    /// and on SIGHUP; links to peers no longer listed are closed.
+    #[arg(long, value_name = "PATH")]
+    allow_file: Option<PathBuf>,
     /// How long to wait for the first neighbour before broadcasting stdin, seconds.
     #[arg(long, default_value_t = 10)]
     wait_neighbor_secs: u64,
@@ -103,10 +111,33 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(path) = &a.identity {
         b = b.identity_file(path).context("--identity")?;
     }
+    if !a.allow.is_empty() {
+        b = b.allow(a.allow.iter().copied());
+    }
+    if let Some(path) = &a.allow_file {
+        b = b.allow_file(path);
+    }
     // The handlers are in place before anything is printed: a signal sent as soon as the
     // node says it listens must find them, not the default action (which kills).
     let mut stop = Stop::new().context("installing the SIGINT and SIGTERM handlers")?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     let (node, mut events) = b.spawn().await.context("starting the node")?;
+    let reloader = node.clone();
+    let has_file = a.allow_file.is_some();
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            if !has_file {
+                tracing::info!("SIGHUP: no --allow-file to read again");
+                continue;
+            }
+            match reloader.reload_admission().await {
+                Ok(n) => tracing::info!(ids = n, "SIGHUP: allow-list read again"),
+                Err(plumcast::Error::Stopped) => break,
+                Err(e) => tracing::warn!("SIGHUP: {e}; the list in force is kept"),
+            }
+        }
+    });
     let json = a.json;
     if json {
         println!("{}", json!({"event": "listening", "addr": node.addr().to_string(), "id": node.id().to_hex()}));

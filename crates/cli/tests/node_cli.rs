@@ -195,3 +195,29 @@ fn a_data_dir_serves_one_process_and_one_identity() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&key);
 }
+
+/// `plumcast id` prints the id a node with that key listens as; a missing key file and a
+/// bad `--allow` id are refused with what is wrong.
+#[test]
+fn plumcast_id_prints_the_id_a_node_listens_as() {
+    let key = std::env::temp_dir().join(format!("plumcast-cli-id-{}.key", std::process::id()));
+    let _ = std::fs::remove_file(&key);
+    let key_s = key.to_str().unwrap().to_string();
+    let missing = Command::new(env!("CARGO_BIN_EXE_plumcast")).args(["id", "--identity", &key_s]).output().unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("does not exist"));
+    let node = spawn(&["--identity", &key_s, "--allow", &"ab".repeat(32)]);
+    let listening = node.expect(START, "listening", |v| v["event"] == "listening");
+    node.finish();
+    let out = Command::new(env!("CARGO_BIN_EXE_plumcast")).args(["id", "--identity", &key_s]).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), listening["id"].as_str().unwrap());
+    let bad = Command::new(env!("CARGO_BIN_EXE_plumcast"))
+        .args(["node", "--allow", "not-an-id"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not-an-id"));
+    let _ = std::fs::remove_file(&key);
+}

@@ -94,8 +94,8 @@ pub mod proto;
 pub use node::config;
 #[cfg(feature = "net")]
 pub use node::{
-    Cursor, Delivered, Error, Event, Events, Exchange, FrameDrops, Identity, MessageHandler, NetStats, Node,
-    NodeBuilder, NodeConfig, NodeId, NodeStats, Page, Payload, PeerInfo, READ_MAX, StoreStats, TransportConfig,
+    ADMISSION_POLL, Cursor, Delivered, Error, Event, Events, Exchange, FrameDrops, Identity, MessageHandler, NetStats,
+    Node, NodeBuilder, NodeConfig, NodeId, NodeStats, Page, Payload, PeerInfo, READ_MAX, StoreStats, TransportConfig,
     TransportError,
 };
 

@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admission;
 pub mod link;
 mod socket;
 #[cfg(any(test, feature = "test-util"))]
@@ -34,6 +35,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use admission::{Admission, AllowFileError, BadNodeId, read_allow_file};
 pub use socket::{Faults, FaultySocket, Impairment};
 pub use tls::{CertificateRefused, client_config, node_id_of, peer_node_id, server_config};
 
@@ -393,6 +395,8 @@ pub mod close_code {
     pub const FAILED: u32 = 4;
     /// The peer speaks another wire version.
     pub const WRONG_VERSION: u32 = 5;
+    /// The peer is no longer on the allow-list.
+    pub const NOT_ADMITTED: u32 = 6;
 }
 
 /// Bytes reserved for an encoded frame: a control message or a 256-byte payload fits
@@ -463,15 +467,16 @@ pub fn bind(
     addr: SocketAddr,
     identity: &Identity,
     config: &TransportConfig,
+    admission: &Admission,
 ) -> Result<(quinn::Endpoint, Arc<Faults>), TransportError> {
     let std_socket = udp_socket(addr, config).map_err(|reason| TransportError::Bind { addr, reason })?;
     let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
     let inner = runtime.wrap_udp_socket(std_socket)?;
     let faults = Arc::new(Faults::default());
     let socket = Arc::new(FaultySocket::new(inner, faults.clone()));
-    let server = server_config(identity, config)?;
+    let server = server_config(identity, config, admission)?;
     let mut endpoint =
         quinn::Endpoint::new_with_abstract_socket(quinn::EndpointConfig::default(), Some(server), socket, runtime)?;
-    endpoint.set_default_client_config(client_config(identity, None, config)?);
+    endpoint.set_default_client_config(client_config(identity, None, config, admission)?);
     Ok((endpoint, faults))
 }

@@ -8,7 +8,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use crate::{ALPN, Identity, NodeId, TransportConfig, TransportError};
+use crate::{ALPN, Admission, Identity, NodeId, TransportConfig, TransportError};
 
 /// Why a certificate does not name a [`NodeId`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -78,6 +78,7 @@ fn algorithms() -> WebPkiSupportedAlgorithms {
 #[derive(Debug)]
 struct PeerVerifier {
     expected: Option<NodeId>,
+    admission: Admission,
     algs: WebPkiSupportedAlgorithms,
 }
 
@@ -89,6 +90,12 @@ impl PeerVerifier {
             Some(want) if want != id => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
                 rustls::OtherError(Arc::new(IdMismatch { want, got: id })),
             ))),
+            _ if !self.admission.admits(&id) => {
+                self.admission.count_refusal();
+                Err(rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+                    NotAdmitted(id),
+                )))))
+            }
             _ => Ok(id),
         }
     }
@@ -124,6 +131,18 @@ impl std::fmt::Display for IdMismatch {
 }
 
 impl std::error::Error for IdMismatch {}
+
+/// A peer whose id is not on the allow-list ([`Admission`]).
+#[derive(Debug)]
+struct NotAdmitted(NodeId);
+
+impl std::fmt::Display for NotAdmitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "node {} is not on the allow-list", self.0.short())
+    }
+}
+
+impl std::error::Error for NotAdmitted {}
 
 impl ServerCertVerifier for PeerVerifier {
     fn verify_server_cert(
@@ -205,12 +224,17 @@ fn key_of(identity: &Identity) -> PrivateKeyDer<'static> {
     PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.pkcs8_der().to_vec()))
 }
 
-/// The server side: accepts any peer that proves an Ed25519 key (its `NodeId`).
+/// The server side: accepts a peer that proves an Ed25519 key (its `NodeId`) that
+/// `admission` admits.
 ///
 /// # Errors
 /// [`TransportError::Tls`] or [`TransportError::Config`] on an unusable key.
-pub fn server_config(identity: &Identity, config: &TransportConfig) -> Result<quinn::ServerConfig, TransportError> {
-    let verifier = Arc::new(PeerVerifier { expected: None, algs: algorithms() });
+pub fn server_config(
+    identity: &Identity,
+    config: &TransportConfig,
+    admission: &Admission,
+) -> Result<quinn::ServerConfig, TransportError> {
+    let verifier = Arc::new(PeerVerifier { expected: None, admission: admission.clone(), algs: algorithms() });
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -224,8 +248,8 @@ pub fn server_config(identity: &Identity, config: &TransportConfig) -> Result<qu
 }
 
 /// The client side. With `expected`, the handshake fails unless the server proves that
-/// `NodeId`; with `None` (a bootstrap address) any proven id is accepted and can be read
-/// with [`peer_node_id`].
+/// `NodeId`; with `None` (a bootstrap address) any proven id that `admission` admits is
+/// accepted and can be read with [`peer_node_id`].
 ///
 /// # Errors
 /// [`TransportError::Tls`] or [`TransportError::Config`] on an unusable key.
@@ -233,8 +257,9 @@ pub fn client_config(
     identity: &Identity,
     expected: Option<NodeId>,
     config: &TransportConfig,
+    admission: &Admission,
 ) -> Result<quinn::ClientConfig, TransportError> {
-    let verifier = Arc::new(PeerVerifier { expected, algs: algorithms() });
+    let verifier = Arc::new(PeerVerifier { expected, admission: admission.clone(), algs: algorithms() });
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -272,9 +297,10 @@ mod tests {
         assert!(victim_at < own_at, "the victim's bytes come first");
         assert_eq!(node_id_of(crafted.certificate()), Ok(stranger.node_id()));
         // And the verifier binds the connection to the stranger, never to the victim.
-        let verifier = PeerVerifier { expected: None, algs: algorithms() };
+        let verifier = PeerVerifier { expected: None, admission: Admission::open(), algs: algorithms() };
         assert_eq!(verifier.check(crafted.certificate()).unwrap(), stranger.node_id());
-        let expecting_victim = PeerVerifier { expected: Some(victim), algs: algorithms() };
+        let expecting_victim =
+            PeerVerifier { expected: Some(victim), admission: Admission::open(), algs: algorithms() };
         assert!(expecting_victim.check(crafted.certificate()).is_err());
     }
 

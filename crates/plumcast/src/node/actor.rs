@@ -99,6 +99,14 @@ pub(crate) struct ActorInit {
     pub app_tx: mpsc::Sender<Event>,
     pub reach_tx: watch::Sender<Reach>,
     pub restored: Option<Restored>,
+    pub admission: AdmissionInit,
+}
+
+/// Who may connect, and where the list comes from (to reload it).
+pub(crate) struct AdmissionInit {
+    pub admission: plumcast_transport::Admission,
+    pub allow: Option<BTreeSet<NodeId>>,
+    pub allow_file: Option<std::path::PathBuf>,
 }
 
 /// Counters the actor itself keeps (the links keep theirs).
@@ -114,6 +122,7 @@ struct ActorStats {
     task_panics: u64,
     broadcasts: u64,
     app_events: u64,
+    admission_closed: u64,
 }
 
 pub(crate) struct Actor {
@@ -157,6 +166,10 @@ pub(crate) struct Actor {
     net_base: NetStats,
     /// When the counters were last saved to the data dir.
     counters_saved: Instant,
+    /// Who may connect (shared with the TLS verifiers).
+    admission: AdmissionInit,
+    /// When the allow-list file was last read.
+    admission_read: Instant,
     /// [`super::Node::exchange`] callers, per peer, in the order their exchanges started.
     exchange_waiters: BTreeMap<NodeId, VecDeque<oneshot::Sender<Result<Exchange, Error>>>>,
     /// The time of the event being handled: read once per event (a frame, a timer batch,
@@ -229,6 +242,8 @@ impl Actor {
             net_base,
             counters_saved: Instant::now(),
             exchange_waiters: BTreeMap::new(),
+            admission: init.admission,
+            admission_read: Instant::now(),
             follow_ups: VecDeque::new(),
             envelopes: EnvelopeCache::default(),
             scratch: Vec::new(),
@@ -274,6 +289,9 @@ impl Actor {
                     }
                     Some(Control::Neighbors(reply)) => self.reply_neighbors(reply),
                     Some(Control::Exchange(peer, reply)) => self.start_exchange(peer, reply),
+                    Some(Control::ReloadAdmission(reply)) => {
+                        let _ = reply.send(self.reload_admission());
+                    }
                     Some(Control::ReadAfter(cursor, max, reply)) => {
                         let _ = reply.send(self.read_after(&cursor, max));
                     }
@@ -353,6 +371,8 @@ impl Actor {
             backpressure_events: l.backpressure_events,
             broadcasts: a.broadcasts,
             app_events: a.app_events,
+            admission_refused: self.admission.admission.refused(),
+            admission_closed: a.admission_closed,
         }
         .plus(&self.net_base);
         NodeStats {
@@ -558,7 +578,12 @@ impl Actor {
 
     fn dial(&mut self, expected: Option<PeerInfo>, addr: SocketAddr) {
         let ctx = self.ctx(Some(Dial { expected, addr }));
-        let cfg = match client_config(&self.identity, expected.map(|p| p.id), &self.config.transport) {
+        let cfg = match client_config(
+            &self.identity,
+            expected.map(|p| p.id),
+            &self.config.transport,
+            &self.admission.admission,
+        ) {
             Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, "client config");
@@ -757,6 +782,13 @@ impl Actor {
         };
         let rtts = self.links.sweep(Instant::now(), in_use);
         self.save_views();
+        if self.admission.allow_file.is_some()
+            && self.admission_read.elapsed() >= super::ADMISSION_POLL
+            && let Err(e) = self.reload_admission()
+            && self.warned.first(format!("admission {e}"))
+        {
+            warn!(error = %e, "cannot read the allow-list again; the list in force is kept");
+        }
         if self.counters_saved.elapsed() >= super::durable::COUNTERS_EVERY {
             self.save_counters();
         }
@@ -780,6 +812,34 @@ impl Actor {
             }
             self.saved_views = views;
         }
+    }
+
+    /// Read the allow-list again (the ids given and the file) and close the links to
+    /// peers it no longer admits; returns how many ids it admits.
+    fn reload_admission(&mut self) -> Result<usize, Error> {
+        self.admission_read = Instant::now();
+        let a = &self.admission;
+        let ids = super::allowed_ids(a.allow.as_ref(), a.allow_file.as_deref()).map_err(Error::Config)?;
+        let n = ids.as_ref().map_or(0, std::collections::BTreeSet::len);
+        if ids != a.admission.ids() {
+            info!(ids = n, "allow-list reloaded");
+        }
+        a.admission.set(ids);
+        let m = self.proto.membership();
+        let known: Vec<PeerInfo> = m.active_view().iter().chain(m.passive_view()).copied().collect();
+        for id in self.links.open_peers() {
+            if self.admission.admission.admits(&id) {
+                continue;
+            }
+            self.stats.admission_closed += 1;
+            warn!(peer = %id.short(), "closing the link to a peer no longer on the allow-list");
+            self.links.close(id, close_code::NOT_ADMITTED, "not admitted");
+            if let Some(p) = known.iter().find(|p| p.id == id) {
+                self.follow_ups.push_back(proto::Input::Membership(membership::Input::ConnectionLost { peer: *p }));
+            }
+        }
+        self.run_follow_ups();
+        Ok(n)
     }
 
     /// Keep the counters in the data dir (a restart goes on counting from them).

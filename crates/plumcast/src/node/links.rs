@@ -232,6 +232,13 @@ impl Links {
         }
     }
 
+    /// The peers with an open link.
+    pub(crate) fn open_peers(&self) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = self.open.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Close the open link to `peer`, if any, with an application close code.
     pub(crate) fn close(&mut self, peer: NodeId, code: u32, reason: &str) {
         if let Some(l) = self.open.remove(&peer) {
@@ -325,8 +332,10 @@ mod tests {
     async fn connection() -> (quinn::Connection, quinn::Endpoint, PeerInfo) {
         let config = TransportConfig::default();
         let (a, b) = (Identity::generate().unwrap(), Identity::generate().unwrap());
-        let (ea, _) = bind("127.0.0.1:0".parse().unwrap(), &a, &config).unwrap();
-        let (eb, _) = bind("127.0.0.1:0".parse().unwrap(), &b, &config).unwrap();
+        let (ea, _) =
+            bind("127.0.0.1:0".parse().unwrap(), &a, &config, &plumcast_transport::Admission::open()).unwrap();
+        let (eb, _) =
+            bind("127.0.0.1:0".parse().unwrap(), &b, &config, &plumcast_transport::Admission::open()).unwrap();
         let addr = eb.local_addr().unwrap();
         let accept = tokio::spawn(async move {
             let conn = eb.accept().await.unwrap().await.unwrap();

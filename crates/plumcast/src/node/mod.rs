@@ -105,6 +105,36 @@ impl Payload for &String {
 /// Control requests to the actor.
 const CONTROL_QUEUE: usize = 64;
 
+/// How often an allow-list file ([`NodeBuilder::allow_file`]) is read again: 5 s, so a
+/// revoked node is out within seconds without a signal.
+pub const ADMISSION_POLL: Duration = Duration::from_secs(5);
+
+/// The admission of the ids given and those of the file (`None` and `None`: open).
+pub(crate) fn admission_of(
+    allow: Option<&std::collections::BTreeSet<NodeId>>,
+    file: Option<&Path>,
+) -> Result<plumcast_transport::Admission, String> {
+    let ids = allowed_ids(allow, file)?;
+    let a = plumcast_transport::Admission::open();
+    a.set(ids);
+    Ok(a)
+}
+
+/// The allow-list of the ids given and those of the file (`None`: open).
+pub(crate) fn allowed_ids(
+    allow: Option<&std::collections::BTreeSet<NodeId>>,
+    file: Option<&Path>,
+) -> Result<Option<std::collections::BTreeSet<NodeId>>, String> {
+    if allow.is_none() && file.is_none() {
+        return Ok(None);
+    }
+    let mut ids = allow.cloned().unwrap_or_default();
+    if let Some(f) = file {
+        ids.extend(plumcast_transport::read_allow_file(f).map_err(|e| e.to_string())?);
+    }
+    Ok(Some(ids))
+}
+
 /// Most messages one [`Node::read_after`] returns: the actor reads them from the store
 /// while it serves nothing else (≈ 10 ms for 10,000 messages of 256 B from redb).
 pub const READ_MAX: usize = 10_000;
@@ -128,6 +158,8 @@ pub struct NodeBuilder {
     identity: Option<Identity>,
     rng_seed: Option<u64>,
     data_dir: Option<std::path::PathBuf>,
+    allow: Option<std::collections::BTreeSet<NodeId>>,
+    allow_file: Option<std::path::PathBuf>,
 }
 
 impl NodeBuilder {
@@ -253,6 +285,26 @@ impl NodeBuilder {
         self.data_dir = Some(dir.into());
         self
     }
+    /// Admit only these peers (an allow-list; repeatable, the ids add up): a peer whose
+    /// `NodeId` is not listed fails the TLS handshake on either side, before any plumcast
+    /// frame, so it learns nothing of the overlay; it is counted in
+    /// [`NetStats::admission_refused`]. Default: open (every peer that proves a key).
+    pub fn allow(mut self, ids: impl IntoIterator<Item = NodeId>) -> Self {
+        self.allow.get_or_insert_default().extend(ids);
+        self
+    }
+
+    /// Admit only the ids in `path` (one a line, `#` comments; see
+    /// [`plumcast_transport::read_allow_file`]), together with those of
+    /// [`NodeBuilder::allow`]. The file is read again every [`ADMISSION_POLL`] and on
+    /// [`Node::reload_admission`]; links to peers no longer admitted are closed and
+    /// counted ([`NetStats::admission_closed`]). `spawn` fails with [`Error::Config`] if
+    /// the file cannot be read or a line is not an id.
+    pub fn allow_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.allow_file = Some(path.into());
+        self
+    }
+
     /// Seed the protocol RNG (deterministic choices; tests). Default: from the OS.
     pub fn rng_seed(mut self, seed: u64) -> Self {
         self.rng_seed = Some(seed);
@@ -328,7 +380,8 @@ impl NodeBuilder {
             config.bootstrap = d.peers()?.iter().map(ToString::to_string).collect();
             tracing::info!(peers = config.bootstrap.len(), "rejoining through the peers kept in the data dir");
         }
-        let (endpoint, faults) = plumcast_transport::bind(config.bind, &identity, &config.transport)?;
+        let admission = admission_of(self.allow.as_ref(), self.allow_file.as_deref()).map_err(Error::Config)?;
+        let (endpoint, faults) = plumcast_transport::bind(config.bind, &identity, &config.transport, &admission)?;
         #[cfg(not(feature = "test-util"))]
         drop(faults);
         let local = endpoint.local_addr().map_err(TransportError::Io)?;
@@ -372,6 +425,7 @@ impl NodeBuilder {
             app_tx,
             reach_tx,
             restored,
+            admission: actor::AdmissionInit { admission, allow: self.allow, allow_file: self.allow_file },
         });
         let span = tracing::info_span!("node", node = %me.id.short());
         let task = tokio::spawn(tracing::Instrument::instrument(actor.run(), span));
@@ -401,6 +455,7 @@ pub(crate) struct Reach {
 pub(crate) enum Control {
     Neighbors(oneshot::Sender<Vec<PeerInfo>>),
     Exchange(NodeId, oneshot::Sender<Result<Exchange, Error>>),
+    ReloadAdmission(oneshot::Sender<Result<usize, Error>>),
     ReadAfter(Cursor, usize, oneshot::Sender<Page>),
     VersionVector(oneshot::Sender<Cursor>),
     Stats(oneshot::Sender<NodeStats>),
@@ -599,6 +654,19 @@ impl Node {
         let (tx, rx) = oneshot::channel();
         self.ctl_tx.send(Control::VersionVector(tx)).await.map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Read the allow-list file ([`NodeBuilder::allow_file`]) again now (the node also
+    /// does every [`ADMISSION_POLL`]; `plumcast node` does on SIGHUP) and close the links
+    /// to peers no longer admitted. Returns the number of ids admitted.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the file cannot be read or has a bad line (the list in force
+    /// is kept); [`Error::Stopped`].
+    pub async fn reload_admission(&self) -> Result<usize, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.ctl_tx.send(Control::ReloadAdmission(tx)).await.map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)?
     }
 
     /// Leave gracefully: Disconnect to every neighbour, flush queued frames (bounded by

@@ -90,6 +90,11 @@ pub struct NetStats {
     pub broadcasts: u64,
     /// Events handed to the application.
     pub app_events: u64,
+    /// Peers refused in a TLS handshake (either side) because they are not on the
+    /// allow-list ([`NodeBuilder::allow`](super::NodeBuilder::allow)).
+    pub admission_refused: u64,
+    /// Links closed because a reloaded allow-list no longer admitted their peer.
+    pub admission_closed: u64,
 }
 
 /// Outgoing frames dropped, by reason. Nothing the protocol asked to send disappears
@@ -136,6 +141,8 @@ impl NetStats {
         self.backpressure_events += base.backpressure_events;
         self.broadcasts += base.broadcasts;
         self.app_events += base.app_events;
+        self.admission_refused += base.admission_refused;
+        self.admission_closed += base.admission_closed;
         self
     }
 }

@@ -1,0 +1,96 @@
+//! Cluster admission by allow-list over real QUIC: a node whose id is not listed completes
+//! no connection, is counted, and learns nothing of the overlay; a reload that drops a
+//! member closes its link.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use plumcast::proto::Config;
+use plumcast::{Event, Identity, Node, NodeId};
+
+fn allow_file(name: &str, ids: &[NodeId]) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("plumcast-allow-{name}-{}", std::process::id()));
+    let text: String = ids.iter().map(|id| format!("{} member\n", id.to_hex())).collect();
+    std::fs::write(&path, format!("# test members\n{text}")).unwrap();
+    path
+}
+
+async fn spawn(
+    identity: Identity,
+    allow: Option<&std::path::Path>,
+    contact: Option<std::net::SocketAddr>,
+) -> (Node, plumcast::Events) {
+    let mut b = Node::builder().protocol(Config::local()).identity(identity);
+    if let Some(f) = allow {
+        b = b.allow_file(f);
+    }
+    if let Some(c) = contact {
+        b = b.bootstrap(c);
+    }
+    b.spawn().await.expect("node starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_listed_nodes_join_and_a_node_dropped_from_the_list_is_closed_out() {
+    let _g = SERIAL.lock().await;
+    init_tracing();
+    let (ia, ib, ic) = (Identity::generate().unwrap(), Identity::generate().unwrap(), Identity::generate().unwrap());
+    let (id_a, id_b) = (ia.node_id(), ib.node_id());
+    let file = allow_file("members", &[id_a, id_b]);
+    let (a, _ea) = spawn(ia, Some(&file), None).await;
+    let (b, mut eb) = spawn(ib, Some(&file), Some(a.addr())).await;
+    wait_until(Duration::from_secs(20), "B joined A", || async { !b.neighbors().await.unwrap().is_empty() }).await;
+
+    // C is not listed: A refuses it in the handshake, counted; C learns no one.
+    let (c, mut ec) = spawn(ic, None, Some(a.addr())).await;
+    wait_until(Duration::from_secs(20), "A refused C", || async {
+        a.stats().await.unwrap().net.admission_refused >= 1
+    })
+    .await;
+    let sc = c.stats().await.unwrap();
+    assert!(sc.active_view.is_empty() && sc.passive_view.is_empty(), "C learned nothing: {sc:?}");
+    let sa = a.stats().await.unwrap();
+    assert!(sa.active_view.iter().chain(&sa.passive_view).all(|p| p.id != c.id()), "A never took C in");
+
+    // Members still deliver; C gets nothing.
+    let id = a.broadcast("members only").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(ev) = eb.recv().await {
+            if matches!(ev, Event::Delivered(ref d) if d.id == id) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(got, Ok(true), "B delivered A's message");
+    while let Some(ev) = ec.try_recv() {
+        assert!(!matches!(ev, Event::Delivered(_)), "C got a delivery: {ev:?}");
+    }
+
+    // B is dropped from the list: A's reload closes the link, counts it, and refuses B
+    // from then on.
+    std::fs::write(&file, format!("{}\n", id_a.to_hex())).unwrap();
+    assert_eq!(a.reload_admission().await.unwrap(), 1);
+    wait_until(Duration::from_secs(20), "A closed B out", || async {
+        let s = a.stats().await.unwrap();
+        s.net.admission_closed >= 1 && s.active_view.iter().all(|p| p.id != id_b)
+    })
+    .await;
+    let refused_before = a.stats().await.unwrap().net.admission_refused;
+    wait_until(Duration::from_secs(20), "B's rejoins are refused", || async {
+        a.stats().await.unwrap().net.admission_refused > refused_before
+    })
+    .await;
+    assert!(a.stats().await.unwrap().active_view.iter().all(|p| p.id != id_b), "B stays out");
+    // A bad line keeps the list in force.
+    std::fs::write(&file, "not-an-id\n").unwrap();
+    let e = a.reload_admission().await.expect_err("a bad line");
+    assert!(e.to_string().contains("line 1"), "{e}");
+    for n in [c, b, a] {
+        n.shutdown().await.unwrap();
+    }
+    let _ = std::fs::remove_file(&file);
+}
