@@ -225,3 +225,106 @@ mod tests {
         }
     }
 }
+
+/// Peer bytes never panic the decoder, nor the protocol state fed what it decodes.
+#[cfg(test)]
+mod decode_props {
+    use std::time::{Duration, Instant};
+
+    use plumcast_transport::encode_frame;
+    use proptest::prelude::*;
+    use rand::SeedableRng;
+
+    use super::*;
+
+    fn peer(n: u8) -> PeerInfo {
+        PeerInfo { id: NodeId([n; 32]), addr: format!("127.0.0.1:{}", 7000 + u16::from(n)).parse().unwrap() }
+    }
+
+    /// One valid frame body of each broadcast message kind and a membership one.
+    fn valid_bodies() -> Vec<Vec<u8>> {
+        let e = broadcast::Envelope {
+            origin: NodeId([3; 32]),
+            incarnation: 1_796_000_000_000,
+            seq: 9,
+            payload: Bytes::from_static(b"payload"),
+        };
+        let key = Some((NodeId([3; 32]), 1_796_000_000_000));
+        let head = broadcast::Head { origin: NodeId([3; 32]), incarnation: 1_796_000_000_000, seq: 9 };
+        let ann =
+            broadcast::Announcement { id: e.id(), origin: e.origin, incarnation: e.incarnation, seq: e.seq, round: 2 };
+        let messages: Vec<proto::Message<PeerInfo>> = vec![
+            proto::Message::Broadcast(broadcast::Message::Gossip { round: 1, envelope: e.clone() }),
+            proto::Message::Broadcast(broadcast::Message::IHave(vec![ann])),
+            proto::Message::Broadcast(broadcast::Message::Graft { id: Some(e.id()), origin: e.origin }),
+            proto::Message::Broadcast(broadcast::Message::Prune { origin: e.origin }),
+            proto::Message::Broadcast(broadcast::Message::Digest {
+                heads: vec![head],
+                after: key,
+                upto: None,
+                reply: true,
+                joined: false,
+                ask: 7,
+            }),
+            proto::Message::Broadcast(broadcast::Message::Repair {
+                after: key,
+                ask: 7,
+                envelopes: vec![e],
+                more: true,
+            }),
+            proto::Message::Membership(crate::proto::membership::Message::Join),
+        ];
+        messages.iter().map(|m| encode_frame(m).unwrap()[4..].to_vec()).collect()
+    }
+
+    /// Decode `body`; feed a decoded message to a node with neighbours 1 and 2 as if peer
+    /// 1 had sent it, and peer 2 an hour later.
+    fn decode_and_feed(body: Vec<u8>) {
+        let Ok(d) = decode(Bytes::from(body)) else { return };
+        let rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let mut s = proto::State::new(peer(0), 1, proto::Config::local(), rng);
+        let now = Instant::now();
+        for p in [1, 2] {
+            // A Join from the peer makes it a neighbour: its Plumtree messages then shape
+            // the tree and are answered, not dropped as a stranger's.
+            let join = proto::Message::Membership(crate::proto::membership::Message::Join);
+            let _ = s.handle(now, proto::Input::Message { from: peer(p), message: join }).count();
+        }
+        assert_eq!(s.membership().active_view().len(), 2, "both peers are neighbours");
+        let _ = s.handle(now, proto::Input::Message { from: peer(1), message: d.message.clone() }).count();
+        let _ = s
+            .handle(now + Duration::from_secs(3600), proto::Input::Message { from: peer(2), message: d.message })
+            .count();
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            decode_and_feed(body);
+        }
+
+        #[test]
+        fn mutated_valid_frames_never_panic(
+            which in 0usize..7,
+            edits in proptest::collection::vec((any::<u16>(), any::<u8>(), 0u8..3), 1..8),
+        ) {
+            let mut body = valid_bodies()[which].clone();
+            for (at, byte, op) in edits {
+                let i = usize::from(at) % (body.len() + 1);
+                match op {
+                    0 if i < body.len() => body[i] = byte,
+                    1 => body.insert(i, byte),
+                    _ => body.truncate(i),
+                }
+            }
+            decode_and_feed(body);
+        }
+    }
+
+    #[test]
+    fn the_valid_bodies_decode() {
+        for b in valid_bodies() {
+            assert!(decode(Bytes::from(b)).is_ok());
+        }
+    }
+}
