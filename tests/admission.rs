@@ -94,3 +94,66 @@ async fn only_listed_nodes_join_and_a_node_dropped_from_the_list_is_closed_out()
     }
     let _ = std::fs::remove_file(&file);
 }
+
+/// A cluster CA: nodes with a certificate it issued join each other; a stranger with a
+/// certificate of another CA, one with its self-signed certificate, and one that trusts
+/// no CA at all complete no connection, are counted, and learn no one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_nodes_certified_by_the_cluster_ca_join() {
+    use plumcast_transport::ca::ClusterCa;
+    let _g = SERIAL.lock().await;
+    init_tracing();
+    let base = std::env::temp_dir().join(format!("plumcast-ca-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let ca = ClusterCa::init(&base.join("ca")).unwrap();
+    assert!(ClusterCa::init(&base.join("ca")).is_err(), "a CA is never overwritten");
+    let ca = {
+        drop(ca);
+        ClusterCa::load(&base.join("ca")).unwrap()
+    };
+    let other = ClusterCa::init(&base.join("other")).unwrap();
+    let certify = |ca: &ClusterCa, id: &Identity, name: &str| {
+        let path = base.join(format!("{name}.crt"));
+        std::fs::write(&path, ca.issue(id.node_id()).unwrap().as_ref()).unwrap();
+        path
+    };
+    let ca_crt = base.join("ca").join("ca.crt");
+    let member =
+        |id: Identity, cert: std::path::PathBuf, ca: &std::path::Path, contact: Option<std::net::SocketAddr>| {
+            let mut b =
+                Node::builder().protocol(Config::local()).identity(id).certificate_file(cert).cluster_ca_file(ca);
+            if let Some(c) = contact {
+                b = b.bootstrap(c);
+            }
+            b.spawn()
+        };
+    let (ia, ib) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+    let (ca_a, ca_b) = (certify(&ca, &ia, "a"), certify(&ca, &ib, "b"));
+    // A certificate for another key is refused at start.
+    let wrong = Node::builder().identity(Identity::generate().unwrap()).certificate_file(&ca_a).spawn().await;
+    assert!(wrong.expect_err("another key").to_string().contains("the certificate is for node"));
+    let (a, _ea) = member(ia, ca_a, &ca_crt, None).await.unwrap();
+    let (b, _eb) = member(ib, ca_b, &ca_crt, Some(a.addr())).await.unwrap();
+    wait_until(Duration::from_secs(20), "B joined A", || async { !b.neighbors().await.unwrap().is_empty() }).await;
+
+    let ic = Identity::generate().unwrap();
+    let other_crt = base.join("other").join("ca.crt");
+    let (c, _ec) = member(ic.clone(), certify(&other, &ic, "c"), &other_crt, Some(a.addr())).await.unwrap();
+    let (d, _ed) =
+        Node::builder().protocol(Config::local()).cluster_ca_file(&ca_crt).bootstrap(a.addr()).spawn().await.unwrap();
+    let (e, _ee) = spawn(Identity::generate().unwrap(), None, Some(a.addr())).await;
+    wait_until(Duration::from_secs(20), "A refused the three strangers", || async {
+        a.stats().await.unwrap().net.admission_refused >= 3
+    })
+    .await;
+    let sa = a.stats().await.unwrap();
+    for s in [&c, &d, &e] {
+        let st = s.stats().await.unwrap();
+        assert!(st.active_view.is_empty() && st.passive_view.is_empty(), "a stranger learned nothing: {st:?}");
+        assert!(sa.active_view.iter().chain(&sa.passive_view).all(|p| p.id != s.id()), "A never took it in");
+    }
+    for n in [e, d, c, b, a] {
+        n.shutdown().await.unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}

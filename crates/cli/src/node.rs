@@ -88,6 +88,13 @@ pub struct Args {
     /// and on SIGHUP; links to peers no longer listed are closed.
     #[arg(long, value_name = "PATH")]
     allow_file: Option<PathBuf>,
+    /// Present this certificate (DER, from `plumcast ca issue` for --identity's key).
+    #[arg(long, requires = "identity")]
+    cert: Option<PathBuf>,
+    /// Accept only peers whose certificate chains to this CA certificate (DER,
+    /// `DIR/ca.crt` of `plumcast ca init`).
+    #[arg(long, value_name = "CA_CRT")]
+    ca: Option<PathBuf>,
     /// How long to wait for the first neighbour before broadcasting stdin, seconds.
     #[arg(long, default_value_t = 10)]
     wait_neighbor_secs: u64,
@@ -116,6 +123,12 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(path) = &a.allow_file {
         b = b.allow_file(path);
+    }
+    if let Some(path) = &a.cert {
+        b = b.certificate_file(path);
+    }
+    if let Some(path) = &a.ca {
+        b = b.cluster_ca_file(path);
     }
     // The handlers are in place before anything is printed: a signal sent as soon as the
     // node says it listens must find them, not the default action (which kills).

@@ -221,3 +221,38 @@ fn plumcast_id_prints_the_id_a_node_listens_as() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not-an-id"));
     let _ = std::fs::remove_file(&key);
 }
+
+/// `plumcast ca init` and `ca issue` (for a key file, and for a bare node id), then two
+/// nodes with `--cert` and `--ca` join; a second `ca init` on the dir is refused.
+#[test]
+fn a_cluster_ca_certifies_two_nodes_that_then_join() {
+    let dir = std::env::temp_dir().join(format!("plumcast-cli-ca-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_plumcast")).args(args).output().unwrap();
+    let ca_dir = p("ca");
+    assert!(run(&["ca", "init", "--dir", &ca_dir]).status.success());
+    let again = run(&["ca", "init", "--dir", &ca_dir]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("never overwritten"));
+    let (ka, kb) = (p("a.key"), p("b.key"));
+    assert!(run(&["ca", "issue", "--dir", &ca_dir, "--identity", &ka, "--out", &p("a.crt")]).status.success());
+    // B's key is made by the node; the CA certifies its id only.
+    let id_b = {
+        let n = spawn(&["--identity", &kb]);
+        let v = n.expect(START, "listening", |v| v["event"] == "listening");
+        n.finish();
+        v["id"].as_str().unwrap().to_string()
+    };
+    assert!(run(&["ca", "issue", "--dir", &ca_dir, "--node-id", &id_b, "--out", &p("b.crt")]).status.success());
+    let ca_crt = format!("{ca_dir}/ca.crt");
+    let a = spawn(&["--identity", &ka, "--cert", &p("a.crt"), "--ca", &ca_crt]);
+    let addr = a.expect(START, "listening", |v| v["event"] == "listening")["addr"].as_str().unwrap().to_string();
+    let b = spawn(&["--identity", &kb, "--cert", &p("b.crt"), "--ca", &ca_crt, "--bootstrap", &addr]);
+    b.expect(START, "neighbor_up", |v| v["event"] == "neighbor_up");
+    a.expect(START, "neighbor_up", |v| v["event"] == "neighbor_up");
+    b.finish();
+    a.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+}

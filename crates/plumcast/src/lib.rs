@@ -98,6 +98,9 @@ pub use node::{
     Node, NodeBuilder, NodeConfig, NodeId, NodeStats, Page, Payload, PeerInfo, READ_MAX, StoreStats, TransportConfig,
     TransportError,
 };
+/// The cluster certificate authority (`plumcast ca`; [`NodeBuilder::cluster_ca_file`]).
+#[cfg(feature = "net")]
+pub use plumcast_transport::ca;
 
 pub use bytes::Bytes;
 pub use proto::{DownReason, MessageId};

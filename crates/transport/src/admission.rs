@@ -38,6 +38,8 @@ pub struct Admission {
 #[derive(Debug, Default)]
 struct Inner {
     allowed: RwLock<Option<BTreeSet<NodeId>>>,
+    /// The cluster CA's certificate: peers must present a certificate it issued.
+    ca: Option<rustls::pki_types::CertificateDer<'static>>,
     refused: AtomicU64,
 }
 
@@ -52,6 +54,20 @@ impl Admission {
         let a = Self::default();
         a.set(Some(ids.into_iter().collect()));
         a
+    }
+
+    /// Also require a certificate issued by the cluster CA whose certificate is `ca` (see
+    /// [`crate::ca`]); the allow-list, if any, applies on top. Call it before sharing the
+    /// handle. A `ca` that is not a usable certificate makes building the TLS configs
+    /// fail with [`crate::TransportError::Config`].
+    pub fn with_ca(self, ca: rustls::pki_types::CertificateDer<'static>) -> Self {
+        let allowed = self.ids();
+        Self { inner: Arc::new(Inner { allowed: RwLock::new(allowed), ca: Some(ca), refused: AtomicU64::new(0) }) }
+    }
+
+    /// The cluster CA's certificate, if peers must chain to one.
+    pub fn ca(&self) -> Option<&rustls::pki_types::CertificateDer<'static>> {
+        self.inner.ca.as_ref()
     }
 
     /// Replace the list (`None`: open). Connections already up are not touched here; the

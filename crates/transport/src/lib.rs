@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 mod admission;
+pub mod ca;
 pub mod link;
 mod socket;
 #[cfg(any(test, feature = "test-util"))]
@@ -256,6 +257,28 @@ impl Identity {
             }
             Err(e) => Err(fail(format!("cannot read it: {e}"))),
         }
+    }
+
+    /// This identity presenting `cert` (one a cluster CA issued for its key, see [`ca`])
+    /// instead of its self-signed certificate.
+    ///
+    /// # Errors
+    /// [`TransportError::InvalidKey`] if `cert` is not a certificate for this identity's
+    /// key.
+    pub fn with_certificate(
+        mut self,
+        cert: rustls::pki_types::CertificateDer<'static>,
+    ) -> Result<Self, TransportError> {
+        let id = node_id_of(&cert).map_err(|e| TransportError::InvalidKey(format!("the certificate: {e}")))?;
+        if id != self.id {
+            return Err(TransportError::InvalidKey(format!(
+                "the certificate is for node {}, this key is node {}",
+                id.short(),
+                self.id.short()
+            )));
+        }
+        self.cert = cert;
+        Ok(self)
     }
 
     /// The node id (public key).

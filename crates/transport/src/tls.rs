@@ -80,6 +80,45 @@ struct PeerVerifier {
     expected: Option<NodeId>,
     admission: Admission,
     algs: WebPkiSupportedAlgorithms,
+    /// With a cluster CA: webpki's chain checks, for either side.
+    ca: Option<CaCheck>,
+}
+
+/// webpki's verifiers with the cluster CA as the only trust anchor.
+#[derive(Debug)]
+struct CaCheck {
+    server: Arc<rustls::client::WebPkiServerVerifier>,
+    client: Arc<dyn ClientCertVerifier>,
+}
+
+impl CaCheck {
+    fn new(ca: &CertificateDer<'static>) -> Result<Self, TransportError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone()).map_err(|e| TransportError::Config(format!("the cluster CA certificate: {e}")))?;
+        let roots = Arc::new(roots);
+        let server = rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .map_err(|e| TransportError::Config(format!("the cluster CA certificate: {e}")))?;
+        let client = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
+            .build()
+            .map_err(|e| TransportError::Config(format!("the cluster CA certificate: {e}")))?;
+        Ok(Self { server, client })
+    }
+}
+
+impl PeerVerifier {
+    fn new(expected: Option<NodeId>, admission: &Admission) -> Result<Self, TransportError> {
+        let ca = admission.ca().map(CaCheck::new).transpose()?;
+        Ok(Self { expected, admission: admission.clone(), algs: algorithms(), ca })
+    }
+
+    /// A refusal, counted.
+    fn refused<T>(&self, r: Result<T, rustls::Error>) -> Result<T, rustls::Error> {
+        if r.is_err() {
+            self.admission.count_refusal();
+        }
+        r
+    }
 }
 
 impl PeerVerifier {
@@ -148,11 +187,15 @@ impl ServerCertVerifier for PeerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
+        intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
+        ocsp: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(ca) = &self.ca {
+            let name = ServerName::try_from(crate::SERVER_NAME).map_err(|e| rustls::Error::General(e.to_string()))?;
+            self.refused(ca.server.verify_server_cert(end_entity, intermediates, &name, ocsp, now))?;
+        }
         self.check(end_entity).map(|_| ServerCertVerified::assertion())
     }
 
@@ -187,9 +230,12 @@ impl ClientCertVerifier for PeerVerifier {
     fn verify_client_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        if let Some(ca) = &self.ca {
+            self.refused(ca.client.verify_client_cert(end_entity, intermediates, now))?;
+        }
         self.check(end_entity).map(|_| ClientCertVerified::assertion())
     }
 
@@ -234,7 +280,7 @@ pub fn server_config(
     config: &TransportConfig,
     admission: &Admission,
 ) -> Result<quinn::ServerConfig, TransportError> {
-    let verifier = Arc::new(PeerVerifier { expected: None, admission: admission.clone(), algs: algorithms() });
+    let verifier = Arc::new(PeerVerifier::new(None, admission)?);
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -259,7 +305,7 @@ pub fn client_config(
     config: &TransportConfig,
     admission: &Admission,
 ) -> Result<quinn::ClientConfig, TransportError> {
-    let verifier = Arc::new(PeerVerifier { expected, admission: admission.clone(), algs: algorithms() });
+    let verifier = Arc::new(PeerVerifier::new(expected, admission)?);
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -297,10 +343,9 @@ mod tests {
         assert!(victim_at < own_at, "the victim's bytes come first");
         assert_eq!(node_id_of(crafted.certificate()), Ok(stranger.node_id()));
         // And the verifier binds the connection to the stranger, never to the victim.
-        let verifier = PeerVerifier { expected: None, admission: Admission::open(), algs: algorithms() };
+        let verifier = PeerVerifier::new(None, &Admission::open()).unwrap();
         assert_eq!(verifier.check(crafted.certificate()).unwrap(), stranger.node_id());
-        let expecting_victim =
-            PeerVerifier { expected: Some(victim), admission: Admission::open(), algs: algorithms() };
+        let expecting_victim = PeerVerifier::new(Some(victim), &Admission::open()).unwrap();
         assert!(expecting_victim.check(crafted.certificate()).is_err());
     }
 

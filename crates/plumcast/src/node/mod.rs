@@ -160,6 +160,8 @@ pub struct NodeBuilder {
     data_dir: Option<std::path::PathBuf>,
     allow: Option<std::collections::BTreeSet<NodeId>>,
     allow_file: Option<std::path::PathBuf>,
+    certificate_file: Option<std::path::PathBuf>,
+    cluster_ca_file: Option<std::path::PathBuf>,
 }
 
 impl NodeBuilder {
@@ -305,6 +307,24 @@ impl NodeBuilder {
         self
     }
 
+    /// Present the certificate in `path` (DER, issued by a cluster CA for this node's key:
+    /// `plumcast ca issue`) instead of the self-signed one. `spawn` fails with
+    /// [`Error::Transport`] if it cannot be read or certifies another key.
+    pub fn certificate_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.certificate_file = Some(path.into());
+        self
+    }
+
+    /// Accept only peers whose certificate chains to the cluster CA certificate in `path`
+    /// (DER, `plumcast ca init` writes it), on both sides of every connection (webpki:
+    /// signature, basicConstraints, serverAuth / clientAuth, the fixed server name).
+    /// Refusals are counted in [`NetStats::admission_refused`]; an allow-list applies on
+    /// top. Default: no CA (every peer that proves a key).
+    pub fn cluster_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.cluster_ca_file = Some(path.into());
+        self
+    }
+
     /// Seed the protocol RNG (deterministic choices; tests). Default: from the OS.
     pub fn rng_seed(mut self, seed: u64) -> Self {
         self.rng_seed = Some(seed);
@@ -380,7 +400,14 @@ impl NodeBuilder {
             config.bootstrap = d.peers()?.iter().map(ToString::to_string).collect();
             tracing::info!(peers = config.bootstrap.len(), "rejoining through the peers kept in the data dir");
         }
-        let admission = admission_of(self.allow.as_ref(), self.allow_file.as_deref()).map_err(Error::Config)?;
+        let identity = match &self.certificate_file {
+            Some(p) => identity.with_certificate(plumcast_transport::ca::load_certificate(p)?)?,
+            None => identity,
+        };
+        let mut admission = admission_of(self.allow.as_ref(), self.allow_file.as_deref()).map_err(Error::Config)?;
+        if let Some(p) = &self.cluster_ca_file {
+            admission = admission.with_ca(plumcast_transport::ca::load_certificate(p)?);
+        }
         let (endpoint, faults) = plumcast_transport::bind(config.bind, &identity, &config.transport, &admission)?;
         #[cfg(not(feature = "test-util"))]
         drop(faults);
