@@ -97,7 +97,8 @@ async fn only_listed_nodes_join_and_a_node_dropped_from_the_list_is_closed_out()
 
 /// A cluster CA: nodes with a certificate it issued join each other; a stranger with a
 /// certificate of another CA, one with its self-signed certificate, and one that trusts
-/// no CA at all complete no connection, are counted, and learn no one.
+/// no CA at all complete no connection, are counted, and learn no one. When the CA file
+/// changes, a reload closes the links whose peer no longer chains to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_nodes_certified_by_the_cluster_ca_join() {
     use plumcast_transport::ca::ClusterCa;
@@ -152,6 +153,15 @@ async fn only_nodes_certified_by_the_cluster_ca_join() {
         assert!(st.active_view.is_empty() && st.passive_view.is_empty(), "a stranger learned nothing: {st:?}");
         assert!(sa.active_view.iter().chain(&sa.passive_view).all(|p| p.id != s.id()), "A never took it in");
     }
+    // The cluster moves to the other CA: A reloads, and B, whose certificate the old CA
+    // issued, no longer passes: its link is closed and counted.
+    std::fs::copy(&other_crt, &ca_crt).unwrap();
+    a.reload_admission().await.unwrap();
+    wait_until(Duration::from_secs(20), "A closed B out after the CA changed", || async {
+        let s = a.stats().await.unwrap();
+        s.net.admission_closed >= 1 && s.active_view.iter().all(|p| p.id != b.id())
+    })
+    .await;
     for n in [e, d, c, b, a] {
         n.shutdown().await.unwrap();
     }

@@ -88,11 +88,13 @@ pub struct Args {
     /// and on SIGHUP; links to peers no longer listed are closed.
     #[arg(long, value_name = "PATH")]
     allow_file: Option<PathBuf>,
-    /// Present this certificate (DER, from `plumcast ca issue` for --identity's key).
+    /// Present this certificate (DER, from `plumcast ca issue` for --identity's key); read
+    /// again every 5 s and on SIGHUP.
     #[arg(long, requires = "identity")]
     cert: Option<PathBuf>,
     /// Accept only peers whose certificate chains to this CA certificate (DER,
-    /// `DIR/ca.crt` of `plumcast ca init`).
+    /// `DIR/ca.crt` of `plumcast ca init`); read again every 5 s and on SIGHUP, links to
+    /// peers that no longer chain to it are closed.
     #[arg(long, value_name = "CA_CRT")]
     ca: Option<PathBuf>,
     /// How long to wait for the first neighbour before broadcasting stdin, seconds.
@@ -137,15 +139,15 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         .context("installing the SIGHUP handler")?;
     let (node, mut events) = b.spawn().await.context("starting the node")?;
     let reloader = node.clone();
-    let has_file = a.allow_file.is_some();
+    let has_file = a.allow_file.is_some() || a.ca.is_some() || a.cert.is_some();
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
             if !has_file {
-                tracing::info!("SIGHUP: no --allow-file to read again");
+                tracing::info!("SIGHUP: no --allow-file, --ca or --cert to read again");
                 continue;
             }
             match reloader.reload_admission().await {
-                Ok(n) => tracing::info!(ids = n, "SIGHUP: allow-list read again"),
+                Ok(n) => tracing::info!(ids = n, "SIGHUP: allow-list and certificates read again"),
                 Err(plumcast::Error::Stopped) => break,
                 Err(e) => tracing::warn!("SIGHUP: {e}; the list in force is kept"),
             }

@@ -38,8 +38,8 @@ pub struct Admission {
 #[derive(Debug, Default)]
 struct Inner {
     allowed: RwLock<Option<BTreeSet<NodeId>>>,
-    /// The cluster CA's certificate: peers must present a certificate it issued.
-    ca: Option<rustls::pki_types::CertificateDer<'static>>,
+    /// The cluster CA's checks: peers must present a certificate it issued.
+    ca: RwLock<Option<Arc<crate::tls::CaCheck>>>,
     refused: AtomicU64,
 }
 
@@ -56,18 +56,45 @@ impl Admission {
         a
     }
 
-    /// Also require a certificate issued by the cluster CA whose certificate is `ca` (see
-    /// [`crate::ca`]); the allow-list, if any, applies on top. Call it before sharing the
-    /// handle. A `ca` that is not a usable certificate makes building the TLS configs
-    /// fail with [`crate::TransportError::Config`].
-    pub fn with_ca(self, ca: rustls::pki_types::CertificateDer<'static>) -> Self {
-        let allowed = self.ids();
-        Self { inner: Arc::new(Inner { allowed: RwLock::new(allowed), ca: Some(ca), refused: AtomicU64::new(0) }) }
+    /// Require, from the next handshake on, a certificate issued by the cluster CA whose
+    /// certificate is `ca` (see [`crate::ca`]); `None` drops the requirement. The
+    /// allow-list, if any, applies on top. Clones share it (a reload).
+    ///
+    /// # Errors
+    /// [`crate::TransportError::Config`] if `ca` is not a usable CA certificate (the
+    /// requirement in force is kept).
+    pub fn set_ca(&self, ca: Option<rustls::pki_types::CertificateDer<'static>>) -> Result<(), crate::TransportError> {
+        let check = ca.map(|c| crate::tls::CaCheck::new(&c).map(Arc::new)).transpose()?;
+        *self.inner.ca.write().unwrap_or_else(PoisonError::into_inner) = check;
+        Ok(())
     }
 
-    /// The cluster CA's certificate, if peers must chain to one.
-    pub fn ca(&self) -> Option<&rustls::pki_types::CertificateDer<'static>> {
-        self.inner.ca.as_ref()
+    /// The cluster CA's checks in force.
+    pub(crate) fn ca_check(&self) -> Option<Arc<crate::tls::CaCheck>> {
+        self.inner.ca.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Whether the peer of `conn` passes now ([`Admission::passes`] on the certificate
+    /// chain it presented in the handshake).
+    pub fn passes_connection(&self, conn: &quinn::Connection) -> bool {
+        let chain = conn
+            .peer_identity()
+            .and_then(|any| any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+            .map(|b| *b)
+            .unwrap_or_default();
+        self.passes(&chain)
+    }
+
+    /// Whether a peer that presented `chain` (end-entity first) passes now: its
+    /// certificate chains to the CA in force (if any) and its id is admitted. For links
+    /// that were accepted before a reload.
+    pub fn passes(&self, chain: &[rustls::pki_types::CertificateDer<'static>]) -> bool {
+        let Some((leaf, rest)) = chain.split_first() else { return false };
+        let Ok(id) = crate::node_id_of(leaf) else { return false };
+        if !self.admits(&id) {
+            return false;
+        }
+        self.ca_check().is_none_or(|ca| ca.chains(leaf, rest))
     }
 
     /// Replace the list (`None`: open). Connections already up are not touched here; the

@@ -80,19 +80,17 @@ struct PeerVerifier {
     expected: Option<NodeId>,
     admission: Admission,
     algs: WebPkiSupportedAlgorithms,
-    /// With a cluster CA: webpki's chain checks, for either side.
-    ca: Option<CaCheck>,
 }
 
 /// webpki's verifiers with the cluster CA as the only trust anchor.
 #[derive(Debug)]
-struct CaCheck {
+pub(crate) struct CaCheck {
     server: Arc<rustls::client::WebPkiServerVerifier>,
     client: Arc<dyn ClientCertVerifier>,
 }
 
 impl CaCheck {
-    fn new(ca: &CertificateDer<'static>) -> Result<Self, TransportError> {
+    pub(crate) fn new(ca: &CertificateDer<'static>) -> Result<Self, TransportError> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.clone()).map_err(|e| TransportError::Config(format!("the cluster CA certificate: {e}")))?;
         let roots = Arc::new(roots);
@@ -104,12 +102,16 @@ impl CaCheck {
             .map_err(|e| TransportError::Config(format!("the cluster CA certificate: {e}")))?;
         Ok(Self { server, client })
     }
+
+    /// Whether `leaf` (with `intermediates`) chains to the CA as a client certificate.
+    pub(crate) fn chains(&self, leaf: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) -> bool {
+        self.client.verify_client_cert(leaf, intermediates, UnixTime::now()).is_ok()
+    }
 }
 
 impl PeerVerifier {
     fn new(expected: Option<NodeId>, admission: &Admission) -> Result<Self, TransportError> {
-        let ca = admission.ca().map(CaCheck::new).transpose()?;
-        Ok(Self { expected, admission: admission.clone(), algs: algorithms(), ca })
+        Ok(Self { expected, admission: admission.clone(), algs: algorithms() })
     }
 
     /// A refusal, counted.
@@ -192,7 +194,7 @@ impl ServerCertVerifier for PeerVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Some(ca) = &self.ca {
+        if let Some(ca) = self.admission.ca_check() {
             let name = ServerName::try_from(crate::SERVER_NAME).map_err(|e| rustls::Error::General(e.to_string()))?;
             self.refused(ca.server.verify_server_cert(end_entity, intermediates, &name, ocsp, now))?;
         }
@@ -233,7 +235,7 @@ impl ClientCertVerifier for PeerVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        if let Some(ca) = &self.ca {
+        if let Some(ca) = self.admission.ca_check() {
             self.refused(ca.client.verify_client_cert(end_entity, intermediates, now))?;
         }
         self.check(end_entity).map(|_| ClientCertVerified::assertion())

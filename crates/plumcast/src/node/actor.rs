@@ -107,6 +107,8 @@ pub(crate) struct AdmissionInit {
     pub admission: plumcast_transport::Admission,
     pub allow: Option<BTreeSet<NodeId>>,
     pub allow_file: Option<std::path::PathBuf>,
+    pub certificate_file: Option<std::path::PathBuf>,
+    pub cluster_ca_file: Option<std::path::PathBuf>,
 }
 
 /// Counters the actor itself keeps (the links keep theirs).
@@ -782,7 +784,8 @@ impl Actor {
         };
         let rtts = self.links.sweep(Instant::now(), in_use);
         self.save_views();
-        if self.admission.allow_file.is_some()
+        let a = &self.admission;
+        if (a.allow_file.is_some() || a.cluster_ca_file.is_some() || a.certificate_file.is_some())
             && self.admission_read.elapsed() >= super::ADMISSION_POLL
             && let Err(e) = self.reload_admission()
             && self.warned.first(format!("admission {e}"))
@@ -814,25 +817,45 @@ impl Actor {
         }
     }
 
-    /// Read the allow-list again (the ids given and the file) and close the links to
-    /// peers it no longer admits; returns how many ids it admits.
+    /// Read the allow-list, the cluster CA certificate and our own certificate again, and
+    /// close the links to peers that no longer pass; returns how many ids the list admits.
+    /// Nothing is changed if any of them cannot be read.
     fn reload_admission(&mut self) -> Result<usize, Error> {
         self.admission_read = Instant::now();
         let a = &self.admission;
         let ids = super::allowed_ids(a.allow.as_ref(), a.allow_file.as_deref()).map_err(Error::Config)?;
+        let ca = a.cluster_ca_file.as_deref().map(plumcast_transport::ca::load_certificate).transpose()?;
+        let cert = a.certificate_file.as_deref().map(plumcast_transport::ca::load_certificate).transpose()?;
+        let identity = match cert {
+            Some(c) if c != *self.identity.certificate() => Some(self.identity.clone().with_certificate(c)?),
+            _ => None,
+        };
         let n = ids.as_ref().map_or(0, std::collections::BTreeSet::len);
         if ids != a.admission.ids() {
             info!(ids = n, "allow-list reloaded");
         }
+        if ca.is_some() {
+            a.admission.set_ca(ca)?;
+        }
         a.admission.set(ids);
+        if let Some(id) = identity {
+            // Our own certificate was renewed: new handshakes present it.
+            let t = &self.config.transport;
+            let server = plumcast_transport::server_config(&id, t, &self.admission.admission)?;
+            let client = client_config(&id, None, t, &self.admission.admission)?;
+            self.endpoint.set_server_config(Some(server));
+            self.endpoint.set_default_client_config(client);
+            self.identity = id;
+            info!("own certificate reloaded");
+        }
         let m = self.proto.membership();
         let known: Vec<PeerInfo> = m.active_view().iter().chain(m.passive_view()).copied().collect();
-        for id in self.links.open_peers() {
-            if self.admission.admission.admits(&id) {
+        for (id, conn) in self.links.open_conns() {
+            if self.admission.admission.passes_connection(&conn) {
                 continue;
             }
             self.stats.admission_closed += 1;
-            warn!(peer = %id.short(), "closing the link to a peer no longer on the allow-list");
+            warn!(peer = %id.short(), "closing the link to a peer that no longer passes admission");
             self.links.close(id, close_code::NOT_ADMITTED, "not admitted");
             if let Some(p) = known.iter().find(|p| p.id == id) {
                 self.follow_ups.push_back(proto::Input::Membership(membership::Input::ConnectionLost { peer: *p }));

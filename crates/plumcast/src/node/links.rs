@@ -232,11 +232,11 @@ impl Links {
         }
     }
 
-    /// The peers with an open link.
-    pub(crate) fn open_peers(&self) -> Vec<NodeId> {
-        let mut ids: Vec<NodeId> = self.open.keys().copied().collect();
-        ids.sort_unstable();
-        ids
+    /// The open links, by peer.
+    pub(crate) fn open_conns(&self) -> Vec<(NodeId, quinn::Connection)> {
+        let mut out: Vec<_> = self.open.iter().map(|(id, l)| (*id, l.conn.clone())).collect();
+        out.sort_unstable_by_key(|(id, _)| *id);
+        out
     }
 
     /// Close the open link to `peer`, if any, with an application close code.

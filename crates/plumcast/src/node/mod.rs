@@ -319,7 +319,8 @@ impl NodeBuilder {
     /// (DER, `plumcast ca init` writes it), on both sides of every connection (webpki:
     /// signature, basicConstraints, serverAuth / clientAuth, the fixed server name).
     /// Refusals are counted in [`NetStats::admission_refused`]; an allow-list applies on
-    /// top. Default: no CA (every peer that proves a key).
+    /// top. Read again like the allow-list file ([`Node::reload_admission`]). Default: no
+    /// CA (every peer that proves a key).
     pub fn cluster_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.cluster_ca_file = Some(path.into());
         self
@@ -404,9 +405,9 @@ impl NodeBuilder {
             Some(p) => identity.with_certificate(plumcast_transport::ca::load_certificate(p)?)?,
             None => identity,
         };
-        let mut admission = admission_of(self.allow.as_ref(), self.allow_file.as_deref()).map_err(Error::Config)?;
+        let admission = admission_of(self.allow.as_ref(), self.allow_file.as_deref()).map_err(Error::Config)?;
         if let Some(p) = &self.cluster_ca_file {
-            admission = admission.with_ca(plumcast_transport::ca::load_certificate(p)?);
+            admission.set_ca(Some(plumcast_transport::ca::load_certificate(p)?))?;
         }
         let (endpoint, faults) = plumcast_transport::bind(config.bind, &identity, &config.transport, &admission)?;
         #[cfg(not(feature = "test-util"))]
@@ -452,7 +453,13 @@ impl NodeBuilder {
             app_tx,
             reach_tx,
             restored,
-            admission: actor::AdmissionInit { admission, allow: self.allow, allow_file: self.allow_file },
+            admission: actor::AdmissionInit {
+                admission,
+                allow: self.allow,
+                allow_file: self.allow_file,
+                certificate_file: self.certificate_file,
+                cluster_ca_file: self.cluster_ca_file,
+            },
         });
         let span = tracing::info_span!("node", node = %me.id.short());
         let task = tokio::spawn(tracing::Instrument::instrument(actor.run(), span));
@@ -683,9 +690,11 @@ impl Node {
         rx.await.map_err(|_| Error::Stopped)
     }
 
-    /// Read the allow-list file ([`NodeBuilder::allow_file`]) again now (the node also
-    /// does every [`ADMISSION_POLL`]; `plumcast node` does on SIGHUP) and close the links
-    /// to peers no longer admitted. Returns the number of ids admitted.
+    /// Read the allow-list file ([`NodeBuilder::allow_file`]), the cluster CA certificate
+    /// ([`NodeBuilder::cluster_ca_file`]) and our own certificate
+    /// ([`NodeBuilder::certificate_file`]) again now (the node also does every
+    /// [`ADMISSION_POLL`]; `plumcast node` does on SIGHUP), and close the links to peers
+    /// that no longer pass. Returns the number of ids the allow-list admits (0: open).
     ///
     /// # Errors
     /// [`Error::Config`] if the file cannot be read or has a bad line (the list in force
