@@ -84,6 +84,11 @@ pub struct Config {
     /// Most missing-message records (IHave seen, payload not) kept at once; further
     /// announcements are dropped and counted in [`Stats::missing_dropped`](crate::Stats::missing_dropped).
     pub max_missing: usize,
+    /// Most times one message is sent to one neighbour in answer to its Grafts; further
+    /// Grafts for it from that neighbour are refused and counted in
+    /// [`Stats::grafts_refused`](crate::Stats::grafts_refused). Bounds Graft amplification
+    /// (a Graft of about 40 bytes answered with up to a 64 KiB payload).
+    pub max_serves: u32,
     /// Most out-of-order sequence numbers kept above one origin's watermark before the
     /// watermark is forced forward (counted in [`Stats::dedupe_window_overflows`](crate::Stats::dedupe_window_overflows)).
     pub dedupe_window: usize,
@@ -163,6 +168,11 @@ pub const CACHE_MAX_BYTES: usize = 64 << 20;
 pub const CACHE_MAX_AGE: Duration = Duration::from_secs(30);
 /// [`Config::max_missing`] default: as many missing-message records as cached payloads.
 pub const MAX_MISSING: usize = CACHE_MAX_MESSAGES;
+/// [`Config::max_serves`] default: 3. An honest neighbour grafts a message from one
+/// announcer at a time and moves on to the next one when a Graft goes unanswered, so it
+/// asks one neighbour for one message once, twice when a repair races its own Graft; a
+/// third covers a payload lost with its connection.
+pub const MAX_SERVES: u32 = 3;
 /// [`Config::dedupe_window`] default: out-of-order sequence numbers kept above one
 /// origin's watermark; 65,536 is 2 minutes of one origin at 500 msg/s arriving out of order.
 pub const DEDUPE_WINDOW: usize = 65_536;
@@ -223,6 +233,7 @@ impl Config {
             cache_max_bytes: CACHE_MAX_BYTES,
             cache_max_age: CACHE_MAX_AGE,
             max_missing: MAX_MISSING,
+            max_serves: MAX_SERVES,
             dedupe_window: DEDUPE_WINDOW,
             deliver_own: false,
             catch_up_window: CATCH_UP_WINDOW,

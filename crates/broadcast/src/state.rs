@@ -134,6 +134,10 @@ pub struct State<P> {
     /// neighbour (no output depends on its order).
     missing: HashMap<MessageId, Missing<P>>,
     missing_order: VecDeque<(MessageId, Instant)>,
+    /// Times each (neighbour, message) was served in answer to a Graft, for the most
+    /// recent [`Config::max_missing`] of them (peer-chosen ids, so SipHash).
+    served: HashMap<(P, MessageId), u32>,
+    served_order: VecDeque<(P, MessageId)>,
     ihave_queue: BTreeMap<P, Vec<Announcement<P>>>,
     /// Smoothed round-trip time per neighbour, as reported by the transport.
     rtt: BTreeMap<P, Duration>,
@@ -169,6 +173,8 @@ impl<P: PeerId> State<P> {
             cache: PayloadCache::new(config.cache_max_messages, config.cache_max_bytes, config.cache_max_age),
             missing: HashMap::new(),
             missing_order: VecDeque::new(),
+            served: HashMap::new(),
+            served_order: VecDeque::new(),
             ihave_queue: BTreeMap::new(),
             rtt: BTreeMap::new(),
             ihave_armed: false,
@@ -461,6 +467,10 @@ impl<P: PeerId> State<P> {
                 self.stats.grafts_received += 1;
                 self.trees.set_eager(&origin, &from);
                 if let Some(id) = id {
+                    if self.served.get(&(from.clone(), id)).is_some_and(|n| *n >= self.config.max_serves) {
+                        self.stats.grafts_refused += 1;
+                        return;
+                    }
                     let message = match self.cache.get(&id) {
                         Some(c) => Some(Message::Gossip { round: c.send_round, envelope: c.envelope.clone() }),
                         // Evicted from the cache but still within retention: the round it
@@ -471,10 +481,13 @@ impl<P: PeerId> State<P> {
                         }),
                     };
                     match message {
-                        Some(message) => {
+                        // Only messages served are counted (a Graft for an unknown id
+                        // takes no room in the record).
+                        Some(message) if self.may_serve(&from, id) => {
                             self.stats.gossip_sent += 1;
                             self.out.push(Output::Send { to: from, message });
                         }
+                        Some(_) => self.stats.grafts_refused += 1,
                         None => self.stats.graft_misses += 1,
                     }
                 }
@@ -1133,6 +1146,31 @@ impl<P: PeerId> State<P> {
         {
             self.out.push(Output::Exchanged(open.close(now, true)));
         }
+    }
+
+    /// Whether `peer` may be sent message `id` once more in answer to a Graft (and count
+    /// it): at most [`Config::max_serves`] times per (neighbour, message), remembered for
+    /// the last [`Config::max_missing`] pairs served.
+    fn may_serve(&mut self, peer: &P, id: MessageId) -> bool {
+        let key = (peer.clone(), id);
+        if let Some(n) = self.served.get_mut(&key) {
+            if *n >= self.config.max_serves {
+                return false;
+            }
+            *n += 1;
+            return true;
+        }
+        if self.config.max_serves == 0 {
+            return false;
+        }
+        if self.served_order.len() >= self.config.max_missing.max(1)
+            && let Some(old) = self.served_order.pop_front()
+        {
+            self.served.remove(&old);
+        }
+        self.served.insert(key.clone(), 1);
+        self.served_order.push_back(key);
+        true
     }
 
     fn cache_insert(&mut self, now: Instant, id: MessageId, entry: Cached<P>) {

@@ -28,6 +28,9 @@ pub struct Stats {
     pub grafts_received: u64,
     /// Grafts for a message no longer cached.
     pub graft_misses: u64,
+    /// Grafts refused: that neighbour had been sent that message
+    /// [`Config::max_serves`](crate::Config::max_serves) times already.
+    pub grafts_refused: u64,
     /// Prunes sent.
     pub prunes_sent: u64,
     /// Prunes received.

@@ -803,3 +803,25 @@ fn read_after_a_cursor_returns_what_came_since_oldest_first() {
     assert_eq!(page.iter().map(|e| (e.origin, e.seq)).collect::<Vec<_>>(), vec![(8, 2), (8, 3), (9, 1)]);
     assert!(full, "a full page says so");
 }
+
+#[test]
+fn one_neighbour_is_served_one_message_at_most_max_serves_times() {
+    let now = Instant::now();
+    let mut s = State::new(0u32, 1, Config::lan());
+    up(&mut s, &[1, 2]);
+    let (id, _) = s.broadcast(now, Bytes::from_static(b"big payload"));
+    let graft = |s: &mut State<u32>, from: u32, id| -> usize {
+        let m = Message::Graft { id: Some(id), origin: 0 };
+        s.handle(now, Input::Message { from, message: m })
+            .filter(|o| matches!(o, Output::Send { message: Message::Gossip { .. }, .. }))
+            .count()
+    };
+    let served: usize = (0..10).map(|_| graft(&mut s, 1, id)).sum();
+    assert_eq!(served, config::MAX_SERVES as usize, "10 Grafts from one neighbour, 3 payloads");
+    assert_eq!(s.stats().grafts_refused, 10 - u64::from(config::MAX_SERVES));
+    assert_eq!(graft(&mut s, 2, id), 1, "another neighbour is served");
+    // Grafts for ids never held take no room and are misses, not refusals.
+    let unknown = MessageId([9; 32]);
+    assert_eq!((0..5).map(|_| graft(&mut s, 1, unknown)).sum::<usize>(), 0);
+    assert_eq!(s.stats().graft_misses, 5);
+}
