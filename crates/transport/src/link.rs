@@ -115,6 +115,8 @@ pub struct Up {
     pub tx: mpsc::UnboundedSender<Frame>,
     /// Frames in the writer's queue, shared with it.
     pub depth: Arc<AtomicUsize>,
+    /// Bytes of those frames, shared with it.
+    pub queued_bytes: Arc<AtomicUsize>,
     /// Whether we dialed it.
     pub dialed_by_me: bool,
     /// Whether it was a dial to a bootstrap address (no expected id).
@@ -297,12 +299,14 @@ pub async fn run<C, E>(
     };
     let (tx, rx) = mpsc::unbounded_channel();
     let depth = Arc::new(AtomicUsize::new(0));
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
     let up = LinkEvent::Up(Up {
         peer,
         conn_id,
         conn: conn.clone(),
         tx,
         depth: depth.clone(),
+        queued_bytes: queued_bytes.clone(),
         dialed_by_me: dial.is_some(),
         bootstrap: dial.as_ref().is_some_and(|d| d.expected.is_none()),
     });
@@ -312,7 +316,7 @@ pub async fn run<C, E>(
     let writer = write_frames::<C::Message, E>(
         send,
         rx,
-        Queue { depth, drained, dropped: writer_drops },
+        Queue { depth, queued_bytes, drained, dropped: writer_drops },
         net_tx.clone(),
         conn_id,
     );
@@ -364,6 +368,7 @@ pub async fn run<C, E>(
 /// it emptied, and the count of frames it had to discard.
 struct Queue {
     depth: Arc<AtomicUsize>,
+    queued_bytes: Arc<AtomicUsize>,
     drained: Arc<Notify>,
     dropped: Arc<AtomicU64>,
 }
@@ -379,7 +384,7 @@ async fn write_frames<M, E: From<LinkEvent<M>>>(
     net_tx: mpsc::Sender<E>,
     conn_id: u64,
 ) {
-    let Queue { depth, drained, dropped } = queue;
+    let Queue { depth, queued_bytes, drained, dropped } = queue;
     let mut chunks: Vec<Bytes> = Vec::new();
     while let Some(first) = rx.recv().await {
         chunks.clear();
@@ -396,13 +401,16 @@ async fn write_frames<M, E: From<LinkEvent<M>>>(
                 Err(_) => break,
             }
         }
-        if send.write_all_chunks(&mut chunks).await.is_err() {
+        let written = send.write_all_chunks(&mut chunks).await;
+        queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        if written.is_err() {
             depth.fetch_sub(n, Ordering::Relaxed);
             dropped.fetch_add(n as u64, Ordering::Relaxed);
             // The connection is gone; the reader reports it. Keep draining (and counting)
             // so the depth stays honest until the actor drops the queue.
-            while let Some(_f) = rx.recv().await {
+            while let Some(f) = rx.recv().await {
                 depth.fetch_sub(1, Ordering::Relaxed);
+                queued_bytes.fetch_sub(f.len(), Ordering::Relaxed);
                 dropped.fetch_add(1, Ordering::Relaxed);
             }
             let _ = net_tx.send(LinkEvent::WriterDone { conn_id }.into()).await;

@@ -215,6 +215,7 @@ impl Actor {
         let limits = Limits {
             soft: init.config.peer_queue_soft_limit,
             hard: init.config.peer_queue_hard_limit,
+            hard_bytes: init.config.peer_queue_hard_bytes,
             idle: init.config.idle_link_timeout,
         };
         let links = Links::new(init.me.id, limits);

@@ -26,6 +26,10 @@ pub const PEER_QUEUE_SOFT_LIMIT: usize = 64;
 /// messages) before a peer is disconnected as too slow; far above the soft limit, so only
 /// a peer that stopped reading for seconds reaches it.
 pub const PEER_QUEUE_HARD_LIMIT: usize = 1 << 18;
+/// [`NodeConfig::peer_queue_hard_bytes`] default: 64 MiB, the same ≈ 64 MiB the frame
+/// limit allows of 256-byte messages; without it 262,144 frames of 64 KiB payloads would
+/// be 16 GiB for one peer that stopped reading.
+pub const PEER_QUEUE_HARD_BYTES: usize = 64 << 20;
 /// [`NodeConfig::shutdown_linger`] default: 2 s for the Disconnects to be acknowledged
 /// (many round trips on any LAN; systemd's stop timeout is 90 s).
 pub const SHUTDOWN_LINGER: Duration = Duration::from_secs(2);
@@ -64,6 +68,10 @@ pub struct NodeConfig {
     /// Frames queued for one peer above which the peer is disconnected as too slow
     /// (counted; HyParView replaces it).
     pub peer_queue_hard_limit: usize,
+    /// Bytes queued for one peer above which it is disconnected as too slow, as with
+    /// [`NodeConfig::peer_queue_hard_limit`] (a Gossip payload shared by several queues
+    /// counts in each).
+    pub peer_queue_hard_bytes: usize,
     /// How long `shutdown` waits for queued frames to be acknowledged.
     pub shutdown_linger: Duration,
     /// A connection to a peer in neither view, idle this long, is closed.
@@ -84,6 +92,7 @@ impl Default for NodeConfig {
             app_queue: APP_QUEUE,
             peer_queue_soft_limit: PEER_QUEUE_SOFT_LIMIT,
             peer_queue_hard_limit: PEER_QUEUE_HARD_LIMIT,
+            peer_queue_hard_bytes: PEER_QUEUE_HARD_BYTES,
             shutdown_linger: SHUTDOWN_LINGER,
             idle_link_timeout: IDLE_LINK_TIMEOUT,
         }

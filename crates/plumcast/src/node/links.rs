@@ -26,6 +26,7 @@ struct Link {
     conn: quinn::Connection,
     tx: mpsc::UnboundedSender<Frame>,
     depth: Arc<AtomicUsize>,
+    queued_bytes: Arc<AtomicUsize>,
     dialed_by_me: bool,
     last_active: Instant,
 }
@@ -63,6 +64,8 @@ pub(crate) struct Limits {
     pub soft: usize,
     /// Above it the peer is disconnected as too slow.
     pub hard: usize,
+    /// Bytes queued above which the peer is disconnected as too slow.
+    pub hard_bytes: usize,
     /// A link to a peer the protocol no longer uses, idle this long, is closed.
     pub idle: Duration,
 }
@@ -130,9 +133,9 @@ impl Links {
     pub(crate) fn send(&mut self, now: Instant, to: PeerInfo, frame: Frame) -> Sent {
         if let Some(link) = self.open.get_mut(&to.id) {
             link.last_active = now;
-            let Some(depth) = enqueue(link, frame, &mut self.stats) else { return Sent::Queued };
-            if depth > self.limits.hard {
-                tracing::warn!(peer = %to, depth, "peer cannot keep up: disconnecting it");
+            let Some((depth, bytes)) = enqueue(link, frame, &mut self.stats) else { return Sent::Queued };
+            if depth > self.limits.hard || bytes > self.limits.hard_bytes {
+                tracing::warn!(peer = %to, depth, bytes, "peer cannot keep up: disconnecting it");
                 self.stats.slow_peer_disconnects += 1;
                 self.close(to.id, close_code::FAILED, "too slow");
                 return Sent::TooSlow;
@@ -164,7 +167,7 @@ impl Links {
     /// period so frames in flight arrive. Frames waiting for a dial to this peer go out.
     /// Returns false for a connection to ourselves (closed).
     pub(crate) fn up(&mut self, now: Instant, up: Up) -> bool {
-        let Up { peer, conn_id, conn, tx, depth, dialed_by_me, .. } = up;
+        let Up { peer, conn_id, conn, tx, depth, queued_bytes, dialed_by_me, .. } = up;
         if peer.id == self.me {
             conn.close(close_code::NORMAL.into(), b"self");
             return false;
@@ -174,7 +177,7 @@ impl Links {
         } else {
             self.stats.connections_accepted += 1;
         }
-        let new = Link { conn_id, conn, tx, depth, dialed_by_me, last_active: now };
+        let new = Link { conn_id, conn, tx, depth, queued_bytes, dialed_by_me, last_active: now };
         let new_wins = match self.open.get(&peer.id) {
             None => true,
             Some(old) if old.dialed_by_me == new.dialed_by_me => true,
@@ -302,17 +305,19 @@ impl Links {
 
 /// Put `frame` on `link`'s queue. Returns the new depth, or `None` when the queue had
 /// closed (the frame is counted as dropped).
-fn enqueue(link: &Link, frame: Frame, stats: &mut LinkStats) -> Option<usize> {
+fn enqueue(link: &Link, frame: Frame, stats: &mut LinkStats) -> Option<(usize, usize)> {
+    let len = frame.len();
     let depth = link.depth.fetch_add(1, Ordering::Relaxed) + 1;
-    let len = frame.len() as u64;
+    let bytes = link.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
     if link.tx.send(frame).is_err() {
         link.depth.fetch_sub(1, Ordering::Relaxed);
+        link.queued_bytes.fetch_sub(len, Ordering::Relaxed);
         stats.frames_dropped.connection_lost += 1;
         return None;
     }
     stats.frames_sent += 1;
-    stats.bytes_sent += len;
-    Some(depth)
+    stats.bytes_sent += len as u64;
+    Some((depth, bytes))
 }
 
 #[cfg(test)]
@@ -322,7 +327,7 @@ mod tests {
 
     use super::*;
 
-    const LIMITS: Limits = Limits { soft: 2, hard: 4, idle: Duration::from_secs(10) };
+    const LIMITS: Limits = Limits { soft: 2, hard: 4, hard_bytes: 1 << 20, idle: Duration::from_secs(10) };
 
     fn frame() -> Frame {
         Frame::Whole(Bytes::from_static(&[0, 0, 0, 1, 9]))
@@ -364,7 +369,16 @@ mod tests {
         let (tx, rx) = mpsc::unbounded_channel();
         drop(rx);
         let depth = Arc::new(AtomicUsize::new(0));
-        let up = Up { peer, conn_id: 1, conn, tx, depth: depth.clone(), dialed_by_me: true, bootstrap: false };
+        let up = Up {
+            peer,
+            conn_id: 1,
+            conn,
+            tx,
+            depth: depth.clone(),
+            queued_bytes: Arc::default(),
+            dialed_by_me: true,
+            bootstrap: false,
+        };
         assert!(links.up(now, up));
         assert_eq!(links.send(now, peer, frame()), Sent::Queued);
         let s = links.stats();
@@ -374,6 +388,38 @@ mod tests {
         // A writer that discarded frames after a failed write adds them here.
         links.writer_drops().fetch_add(3, Ordering::Relaxed);
         assert_eq!(links.stats().frames_dropped.connection_lost, 5);
+    }
+
+    #[tokio::test]
+    async fn a_queue_past_the_byte_limit_closes_the_link_before_the_frame_limit() {
+        let now = Instant::now();
+        let limits = Limits { soft: 100, hard: 1000, hard_bytes: 3 * 4096, idle: Duration::from_secs(10) };
+        let mut links = Links::new(NodeId([0; 32]), limits);
+        let (conn, _endpoint, peer) = connection().await;
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let up = Up {
+            peer,
+            conn,
+            conn_id: 1,
+            tx,
+            depth: Arc::new(AtomicUsize::new(0)),
+            queued_bytes: queued.clone(),
+            dialed_by_me: true,
+            bootstrap: false,
+        };
+        links.up(now, up);
+        let big = || Frame::Whole(Bytes::from(vec![0u8; 4096]));
+        for k in 1..=3 {
+            assert_eq!(links.send(now, peer, big()), Sent::Queued, "frame {k}");
+        }
+        assert_eq!(queued.load(Ordering::Relaxed), 3 * 4096);
+        assert_eq!(
+            links.send(now, peer, big()),
+            Sent::TooSlow,
+            "4 frames of 4 KiB pass 12 KiB, far below 1,000 frames"
+        );
+        assert_eq!(links.stats().slow_peer_disconnects, 1);
     }
 
     #[tokio::test]
@@ -388,6 +434,7 @@ mod tests {
             conn_id: 1,
             tx,
             depth: Arc::new(AtomicUsize::new(0)),
+            queued_bytes: Arc::default(),
             dialed_by_me: true,
             bootstrap: false,
         };
