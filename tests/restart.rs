@@ -275,7 +275,8 @@ async fn a_sigkill_while_writing_loses_nothing_reported_stored() {
     init_tracing();
     let dir = temp_dir("sigkill");
     let mut reported: Vec<(u64, u64)> = Vec::new();
-    // Kill points: after 150, 480 and 1,020 reports, then at once (no line waited for).
+    // Kill points: after 150, 480 and 1,020 reports (the writer is mid-way through its
+    // next broadcasts each time).
     for (round, after) in [150usize, 480, 1020].into_iter().enumerate() {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_plumcast-crash-writer"))
             .arg(&dir)

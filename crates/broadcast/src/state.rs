@@ -253,7 +253,8 @@ impl<P: PeerId> State<P> {
     /// Raise the version vector to `heads` (every seq up to each head counts as seen, and
     /// is never delivered again): a host that keeps the vector rather than one record per
     /// delivery restores it this way. Keys beyond [`Config::max_incarnations`] per origin
-    /// make room as new incarnations do.
+    /// make room as new incarnations do. The node is then taken as restarted
+    /// ([`State::restarted`]): it catches up on what it missed.
     pub fn restore_version_vector(&mut self, heads: &[Head<P>]) {
         self.anti_entropy.fresh = Fresh::No;
         for h in heads {

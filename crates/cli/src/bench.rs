@@ -78,6 +78,14 @@ impl From<TreeArg> for proto::Tree {
     }
 }
 
+/// A payload of `size` bytes (at least 4) starting with `k`, so that equal sizes still
+/// make distinct messages.
+fn numbered(k: usize, size: usize) -> Vec<u8> {
+    let mut p = vec![0u8; size.max(4)];
+    p[..4].copy_from_slice(&(k as u32).to_le_bytes());
+    p
+}
+
 /// A fresh directory for one data dir under the system temp dir.
 fn temp_data_dir(what: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("plumcast-bench-{what}-{}", std::process::id()));
@@ -98,9 +106,7 @@ async fn store(a: &Args) -> anyhow::Result<ExitCode> {
         let (node, _events) = b.spawn().await?;
         let start = Instant::now();
         for k in 0..m {
-            let mut p = vec![0u8; a.size];
-            p[..4].copy_from_slice(&(k as u32).to_le_bytes());
-            node.broadcast(p).await?;
+            node.broadcast(numbered(k, a.size)).await?;
         }
         let secs = start.elapsed().as_secs_f64();
         node.shutdown().await?;
@@ -150,9 +156,7 @@ async fn catch_up_run(
     config.broadcast.retention.max_messages = config.broadcast.retention.max_messages.max(m);
     let (origin, _events) = plumcast::Node::builder().protocol(config.clone()).spawn().await?;
     for k in 0..m {
-        let mut p = vec![0u8; a.size];
-        p[..4].copy_from_slice(&(k as u32).to_le_bytes());
-        origin.broadcast(p).await?;
+        origin.broadcast(numbered(k, a.size)).await?;
     }
     let start = Instant::now();
     let cpu0 = cpu_secs();

@@ -433,8 +433,8 @@ impl Sim {
         let inc = slot.inc;
         let rng = ChaCha8Rng::seed_from_u64(self.cfg.seed ^ (u64::from(i) << 20) ^ u64::from(inc));
         let mut state = proto::State::with_store(i, u64::from(inc), self.cfg.protocol.clone(), rng, kept.store);
+        // Restoring the vector also marks the node as restarted (it catches up).
         state.restore_version_vector(&kept.heads);
-        state.restarted();
         slot.state = Some(Box::new(state));
         self.schedule(self.now, Ev::Join { node: i, inc, contact });
     }
@@ -906,11 +906,6 @@ fn wire_digest_bytes(
     upto: Option<&(u32, u64)>,
     reply: bool,
 ) -> u64 {
-    let wide = |o: u32| {
-        let mut id = [0u8; 32];
-        id[..4].copy_from_slice(&o.to_le_bytes());
-        id
-    };
     let heads: Vec<broadcast::Head<[u8; 32]>> = heads
         .iter()
         .map(|h| broadcast::Head { origin: wide(h.origin), incarnation: h.incarnation, seq: h.seq })
@@ -927,14 +922,16 @@ fn wire_digest_bytes(
     postcard::to_allocvec(&message).map_or(0, |v| v.len() as u64 + 1 + 4)
 }
 
+/// A simulator peer id widened to a 32-byte NodeId, as the node's ids are on the wire.
+fn wide(o: u32) -> [u8; 32] {
+    let mut id = [0u8; 32];
+    id[..4].copy_from_slice(&o.to_le_bytes());
+    id
+}
+
 /// Bytes on the wire of an empty [`broadcast::Message::Repair`] (the answer to a digest
 /// that found nothing missing), with 32-byte NodeIds, its length prefix included.
 fn wire_answer_bytes(after: Option<&(u32, u64)>) -> u64 {
-    let wide = |o: u32| {
-        let mut id = [0u8; 32];
-        id[..4].copy_from_slice(&o.to_le_bytes());
-        id
-    };
     let message: broadcast::Message<[u8; 32]> = broadcast::Message::Repair {
         after: after.map(|(o, i)| (wide(*o), *i)),
         ask: u32::MAX,

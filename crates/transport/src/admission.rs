@@ -118,16 +118,6 @@ impl Admission {
         self.inner.allowed.read().unwrap_or_else(PoisonError::into_inner).is_none()
     }
 
-    /// Ids in the list (0 when open).
-    pub fn len(&self) -> usize {
-        self.inner.allowed.read().unwrap_or_else(PoisonError::into_inner).as_ref().map_or(0, BTreeSet::len)
-    }
-
-    /// Whether the list is empty or open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Peers refused in a handshake so far (either side of the connection).
     pub fn refused(&self) -> u64 {
         self.inner.refused.load(Ordering::Relaxed)

@@ -110,8 +110,8 @@ impl CaCheck {
 }
 
 impl PeerVerifier {
-    fn new(expected: Option<NodeId>, admission: &Admission) -> Result<Self, TransportError> {
-        Ok(Self { expected, admission: admission.clone(), algs: algorithms() })
+    fn new(expected: Option<NodeId>, admission: &Admission) -> Self {
+        Self { expected, admission: admission.clone(), algs: algorithms() }
     }
 
     /// A refusal, counted.
@@ -282,7 +282,7 @@ pub fn server_config(
     config: &TransportConfig,
     admission: &Admission,
 ) -> Result<quinn::ServerConfig, TransportError> {
-    let verifier = Arc::new(PeerVerifier::new(None, admission)?);
+    let verifier = Arc::new(PeerVerifier::new(None, admission));
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -307,7 +307,7 @@ pub fn client_config(
     config: &TransportConfig,
     admission: &Admission,
 ) -> Result<quinn::ClientConfig, TransportError> {
-    let verifier = Arc::new(PeerVerifier::new(expected, admission)?);
+    let verifier = Arc::new(PeerVerifier::new(expected, admission));
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -345,9 +345,9 @@ mod tests {
         assert!(victim_at < own_at, "the victim's bytes come first");
         assert_eq!(node_id_of(crafted.certificate()), Ok(stranger.node_id()));
         // And the verifier binds the connection to the stranger, never to the victim.
-        let verifier = PeerVerifier::new(None, &Admission::open()).unwrap();
+        let verifier = PeerVerifier::new(None, &Admission::open());
         assert_eq!(verifier.check(crafted.certificate()).unwrap(), stranger.node_id());
-        let expecting_victim = PeerVerifier::new(Some(victim), &Admission::open()).unwrap();
+        let expecting_victim = PeerVerifier::new(Some(victim), &Admission::open());
         assert!(expecting_victim.check(crafted.certificate()).is_err());
     }
 

@@ -333,6 +333,17 @@ mod tests {
         Frame::Whole(Bytes::from_static(&[0, 0, 0, 1, 9]))
     }
 
+    /// A link we dialed on `conn`, its writer's queue `tx`, sharing `depth` and `queued`.
+    fn up_of(
+        peer: PeerInfo,
+        conn: quinn::Connection,
+        tx: mpsc::UnboundedSender<Frame>,
+        depth: Arc<AtomicUsize>,
+        queued: Arc<AtomicUsize>,
+    ) -> Up {
+        Up { peer, conn_id: 1, conn, tx, depth, queued_bytes: queued, dialed_by_me: true, bootstrap: false }
+    }
+
     /// A real QUIC connection on loopback (what `Links` keeps), to `peer`'s endpoint.
     async fn connection() -> (quinn::Connection, quinn::Endpoint, PeerInfo) {
         let config = TransportConfig::default();
@@ -369,17 +380,7 @@ mod tests {
         let (tx, rx) = mpsc::unbounded_channel();
         drop(rx);
         let depth = Arc::new(AtomicUsize::new(0));
-        let up = Up {
-            peer,
-            conn_id: 1,
-            conn,
-            tx,
-            depth: depth.clone(),
-            queued_bytes: Arc::default(),
-            dialed_by_me: true,
-            bootstrap: false,
-        };
-        assert!(links.up(now, up));
+        assert!(links.up(now, up_of(peer, conn, tx, depth.clone(), Arc::default())));
         assert_eq!(links.send(now, peer, frame()), Sent::Queued);
         let s = links.stats();
         assert_eq!((s.frames_sent, s.bytes_sent), (0, 0), "nothing reached a writer");
@@ -398,17 +399,7 @@ mod tests {
         let (conn, _endpoint, peer) = connection().await;
         let (tx, _rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        let up = Up {
-            peer,
-            conn,
-            conn_id: 1,
-            tx,
-            depth: Arc::new(AtomicUsize::new(0)),
-            queued_bytes: queued.clone(),
-            dialed_by_me: true,
-            bootstrap: false,
-        };
-        links.up(now, up);
+        links.up(now, up_of(peer, conn, tx, Arc::default(), queued.clone()));
         let big = || Frame::Whole(Bytes::from(vec![0u8; 4096]));
         for k in 1..=3 {
             assert_eq!(links.send(now, peer, big()), Sent::Queued, "frame {k}");
@@ -428,17 +419,7 @@ mod tests {
         let mut links = Links::new(NodeId([0; 32]), LIMITS);
         let (conn, _endpoint, peer) = connection().await;
         let (tx, _rx) = mpsc::unbounded_channel();
-        let up = Up {
-            peer,
-            conn,
-            conn_id: 1,
-            tx,
-            depth: Arc::new(AtomicUsize::new(0)),
-            queued_bytes: Arc::default(),
-            dialed_by_me: true,
-            bootstrap: false,
-        };
-        links.up(now, up);
+        links.up(now, up_of(peer, conn, tx, Arc::default(), Arc::default()));
         for k in 1..=LIMITS.hard {
             assert_eq!(links.send(now, peer, frame()), Sent::Queued, "frame {k}");
             assert_eq!(links.congested(), k > LIMITS.soft, "frame {k}");

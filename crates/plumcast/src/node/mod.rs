@@ -136,7 +136,8 @@ pub(crate) fn allowed_ids(
 }
 
 /// Most messages one [`Node::read_after`] returns: the actor reads them from the store
-/// while it serves nothing else (≈ 10 ms for 10,000 messages of 256 B from redb).
+/// while it serves nothing else, so one call must not hold it long (not measured yet:
+/// a bound chosen, not derived).
 pub const READ_MAX: usize = 10_000;
 
 /// Builds a [`Node`].
