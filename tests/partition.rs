@@ -108,10 +108,18 @@ async fn a_healed_partition_delivers_what_each_side_sent_during_the_split() {
     for n in &nodes {
         n.node.faults().unblock_all();
     }
-    wait_until(Duration::from_secs(45), "every node has every message of the split", || async {
+    let healed = wait_for(Duration::from_secs(45), || async {
         sent.iter().all(|(origin, id)| delivered(&nodes, *origin, *id) == (19, false))
     })
     .await;
+    if !healed {
+        let counts: Vec<(usize, bool)> = sent.iter().map(|(o, id)| delivered(&nodes, *o, *id)).collect();
+        let mut views = Vec::new();
+        for n in &nodes {
+            views.push(n.node.neighbors().await.unwrap().len());
+        }
+        panic!("45 s after the heal, (nodes delivered, any twice) per message: {counts:?}; active views {views:?}");
+    }
     let mut recovered = 0;
     for n in &nodes {
         recovered += n.node.stats().await.unwrap().broadcast.recovered;
