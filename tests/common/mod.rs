@@ -50,6 +50,17 @@ pub async fn start_with(contact: Option<std::net::SocketAddr>, seed: u64, protoc
     if let Some(c) = contact {
         b = b.bootstrap(c);
     }
+    TestNode::record(b).await
+}
+
+impl TestNode {
+    /// Spawn the node `b` builds, recording its deliveries.
+    pub async fn record(b: plumcast::NodeBuilder) -> TestNode {
+        record(b).await
+    }
+}
+
+async fn record(b: plumcast::NodeBuilder) -> TestNode {
     let (node, mut events) = b.spawn().await.expect("node starts");
     let record = Arc::new(Mutex::new(Record::default()));
     let r = record.clone();

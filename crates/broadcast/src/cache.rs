@@ -109,7 +109,7 @@ mod tests {
     use super::*;
 
     fn entry(seq: u64, len: usize) -> (MessageId, Cached<u32>) {
-        let envelope = Envelope { origin: 1u32, incarnation: 1, seq, payload: Bytes::from(vec![0; len]) };
+        let envelope = Envelope::new(1u32, 1, seq, Bytes::from(vec![0; len]));
         (envelope.id(), Cached { envelope, send_round: 0, parent: None, at: None })
     }
 

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use crate::{Envelope, Exchange, Message, MessageId};
+use crate::{Envelope, Exchange, Message, MessageId, Penalty};
 
 /// Inputs to [`State::handle`](crate::State::handle).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,4 +74,12 @@ pub enum Output<P> {
     Deliver(Delivery<P>),
     /// An anti-entropy exchange this node started ended (or was given up).
     Exchanged(Exchange<P>),
+    /// The neighbour sent a forged or rejected message (see [`crate::auth`]): the host
+    /// should drop its connection (the node does, and counts it).
+    Penalize {
+        /// The neighbour (or stranger) that sent it.
+        peer: P,
+        /// Why.
+        reason: Penalty,
+    },
 }

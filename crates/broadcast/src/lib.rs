@@ -25,6 +25,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 mod cache;
 pub mod config;
 mod dedupe;
@@ -41,6 +42,7 @@ use std::hash::Hash;
 
 use serde::Serialize;
 
+pub use auth::{Authenticator, Penalty, Validation, Validator};
 pub use config::{Config, Mode, Ordering, Tree};
 pub use exchange::{Exchange, ExchangeError, Trigger};
 pub use io::{Delivery, Input, Output, Timer};

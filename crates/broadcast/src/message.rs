@@ -86,11 +86,20 @@ pub struct Envelope<P> {
     pub incarnation: u64,
     /// Sequence number within the incarnation, starting at 1.
     pub seq: u64,
-    /// Application bytes.
+    /// The origin's proof of authorship, opaque to this crate: what the
+    /// [`Authenticator`](crate::Authenticator) made of the id when the origin broadcast it
+    /// (empty when messages are not signed). Not part of the [`MessageId`].
+    pub proof: Bytes,
+    /// Application bytes (last on the wire).
     pub payload: Bytes,
 }
 
 impl<P: PeerId> Envelope<P> {
+    /// An unsigned envelope (empty [`Envelope::proof`]).
+    pub fn new(origin: P, incarnation: u64, seq: u64, payload: Bytes) -> Self {
+        Self { origin, incarnation, seq, proof: Bytes::new(), payload }
+    }
+
     /// The [`MessageId`] of this envelope (recomputed on receipt, never trusted).
     pub fn id(&self) -> MessageId {
         let mut h = blake3::Hasher::new();

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::auth::{Authenticator, Penalty, Validation, Validator};
 use crate::cache::{Cached, PayloadCache};
 use crate::dedupe::{Key, Seen, Versions};
 use crate::exchange::{EXCHANGE_TIMEOUT_INTERVALS, Open};
@@ -98,8 +99,9 @@ impl<P> Default for AntiEntropy<P> {
     }
 }
 
-/// Messages of one origin's life held back, by seq, with the time each was held.
-type Held<P> = BTreeMap<u64, (Instant, Delivery<P>)>;
+/// Messages of one origin's life held back, by seq, with the time each was held (`None`:
+/// a settled message that is never delivered, kept only to fill its place in the order).
+type Held<P> = BTreeMap<u64, (Instant, Option<Delivery<P>>)>;
 
 /// Per (origin, incarnation): the next seq to deliver and the messages held back for it.
 #[derive(Clone, Debug)]
@@ -129,6 +131,12 @@ pub struct State<P> {
     holdback: Holdback<P>,
     cache: PayloadCache<P>,
     store: Box<dyn MessageStore<P>>,
+    /// Signs our messages and checks the proofs of others' (none: unsigned).
+    auth: Option<Box<dyn Authenticator<P>>>,
+    /// The application's check of content (none: everything authentic is accepted).
+    validator: Option<Box<dyn Validator<P>>>,
+    /// Our messages numbered by [`State::stage`] and not yet sent.
+    staged: Vec<(MessageId, Envelope<P>)>,
     anti_entropy: AntiEntropy<P>,
     /// Keyed by peer-announced ids, so SipHash; looked up, and iterated only to forget a
     /// neighbour (no output depends on its order).
@@ -159,6 +167,9 @@ impl<P: PeerId> State<P> {
     pub fn with_store(me: P, incarnation: u64, config: Config, store: Box<dyn MessageStore<P>>) -> Self {
         Self {
             store,
+            auth: None,
+            validator: None,
+            staged: Vec::new(),
             anti_entropy: AntiEntropy {
                 fresh: if config.replay_history { Fresh::No } else { Fresh::BeforeFirstNeighbor },
                 ..AntiEntropy::default()
@@ -355,23 +366,92 @@ impl<P: PeerId> State<P> {
     }
 
     /// Broadcast `payload`: eager push to the eager set, IHave to the lazy set (paper
-    /// Alg. 1, `Broadcast`). Returns the new message's id and the outputs.
+    /// Alg. 1, `Broadcast`). Returns the new message's id and the outputs. The same as
+    /// [`State::stage`] then [`State::flush_staged`].
     #[must_use = "the outputs must be performed, in order"]
     pub fn broadcast(&mut self, now: Instant, payload: Bytes) -> (MessageId, std::vec::Drain<'_, Output<P>>) {
-        self.expire(now);
-        let envelope = Envelope { origin: self.me.clone(), incarnation: self.incarnation, seq: self.next_seq, payload };
+        let id = self.stage(payload);
+        (id, self.flush_staged(now))
+    }
+
+    /// Number our next message and keep it until [`State::flush_staged`], which signs
+    /// every staged message at once (one proof over the lot when the [`Authenticator`]
+    /// batches). Returns its id, final already: the proof is not part of it.
+    pub fn stage(&mut self, payload: Bytes) -> MessageId {
+        let envelope = Envelope::new(self.me.clone(), self.incarnation, self.next_seq, payload);
         self.next_seq += 1;
         let id = envelope.id();
-        self.stats.broadcasts += 1;
         self.mark_seen(&envelope);
-        if self.config.deliver_own {
-            self.stats.delivered += 1;
-            self.deliver(now, Delivery { id, envelope: envelope.clone(), hops: 0, from: None, recovered: false });
+        self.staged.push((id, envelope));
+        id
+    }
+
+    /// How many messages [`State::stage`] numbered that were not sent yet.
+    pub fn staged_len(&self) -> usize {
+        self.staged.len()
+    }
+
+    /// Sign the staged messages and broadcast them, oldest first.
+    #[must_use = "the outputs must be performed, in order"]
+    pub fn flush_staged(&mut self, now: Instant) -> std::vec::Drain<'_, Output<P>> {
+        self.expire(now);
+        let mut staged = std::mem::take(&mut self.staged);
+        if let Some(auth) = self.auth.as_mut() {
+            let ids: Vec<MessageId> = staged.iter().map(|(id, _)| *id).collect();
+            for ((_, e), proof) in staged.iter_mut().zip(auth.sign(&ids)) {
+                e.proof = proof;
+            }
         }
-        self.store_append(now, id, &envelope);
-        self.push(now, id, &envelope, 0, None);
-        self.cache_insert(now, id, Cached { envelope, send_round: 0, parent: None, at: None });
-        (id, self.out.drain(..))
+        for (id, envelope) in staged.drain(..) {
+            self.stats.broadcasts += 1;
+            if self.config.deliver_own {
+                self.stats.delivered += 1;
+                self.deliver(now, Delivery { id, envelope: envelope.clone(), hops: 0, from: None, recovered: false });
+            }
+            self.store_append(now, id, &envelope);
+            self.push(now, id, &envelope, 0, None);
+            self.cache_insert(now, id, Cached { envelope, send_round: 0, parent: None, at: None });
+        }
+        self.staged = staged;
+        self.out.drain(..)
+    }
+
+    /// Sign our messages and check everyone's proofs with `auth` (see [`Authenticator`]);
+    /// from now on a message whose proof fails is dropped ([`Stats::forged`]) and its
+    /// sender penalised ([`Output::Penalize`]).
+    pub fn set_authenticator(&mut self, auth: Box<dyn Authenticator<P>>) {
+        self.auth = Some(auth);
+    }
+
+    /// Check the content of every authentic message with `validator` (see [`Validator`]).
+    pub fn set_validator(&mut self, validator: Box<dyn Validator<P>>) {
+        self.validator = Some(validator);
+    }
+
+    /// Run the [`Authenticator`] then the [`Validator`] on a message not seen before, and
+    /// carry out their verdict. True: take it. False: it was dropped (counted; a forged one
+    /// is left unseen so the real one still gets in, a rejected or ignored one is settled).
+    fn admit(&mut self, now: Instant, from: &P, envelope: &Envelope<P>, id: &MessageId) -> bool {
+        if let Some(auth) = self.auth.as_mut()
+            && !auth.verify(envelope, id)
+        {
+            self.stats.forged += 1;
+            self.out.push(Output::Penalize { peer: from.clone(), reason: Penalty::Forged });
+            return false;
+        }
+        let verdict = self.validator.as_mut().map_or(Validation::Accept, |v| v.validate(envelope, id));
+        match verdict {
+            Validation::Accept => return true,
+            Validation::Reject => {
+                self.stats.rejected += 1;
+                self.out.push(Output::Penalize { peer: from.clone(), reason: Penalty::Rejected });
+            }
+            Validation::Ignore => self.stats.ignored += 1,
+        }
+        self.mark_seen(envelope);
+        self.missing.remove(id);
+        self.settle(now, envelope);
+        false
     }
 
     /// Process one input at `now`. Never panics on peer input.
@@ -523,6 +603,9 @@ impl<P: PeerId> State<P> {
                 return;
             }
             Seen::No => {}
+        }
+        if !self.admit(now, &from, &envelope, &id) {
+            return;
         }
         self.mark_seen(&envelope);
         let missing = self.missing.remove(&id);
@@ -773,7 +856,7 @@ impl<P: PeerId> State<P> {
         }
         if seq > next {
             self.stats.ordering_held += 1;
-            self.holdback.held.entry(key).or_default().insert(seq, (now, d));
+            self.holdback.held.entry(key).or_default().insert(seq, (now, Some(d)));
             self.holdback.count += 1;
             if self.holdback.count > self.config.ordering_max_held {
                 self.skip_oldest_gap();
@@ -784,12 +867,34 @@ impl<P: PeerId> State<P> {
         self.release(key, seq + 1);
     }
 
+    /// A message that will never be delivered (rejected or ignored) no longer holds back
+    /// its origin's later ones ([`crate::Ordering::PerOrigin`]).
+    fn settle(&mut self, now: Instant, e: &Envelope<P>) {
+        if self.config.ordering == crate::Ordering::None {
+            return;
+        }
+        let key = (e.origin.clone(), e.incarnation);
+        let next = *self.holdback.next.entry(key.clone()).or_insert(e.seq);
+        if e.seq == next {
+            self.release(key, e.seq + 1);
+        } else if e.seq > next {
+            // Held as a gap filler: released in turn, delivering nothing.
+            self.holdback.held.entry(key).or_default().insert(e.seq, (now, None));
+            self.holdback.count += 1;
+            if self.holdback.count > self.config.ordering_max_held {
+                self.skip_oldest_gap();
+            }
+        }
+    }
+
     /// Deliver the held messages of `key` from `next` on while they are contiguous.
     fn release(&mut self, key: Key<P>, mut next: u64) {
         if let Some(held) = self.holdback.held.get_mut(&key) {
             while let Some((_, d)) = held.remove(&next) {
                 self.holdback.count -= 1;
-                self.out.push(Output::Deliver(d));
+                if let Some(d) = d {
+                    self.out.push(Output::Deliver(d));
+                }
                 next += 1;
             }
             if held.is_empty() {
@@ -1114,6 +1219,9 @@ impl<P: PeerId> State<P> {
                 continue;
             }
             let id = envelope.id();
+            if !self.admit(now, &from, &envelope, &id) {
+                continue;
+            }
             self.mark_seen(&envelope);
             self.missing.remove(&id);
             self.stats.delivered += 1;

@@ -83,4 +83,12 @@ pub struct Stats {
     pub ordering_held: u64,
     /// With per-origin ordering: gaps given up (waited too long, or too many held).
     pub ordering_gaps_skipped: u64,
+    /// Messages whose proof of authorship failed ([`Authenticator`](crate::Authenticator)):
+    /// dropped, not marked seen, their sender penalised.
+    pub forged: u64,
+    /// Messages the [`Validator`](crate::Validator) rejected (dropped, settled, sender
+    /// penalised).
+    pub rejected: u64,
+    /// Messages the [`Validator`](crate::Validator) ignored (dropped, settled).
+    pub ignored: u64,
 }

@@ -203,7 +203,7 @@ mod tests {
     use bytes::Bytes;
 
     fn env(origin: u32, incarnation: u64, seq: u64, len: usize) -> Envelope<u32> {
-        Envelope { origin, incarnation, seq, payload: Bytes::from(vec![seq as u8; len]) }
+        Envelope::new(origin, incarnation, seq, Bytes::from(vec![seq as u8; len]))
     }
 
     #[test]

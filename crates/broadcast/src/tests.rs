@@ -27,7 +27,7 @@ fn up(s: &mut State<u32>, peers: &[u32]) {
 }
 
 fn env(origin: u32, seq: u64, payload: &'static [u8]) -> Envelope<u32> {
-    Envelope { origin, incarnation: 1, seq, payload: Bytes::from_static(payload) }
+    Envelope::new(origin, 1, seq, Bytes::from_static(payload))
 }
 
 #[test]
@@ -397,6 +397,7 @@ impl Net {
                 Output::Timer { at: t, timer } => self.timers.push((t, at, timer)),
                 Output::Deliver(d) => *self.delivered.entry((at, d.id)).or_default() += 1,
                 Output::Exchanged(_) => {}
+                Output::Penalize { peer, reason } => panic!("{peer} penalised ({reason:?}) in an honest run"),
             }
         }
     }
@@ -492,14 +493,14 @@ fn message_ids_hash_the_postcard_header_then_the_payload() {
     }
     for (inc, seq, len) in [(0, 0, 0), (1_700_000_000_000, 1, 5), (u64::MAX, u64::MAX, 300)] {
         let payload = Bytes::from(vec![3u8; len]);
-        let small = Envelope { origin: 7u32, incarnation: inc, seq, payload: payload.clone() };
+        let small = Envelope::new(7u32, inc, seq, payload.clone());
         assert_eq!(small.id(), reference(&small));
         // A 32-byte key (the node's NodeId) with the largest varints: a 53-byte header.
-        let key = Envelope { origin: [0xabu8; 32], incarnation: inc, seq, payload };
+        let key = Envelope::new([0xabu8; 32], inc, seq, payload);
         assert_eq!(key.id(), reference(&key));
     }
     // A header longer than the 64-byte buffer.
-    let long = Envelope { origin: vec![1u8; 60], incarnation: u64::MAX, seq: u64::MAX, payload: Bytes::new() };
+    let long = Envelope::new(vec![1u8; 60], u64::MAX, u64::MAX, Bytes::new());
     assert_eq!(long.id(), reference(&long));
 }
 
@@ -533,6 +534,7 @@ fn pump_exchanges(
                 Output::Deliver(d) => delivered[to as usize].push(d),
                 Output::Exchanged(x) => exchanges.push((to, x)),
                 Output::Timer { .. } => {}
+                Output::Penalize { peer, reason } => panic!("{peer} penalised ({reason:?}) in an honest run"),
             }
         }
     }
@@ -610,7 +612,7 @@ fn a_large_version_vector_is_covered_in_bounded_pieces_over_rounds() {
     let mut nodes = vec![ae_node(0, config.clone()), ae_node(1, config)];
     // Node 0 heard one message from each of 100 origins; node 1 heard none of them.
     for origin in 100..200u32 {
-        let e = Envelope { origin, incarnation: 1, seq: 1, payload: Bytes::from_static(b"x") };
+        let e = Envelope::new(origin, 1, 1, Bytes::from_static(b"x"));
         let _ = nodes[0].handle(now, Input::NeighborUp(origin));
         let _ =
             nodes[0].handle(now, Input::Message { from: origin, message: Message::Gossip { round: 0, envelope: e } });
@@ -824,4 +826,145 @@ fn one_neighbour_is_served_one_message_at_most_max_serves_times() {
     let unknown = MessageId([9; 32]);
     assert_eq!((0..5).map(|_| graft(&mut s, 1, unknown)).sum::<usize>(), 0);
     assert_eq!(s.stats().graft_misses, 5);
+}
+
+/// Proofs that say who signed: `b"by N"` for origin N. Counts verifications.
+#[derive(Clone)]
+struct ByOrigin {
+    me: u32,
+    verified: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Authenticator<u32> for ByOrigin {
+    fn sign(&mut self, ids: &[MessageId]) -> Vec<Bytes> {
+        ids.iter().map(|_| Bytes::from(format!("by {}", self.me))).collect()
+    }
+    fn verify(&mut self, e: &Envelope<u32>, _: &MessageId) -> bool {
+        self.verified.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        e.proof == format!("by {}", e.origin).as_bytes()
+    }
+    fn clone_box(&self) -> Box<dyn Authenticator<u32>> {
+        Box::new(self.clone())
+    }
+}
+
+/// Rejects payloads starting with "bad", ignores those starting with "old".
+#[derive(Clone)]
+struct Content;
+
+impl Validator<u32> for Content {
+    fn validate(&mut self, e: &Envelope<u32>, _: &MessageId) -> Validation {
+        if e.payload.starts_with(b"bad") {
+            Validation::Reject
+        } else if e.payload.starts_with(b"old") {
+            Validation::Ignore
+        } else {
+            Validation::Accept
+        }
+    }
+    fn clone_box(&self) -> Box<dyn Validator<u32>> {
+        Box::new(self.clone())
+    }
+}
+
+fn guarded(me: u32, ordering: Ordering) -> (State<u32>, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let verified = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut s = State::new(me, 1, Config { ihave_batch_window: Duration::ZERO, ordering, ..Config::lan() });
+    s.set_authenticator(Box::new(ByOrigin { me, verified: verified.clone() }));
+    s.set_validator(Box::new(Content));
+    (s, verified)
+}
+
+fn gossip(e: &Envelope<u32>) -> Message<u32> {
+    Message::Gossip { round: 0, envelope: e.clone() }
+}
+
+#[test]
+fn a_forged_copy_is_dropped_unseen_so_the_real_one_still_gets_in_and_is_checked_once() {
+    let now = Instant::now();
+    let (mut s, verified) = guarded(0, Ordering::None);
+    up(&mut s, &[1, 2]);
+    // Neighbour 1 forwards origin 9's seq 1 with another payload and a proof not by 9.
+    let mut forged = env(9, 1, b"forged");
+    forged.proof = Bytes::from_static(b"by 1");
+    let out: Vec<_> = s.handle(now, Input::Message { from: 1, message: gossip(&forged) }).collect();
+    assert!(out.contains(&Output::Penalize { peer: 1, reason: Penalty::Forged }), "{out:?}");
+    assert!(!out.iter().any(|o| matches!(o, Output::Deliver(_) | Output::Send { .. })), "{out:?}");
+    assert_eq!(s.stats().forged, 1);
+    // The real one from 2 is not taken for a duplicate.
+    let mut real = env(9, 1, b"real");
+    real.proof = Bytes::from_static(b"by 9");
+    let out: Vec<_> = s.handle(now, Input::Message { from: 2, message: gossip(&real) }).collect();
+    assert!(out.iter().any(|o| matches!(o, Output::Deliver(d) if d.envelope.payload == "real")), "{out:?}");
+    // Copies after it are duplicates: never verified again, never delivered again.
+    let before = verified.load(std::sync::atomic::Ordering::Relaxed);
+    for from in [1, 2] {
+        let out: Vec<_> = s.handle(now, Input::Message { from, message: gossip(&real) }).collect();
+        assert!(!out.iter().any(|o| matches!(o, Output::Deliver(_))));
+    }
+    assert_eq!(verified.load(std::sync::atomic::Ordering::Relaxed), before);
+    assert_eq!(s.stats().duplicates, 2);
+    // A repair carrying a forged envelope is treated the same.
+    let mut forged = env(9, 2, b"forged");
+    forged.proof = Bytes::from_static(b"by 2");
+    let repair = Message::Repair { after: None, ask: 0, envelopes: vec![forged], more: false };
+    let out: Vec<_> = s.handle(now, Input::Message { from: 2, message: repair }).collect();
+    assert!(out.contains(&Output::Penalize { peer: 2, reason: Penalty::Forged }), "{out:?}");
+    assert_eq!(s.stats().forged, 2);
+    assert_eq!(s.head(&9, 1), 1, "seq 2 is still missing");
+}
+
+#[test]
+fn own_messages_are_signed_in_one_call_per_flush() {
+    let now = Instant::now();
+    let (mut s, _) = guarded(0, Ordering::None);
+    up(&mut s, &[1]);
+    let ids: Vec<MessageId> = (0..3).map(|k| s.stage(Bytes::from(vec![k]))).collect();
+    assert_eq!(s.staged_len(), 3);
+    let out = sends(s.flush_staged(now).collect());
+    let sent: Vec<(MessageId, Bytes)> = out
+        .iter()
+        .filter_map(|(_, m)| {
+            if let Message::Gossip { envelope, .. } = m { Some((envelope.id(), envelope.proof.clone())) } else { None }
+        })
+        .collect();
+    assert_eq!(sent.iter().map(|(id, _)| *id).collect::<Vec<_>>(), ids, "staged order, final ids");
+    assert!(sent.iter().all(|(_, p)| p == "by 0"));
+    assert_eq!(s.staged_len(), 0);
+    assert_eq!(s.stats().broadcasts, 3);
+}
+
+#[test]
+fn rejected_and_ignored_messages_stop_here_and_are_settled_for_ordering_and_anti_entropy() {
+    let now = Instant::now();
+    let (mut s, _) = guarded(0, Ordering::PerOrigin);
+    up(&mut s, &[1, 2]);
+    let signed = |seq, payload: &'static [u8]| {
+        let mut e = env(9, seq, payload);
+        e.proof = Bytes::from_static(b"by 9");
+        e
+    };
+    // seq 1 is delivered (the first seen of an origin starts its order), then seq 4
+    // arrives and is held back for 2 and 3.
+    let _ = s.handle(now, Input::Message { from: 1, message: gossip(&signed(1, b"one")) });
+    let out: Vec<_> = s.handle(now, Input::Message { from: 1, message: gossip(&signed(4, b"four")) }).collect();
+    assert!(!out.iter().any(|o| matches!(o, Output::Deliver(_))));
+    // seq 2 is rejected: not delivered, not forwarded, not stored, the sender penalised.
+    let out: Vec<_> = s.handle(now, Input::Message { from: 2, message: gossip(&signed(2, b"bad two")) }).collect();
+    assert!(out.contains(&Output::Penalize { peer: 2, reason: Penalty::Rejected }), "{out:?}");
+    assert!(!out.iter().any(|o| matches!(o, Output::Deliver(_) | Output::Send { .. })), "{out:?}");
+    // seq 3 is ignored: quietly dropped; and 4 is released at once, not after the gap wait.
+    let out: Vec<_> = s.handle(now, Input::Message { from: 1, message: gossip(&signed(3, b"old three")) }).collect();
+    assert!(!out.iter().any(|o| matches!(o, Output::Penalize { .. })), "{out:?}");
+    let delivered: Vec<u64> =
+        out.iter().filter_map(|o| if let Output::Deliver(d) = o { Some(d.envelope.seq) } else { None }).collect();
+    assert_eq!(delivered, vec![4]);
+    assert_eq!((s.stats().rejected, s.stats().ignored, s.stats().ordering_gaps_skipped), (1, 1, 0));
+    // Settled: the version vector covers 1..4, so anti-entropy never asks for them again,
+    // and the rejected copy is a duplicate if it comes back (no second penalty).
+    assert_eq!(s.head(&9, 1), 4);
+    let out: Vec<_> = s.handle(now, Input::Message { from: 1, message: gossip(&signed(2, b"bad two")) }).collect();
+    assert!(!out.iter().any(|o| matches!(o, Output::Penalize { .. } | Output::Deliver(_))), "{out:?}");
+    assert_eq!(s.stats().rejected, 1);
+    assert_eq!(s.store_size().messages, 2, "only seqs 1 and 4 were stored");
 }

@@ -56,6 +56,9 @@ pub struct Args {
     /// (in the system temp dir).
     #[arg(long)]
     store: bool,
+    /// Messages unsigned (by default they are signed and every node checks them).
+    #[arg(long)]
+    unsigned: bool,
     /// Spanning trees: one per origin (the default) or one shared tree (the paper).
     #[arg(long, value_enum, default_value = "per-origin")]
     tree: TreeArg,
@@ -214,7 +217,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let (n, m) = (a.nodes, a.messages);
     let mut config = proto::Config::lan();
     config.broadcast.tree = a.tree.into();
-    let cluster = LocalCluster::start(n, m, config, a.seed).await?;
+    let cluster = LocalCluster::start(n, m, config, a.seed, !a.unsigned).await?;
     let rec = cluster.rec.clone();
     let formed = cluster.wait_formed(Duration::from_secs(1), Duration::from_secs(60)).await;
     let formed_s = rec.t0.elapsed().as_secs_f64();
@@ -299,6 +302,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let span = total_s.max(send_s).max(1e-9);
     let row = json!({
         "impl": concat!("plumcast ", env!("CARGO_PKG_VERSION")), "tree": format!("{:?}", a.tree),
+        "signed": !a.unsigned,
+        "signed_batches": delta(|s| s.signatures.signed_batches),
+        "verifications": delta(|s| s.signatures.verifications),
+        "signature_cache_hits": delta(|s| s.signatures.cache_hits),
         "nodes": n, "messages": m, "size": a.size,
         "mode": if a.mode == Mode::Random { "random" } else { "single" },
         "rate": a.rate, "warmup": a.warmup,

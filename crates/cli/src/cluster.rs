@@ -137,8 +137,8 @@ pub struct LocalCluster {
 
 impl LocalCluster {
     /// Start `n` nodes (node 0 first, the others bootstrapping through it), recording
-    /// deliveries of up to `m` measured messages.
-    pub async fn start(n: usize, m: usize, config: proto::Config, seed: u64) -> anyhow::Result<Self> {
+    /// deliveries of up to `m` measured messages; `signed`: messages signed and checked.
+    pub async fn start(n: usize, m: usize, config: proto::Config, seed: u64, signed: bool) -> anyhow::Result<Self> {
         let rec = Arc::new(Recorder::new(n, m));
         let mut nodes = Vec::with_capacity(n);
         let mut ids = Vec::with_capacity(n);
@@ -146,6 +146,7 @@ impl LocalCluster {
         for i in 0..n {
             let mut b =
                 Node::builder().protocol(config.clone()).rng_seed(seed.wrapping_mul(1000).wrapping_add(i as u64));
+            b = b.sign_messages(signed);
             if let Some(c) = contact {
                 b = b.bootstrap(format!("{c}"));
             }

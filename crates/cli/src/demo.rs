@@ -49,7 +49,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(format!("starting {n} nodes"));
-    let mut cluster = LocalCluster::start(n, m, proto::Config::local(), a.seed).await?;
+    let mut cluster = LocalCluster::start(n, m, proto::Config::local(), a.seed, true).await?;
     let rec = cluster.rec.clone();
     bar.set_message("forming the overlay");
     if !cluster.wait_formed(Duration::from_millis(500), Duration::from_secs(30)).await {

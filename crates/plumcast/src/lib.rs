@@ -77,7 +77,9 @@
 //! slows its peers through QUIC flow control. Messages of one origin may be delivered out
 //! of order; a message cut off by a partition is recovered after the heal only within the
 //! 10 s catch-up window. A node's identity is its Ed25519 key ([`NodeId`]), proven in the
-//! TLS handshake.
+//! TLS handshake. Every message is signed by its origin (in batches, see [`sign`]) and
+//! checked once by every node before it is stored, delivered or forwarded; a validator
+//! ([`NodeBuilder::validator`]) checks its content at the same point.
 //!
 //! # Features
 //!
@@ -92,11 +94,14 @@ pub mod proto;
 
 #[cfg(feature = "net")]
 pub use node::config;
+/// Ed25519 batch signatures on messages ([`NodeConfig::sign_messages`]).
+#[cfg(feature = "net")]
+pub use node::sign;
 #[cfg(feature = "net")]
 pub use node::{
-    ADMISSION_POLL, Cursor, Delivered, Error, Event, Events, Exchange, FrameDrops, Identity, MessageHandler, NetStats,
-    Node, NodeBuilder, NodeConfig, NodeId, NodeStats, Page, Payload, PeerInfo, READ_MAX, StoreStats, TransportConfig,
-    TransportError,
+    ADMISSION_POLL, Candidate, Cursor, Delivered, Error, Event, Events, Exchange, FrameDrops, Identity, MessageHandler,
+    NetStats, Node, NodeBuilder, NodeConfig, NodeId, NodeStats, Page, Payload, PeerInfo, READ_MAX, SignStats,
+    StoreStats, TransportConfig, TransportError, Validation, ValidatorFn,
 };
 /// The cluster certificate authority (`plumcast ca`; [`NodeBuilder::cluster_ca_file`]).
 #[cfg(feature = "net")]

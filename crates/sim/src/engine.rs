@@ -541,6 +541,7 @@ impl Sim {
             }
             proto::Output::Rejoin => 3u8.hash(h),
             proto::Output::Event(e) => (4u8, format!("{e:?}")).hash(h),
+            proto::Output::Penalize { peer, reason } => (5u8, peer, reason.as_str()).hash(h),
         }
     }
 
@@ -646,6 +647,8 @@ impl Sim {
                     }
                 }
                 proto::Output::Event(_) => {}
+                // The simulator's nodes neither sign nor validate: nothing is penalised.
+                proto::Output::Penalize { .. } => {}
             }
         }
     }
@@ -968,12 +971,7 @@ pub fn digest_sizes(origins: usize) -> DigestSizes {
     let mut b = broadcast::State::new(u32::MAX - 1, 1, config);
     for o in 0..origins as u32 {
         // A real incarnation: a start time in ms (2026), a 6-byte varint, as on the wire.
-        let e = broadcast::Envelope {
-            origin: o,
-            incarnation: 1_796_000_000_000,
-            seq: 1,
-            payload: Bytes::from_static(b"x"),
-        };
+        let e = broadcast::Envelope::new(o, 1_796_000_000_000, 1, Bytes::from_static(b"x"));
         for s in [&mut a, &mut b] {
             let _ = s.handle(
                 t,

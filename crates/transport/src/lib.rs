@@ -390,8 +390,10 @@ const MAX_UNI_STREAMS: u32 = 4;
 /// Version 1 (plumcast before anti-entropy) sent no version; version 2 added the
 /// anti-entropy messages (Digest, Repair) and this field; version 3 numbers each digest
 /// and names the digest a repair answers (the development builds of 2026-12-01 between
-/// 15:56 and 16:26 UTC sent 2 with a partly changed format; version 3 refuses them).
-pub const WIRE_VERSION: u32 = 3;
+/// 15:56 and 16:26 UTC sent 2 with a partly changed format; version 3 refuses them);
+/// version 4 carries the origin's proof of authorship (a batch signature) in every
+/// envelope.
+pub const WIRE_VERSION: u32 = 4;
 
 /// First frame on every stream: who the sender says it is beyond its TLS key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -30,6 +30,9 @@ type Proto = proto::State<PeerInfo, ChaCha8Rng>;
 
 /// Period of the housekeeping sweep (retired and idle connections, RTT estimates).
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
+/// Longest a broadcast waits staged for its batch's signature while the loop is busy
+/// (an idle loop signs at once): the most signing adds to a message's latency.
+const STAGE_WAIT: Duration = Duration::from_millis(1);
 /// Events from the connection tasks queued towards the actor; a full queue makes the
 /// readers wait (QUIC flow control then pushes back on the peers).
 const NET_QUEUE: usize = 1024;
@@ -99,6 +102,9 @@ pub(crate) struct ActorInit {
     pub app_tx: mpsc::Sender<Event>,
     pub reach_tx: watch::Sender<Reach>,
     pub restored: Option<Restored>,
+    pub validator: Option<super::ValidatorFn>,
+    /// Our signer and checker of signatures, with its counters (none: unsigned).
+    pub signatures: Option<(super::sign::Signatures, Arc<super::sign::SignCounters>)>,
     pub admission: AdmissionInit,
 }
 
@@ -125,6 +131,8 @@ struct ActorStats {
     broadcasts: u64,
     app_events: u64,
     admission_closed: u64,
+    forged_closed: u64,
+    rejected_closed: u64,
 }
 
 pub(crate) struct Actor {
@@ -177,6 +185,10 @@ pub(crate) struct Actor {
     /// The time of the event being handled: read once per event (a frame, a timer batch,
     /// a broadcast), so timers armed while handling it start from when it arrived.
     now: Instant,
+    /// The signing counters, when messages are signed.
+    sign_counters: Option<Arc<super::sign::SignCounters>>,
+    /// When the oldest of our staged (numbered, not yet signed) broadcasts was staged.
+    staged_since: Option<Instant>,
 }
 
 impl Actor {
@@ -184,7 +196,7 @@ impl Actor {
         let rng = ChaCha8Rng::seed_from_u64(init.seed);
         let mut backlog = VecDeque::new();
         let mut net_base = NetStats::default();
-        let (proto, data) = match init.restored {
+        let (mut proto, data) = match init.restored {
             None => (proto::State::new(init.me, init.incarnation, init.config.protocol.clone(), rng), None),
             Some(r) => {
                 let mut p =
@@ -211,6 +223,13 @@ impl Actor {
                 (p, Some(r.dir))
             }
         };
+        let sign_counters = init.signatures.map(|(s, counters)| {
+            proto.set_authenticator(Box::new(s));
+            counters
+        });
+        if let Some(v) = init.validator {
+            proto.set_validator(Box::new(super::event::AppValidator(v)));
+        }
         let (net_tx, net_rx) = mpsc::channel(NET_QUEUE);
         let limits = Limits {
             soft: init.config.peer_queue_soft_limit,
@@ -252,6 +271,8 @@ impl Actor {
             scratch: Vec::new(),
             stats: ActorStats::default(),
             now: Instant::now(),
+            sign_counters,
+            staged_since: None,
         }
     }
 
@@ -279,6 +300,9 @@ impl Actor {
             // and failure detection (the select below is biased towards peer input).
             if self.timers.next().is_some_and(|at| at <= Instant::now()) {
                 self.fire_timers();
+            }
+            if self.staged_since.is_some_and(|t| t.elapsed() >= STAGE_WAIT) {
+                self.flush_staged();
             }
             let next_timer = self.timers.next();
             let accept_broadcasts = !self.links.congested();
@@ -317,6 +341,8 @@ impl Actor {
                 Some(incoming) = self.endpoint.accept() => self.accept(incoming),
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => self.on_task_done(done),
                 _ = sweep.tick() => self.sweep(),
+                // Nothing else is ready: sign and send what was staged.
+                () = std::future::ready(()), if self.staged_since.is_some() => self.flush_staged(),
             }
             self.flush_app().await;
         }
@@ -376,6 +402,8 @@ impl Actor {
             app_events: a.app_events,
             admission_refused: self.admission.admission.refused(),
             admission_closed: a.admission_closed,
+            forged_closed: a.forged_closed,
+            rejected_closed: a.rejected_closed,
         }
         .plus(&self.net_base);
         NodeStats {
@@ -395,6 +423,15 @@ impl Actor {
                 }
             },
             version_vector: b.versions_len(),
+            signatures: self.sign_counters.as_ref().map_or_else(super::SignStats::default, |c| {
+                use std::sync::atomic::Ordering::Relaxed;
+                super::SignStats {
+                    signed_batches: c.signed_batches.load(Relaxed),
+                    signed_messages: c.signed_messages.load(Relaxed),
+                    verifications: c.verifications.load(Relaxed),
+                    cache_hits: c.cache_hits.load(Relaxed),
+                }
+            }),
             net,
         }
     }
@@ -435,12 +472,35 @@ impl Actor {
     fn on_broadcast(&mut self, cmd: BroadcastCmd) {
         self.now = Instant::now();
         self.stats.broadcasts += 1;
+        if self.sign_counters.is_some() && self.data.is_none() {
+            // Signed in a batch with whatever else is staged when the loop next has
+            // nothing else to do, or when the batch is full, or after STAGE_WAIT. The id
+            // is final already. (With a data dir each broadcast is durable before it
+            // returns, so it is signed and stored alone.)
+            let id = self.proto.stage(cmd.payload);
+            let _ = cmd.reply.send(id);
+            self.staged_since.get_or_insert(self.now);
+            if self.proto.staged_len() >= super::sign::MAX_BATCH {
+                self.flush_staged();
+            }
+            return;
+        }
         let mut out = std::mem::take(&mut self.scratch);
         let (id, outputs) = self.proto.broadcast(self.now.into_std(), cmd.payload);
         out.extend(outputs);
         self.perform(out);
         self.run_follow_ups();
         let _ = cmd.reply.send(id);
+    }
+
+    /// Sign the staged broadcasts (one signature) and send them.
+    fn flush_staged(&mut self) {
+        self.now = Instant::now();
+        self.staged_since = None;
+        let mut out = std::mem::take(&mut self.scratch);
+        out.extend(self.proto.flush_staged(self.now.into_std()));
+        self.perform(out);
+        self.run_follow_ups();
     }
 
     fn fire_timers(&mut self) {
@@ -486,6 +546,22 @@ impl Actor {
                     }
                 }
                 proto::Output::Event(e) => self.on_event(e),
+                proto::Output::Penalize { peer, reason } => {
+                    match reason {
+                        broadcast::Penalty::Forged => self.stats.forged_closed += 1,
+                        broadcast::Penalty::Rejected => self.stats.rejected_closed += 1,
+                    }
+                    if self.warned.first(format!("penalized {peer} {}", reason.as_str())) {
+                        warn!(peer = %peer, reason = reason.as_str(), "closing the link of a peer that sent a {} message (further ones at debug level)", reason.as_str());
+                    } else {
+                        debug!(peer = %peer, reason = reason.as_str(), "closing the link of a peer that sent a bad message");
+                    }
+                    let why = match reason {
+                        broadcast::Penalty::Forged => "sent a forged message",
+                        broadcast::Penalty::Rejected => "sent a rejected message",
+                    };
+                    self.links.close(peer, close_code::FAILED, why);
+                }
             }
         }
         self.scratch = out;
@@ -879,6 +955,10 @@ impl Actor {
 
     /// Graceful leave: Disconnect to the neighbours, flush, close, drain tasks.
     async fn leave(&mut self) {
+        if self.staged_since.is_some() {
+            // Broadcasts whose ids were returned go out before we leave.
+            self.flush_staged();
+        }
         self.save_views();
         let neighbors: Vec<NodeId> = self.proto.membership().active_view().iter().map(|p| p.id).collect();
         self.input(proto::Input::Membership(membership::Input::Leave));

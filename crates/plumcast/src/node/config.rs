@@ -76,6 +76,12 @@ pub struct NodeConfig {
     pub shutdown_linger: Duration,
     /// A connection to a peer in neither view, idle this long, is closed.
     pub idle_link_timeout: Duration,
+    /// Sign our messages and accept only messages whose origin's signature checks
+    /// (default true, as gossipsub's strict mode). Every node of a cluster must agree: a
+    /// signing node drops an unsigned message as forged and disconnects its sender. See
+    /// the `sign` module's docs for the batch signatures and docs/performance.md for what
+    /// they cost.
+    pub sign_messages: bool,
 }
 
 impl Default for NodeConfig {
@@ -95,6 +101,7 @@ impl Default for NodeConfig {
             peer_queue_hard_bytes: PEER_QUEUE_HARD_BYTES,
             shutdown_linger: SHUTDOWN_LINGER,
             idle_link_timeout: IDLE_LINK_TIMEOUT,
+            sign_messages: true,
         }
     }
 }

@@ -29,7 +29,15 @@ use super::Error;
 use crate::proto::broadcast::{Envelope, MessageId, MessageStore, Retention, StoreError, StoreSize};
 
 /// The schema this build reads and writes; a data dir of another is refused.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
+
+/// A MESSAGES row's proof and payload: the row is postcard of `(id, stored at in ms,
+/// proof, payload)` (schema 2; schema 1 had no proof). `None` for a row that does not
+/// decode.
+fn decode_row(row: &[u8]) -> Option<(Bytes, Bytes)> {
+    let (_, _, proof, payload) = postcard::from_bytes::<([u8; 32], u64, Vec<u8>, Vec<u8>)>(row).ok()?;
+    Some((Bytes::from(proof), Bytes::from(payload)))
+}
 /// How often pending (not yet fsynced) writes are made durable: the window a SIGKILL can
 /// hit (received messages and delivery records within it are fetched or delivered again).
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -246,13 +254,8 @@ impl DataDir {
                 if seen.contains(&(NodeId(o), i, s)) {
                     continue;
                 }
-                if let Ok((_, _, payload)) = postcard::from_bytes::<([u8; 32], u64, Vec<u8>)>(v.value()) {
-                    undelivered.push(Envelope {
-                        origin: NodeId(o),
-                        incarnation: i,
-                        seq: s,
-                        payload: Bytes::from(payload),
-                    });
+                if let Some((proof, payload)) = decode_row(v.value()) {
+                    undelivered.push(Envelope { origin: NodeId(o), incarnation: i, seq: s, proof, payload });
                 }
             }
         }
@@ -434,8 +437,8 @@ impl MessageStore<NodeId> for DurableStore {
         let own = envelope.origin == self.me;
         let key = (envelope.origin.0, envelope.incarnation, envelope.seq);
         self.ids.insert(id, key);
-        let value =
-            postcard::to_allocvec(&(id.0, now_ms(), &envelope.payload[..])).map_err(|e| StoreError(e.to_string()))?;
+        let value = postcard::to_allocvec(&(id.0, now_ms(), &envelope.proof[..], &envelope.payload[..]))
+            .map_err(|e| StoreError(e.to_string()))?;
         {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
             pending.messages.push((key, value));
@@ -470,8 +473,8 @@ impl MessageStore<NodeId> for DurableStore {
         let key = *self.ids.get(id)?;
         let txn = self.db.begin_read().ok()?;
         let row = txn.open_table(MESSAGES).ok()?.get(key).ok()??;
-        let (_, _, payload) = postcard::from_bytes::<([u8; 32], u64, Vec<u8>)>(row.value()).ok()?;
-        Some(Envelope { origin: NodeId(key.0), incarnation: key.1, seq: key.2, payload: Bytes::from(payload) })
+        let (proof, payload) = decode_row(row.value())?;
+        Some(Envelope { origin: NodeId(key.0), incarnation: key.1, seq: key.2, proof, payload })
     }
 
     fn range(
@@ -494,13 +497,13 @@ impl MessageStore<NodeId> for DurableStore {
         let mut bytes = 0;
         for row in rows {
             let Ok((k, v)) = row else { break };
-            let Ok((_, _, payload)) = postcard::from_bytes::<([u8; 32], u64, Vec<u8>)>(v.value()) else { continue };
+            let Some((proof, payload)) = decode_row(v.value()) else { continue };
             if out.len() >= max || (!out.is_empty() && bytes + payload.len() > max_bytes) {
                 break;
             }
             bytes += payload.len();
             let (o, i, s) = k.value();
-            out.push(Envelope { origin: NodeId(o), incarnation: i, seq: s, payload: Bytes::from(payload) });
+            out.push(Envelope { origin: NodeId(o), incarnation: i, seq: s, proof, payload });
         }
         out
     }

@@ -44,6 +44,43 @@ impl From<proto::Delivery<NodeId>> for Delivered {
     }
 }
 
+/// A message not seen before, shown to the application's validator
+/// ([`NodeBuilder::validator`](super::NodeBuilder::validator)) after its signature checked
+/// and before it is stored, delivered or forwarded.
+#[derive(Clone, Copy, Debug)]
+pub struct Candidate<'a> {
+    /// Message id.
+    pub id: MessageId,
+    /// The node that broadcast it (its signature checked, when messages are signed).
+    pub origin: NodeId,
+    /// The origin's incarnation.
+    pub incarnation: u64,
+    /// Sequence number within that incarnation.
+    pub seq: u64,
+    /// The application bytes.
+    pub payload: &'a Bytes,
+}
+
+/// The application's validator: [`Validation::Accept`](proto::broadcast::Validation),
+/// `Reject` (dropped, counted, the neighbour that sent it disconnected) or `Ignore`
+/// (dropped quietly). Runs on the node's protocol loop, once per message: it must not
+/// block.
+pub type ValidatorFn = std::sync::Arc<dyn Fn(&Candidate<'_>) -> proto::broadcast::Validation + Send + Sync>;
+
+/// The core's [`Validator`](proto::broadcast::Validator) over a [`ValidatorFn`].
+#[derive(Clone)]
+pub(crate) struct AppValidator(pub(crate) ValidatorFn);
+
+impl proto::broadcast::Validator<NodeId> for AppValidator {
+    fn validate(&mut self, e: &proto::Envelope<NodeId>, id: &MessageId) -> proto::broadcast::Validation {
+        (self.0)(&Candidate { id: *id, origin: e.origin, incarnation: e.incarnation, seq: e.seq, payload: &e.payload })
+    }
+
+    fn clone_box(&self) -> Box<dyn proto::broadcast::Validator<NodeId>> {
+        Box::new(self.clone())
+    }
+}
+
 /// What one anti-entropy exchange with a neighbour moved each way, and how long it took
 /// (see [`proto::broadcast::Exchange`]).
 pub type Exchange = proto::broadcast::Exchange<NodeId>;

@@ -13,6 +13,7 @@ mod durable;
 mod error;
 mod event;
 mod links;
+pub mod sign;
 mod stats;
 mod timers;
 mod wire;
@@ -28,9 +29,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use config::NodeConfig;
 pub use cursor::{Cursor, Page};
 pub use error::Error;
-pub use event::{Delivered, Event, Events, Exchange, MessageHandler};
+pub use event::{Candidate, Delivered, Event, Events, Exchange, MessageHandler, ValidatorFn};
 pub use plumcast_transport::{Identity, NodeId, PeerInfo, TransportConfig, TransportError};
-pub use stats::{FrameDrops, NetStats, NodeStats, StoreStats};
+pub use proto::broadcast::Validation;
+pub use stats::{FrameDrops, NetStats, NodeStats, SignStats, StoreStats};
 
 use crate::proto::{self, MessageId};
 
@@ -152,7 +154,7 @@ pub const READ_MAX: usize = 10_000;
 /// node.broadcast(&b"hello"[..]).await?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Default)]
+#[derive(Default)]
 #[must_use = "a builder does nothing until `spawn` or `spawn_with_handler`"]
 pub struct NodeBuilder {
     config: NodeConfig,
@@ -163,6 +165,22 @@ pub struct NodeBuilder {
     allow_file: Option<std::path::PathBuf>,
     certificate_file: Option<std::path::PathBuf>,
     cluster_ca_file: Option<std::path::PathBuf>,
+    validator: Option<ValidatorFn>,
+}
+
+impl std::fmt::Debug for NodeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeBuilder")
+            .field("config", &self.config)
+            .field("identity", &self.identity)
+            .field("data_dir", &self.data_dir)
+            .field("allow", &self.allow)
+            .field("allow_file", &self.allow_file)
+            .field("certificate_file", &self.certificate_file)
+            .field("cluster_ca_file", &self.cluster_ca_file)
+            .field("validator", &self.validator.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl NodeBuilder {
@@ -327,6 +345,26 @@ impl NodeBuilder {
         self
     }
 
+    /// Sign our messages and accept only signed ones (default true; see
+    /// [`NodeConfig::sign_messages`]).
+    pub fn sign_messages(mut self, yes: bool) -> Self {
+        self.config.sign_messages = yes;
+        self
+    }
+
+    /// Check every message's content before it is stored, delivered or forwarded, once,
+    /// after its signature: `validator` returns [`Validation::Accept`],
+    /// [`Validation::Reject`] (dropped, counted in `broadcast.rejected`, the neighbour that
+    /// sent it disconnected) or [`Validation::Ignore`] (dropped, counted in
+    /// `broadcast.ignored`). A rejected or ignored message is settled: anti-entropy does
+    /// not ask for it again and per-origin ordering does not wait for it. Works with the
+    /// event stream and with a handler alike. It runs on the node's protocol loop: keep it
+    /// quick and never block in it.
+    pub fn validator(mut self, validator: impl Fn(&Candidate<'_>) -> Validation + Send + Sync + 'static) -> Self {
+        self.validator = Some(Arc::new(validator));
+        self
+    }
+
     /// Seed the protocol RNG (deterministic choices; tests). Default: from the OS.
     pub fn rng_seed(mut self, seed: u64) -> Self {
         self.rng_seed = Some(seed);
@@ -436,6 +474,12 @@ impl NodeBuilder {
             }
             None => None,
         };
+        let signatures = if config.sign_messages {
+            let counters = Arc::new(sign::SignCounters::default());
+            Some((sign::Signatures::new(&identity, counters.clone()).map_err(Error::Config)?, counters))
+        } else {
+            None
+        };
         let seed = self.rng_seed.unwrap_or_else(|| rand::RngCore::next_u64(&mut rand::rngs::OsRng));
         let (bcast_tx, bcast_rx) = mpsc::channel(config.broadcast_queue.max(1));
         let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
@@ -454,6 +498,8 @@ impl NodeBuilder {
             app_tx,
             reach_tx,
             restored,
+            validator: self.validator,
+            signatures,
             admission: actor::AdmissionInit {
                 admission,
                 allow: self.allow,

@@ -29,6 +29,8 @@ pub struct NodeStats {
     pub version_vector: usize,
     /// Transport and actor counters.
     pub net: NetStats,
+    /// Signing and signature checks.
+    pub signatures: SignStats,
 }
 
 /// The message store's size (see [`proto::broadcast::StoreSize`]).
@@ -95,6 +97,27 @@ pub struct NetStats {
     pub admission_refused: u64,
     /// Links closed because a reloaded allow-list no longer admitted their peer.
     pub admission_closed: u64,
+    /// Links closed because their peer sent a message whose signature failed
+    /// (`broadcast.forged` counts the messages).
+    pub forged_closed: u64,
+    /// Links closed because their peer sent a message the validator rejected
+    /// (`broadcast.rejected` counts the messages).
+    pub rejected_closed: u64,
+}
+
+/// The work of message signatures (all zero when messages are not signed; see the
+/// `sign` module).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SignStats {
+    /// Signatures made: one per batch of our messages.
+    pub signed_batches: u64,
+    /// Our messages signed (`signed_messages / signed_batches` is the mean batch size).
+    pub signed_messages: u64,
+    /// Ed25519 verifications run: one per (origin, batch) first met.
+    pub verifications: u64,
+    /// Messages whose proof led to a batch root verified before (no Ed25519 work).
+    pub cache_hits: u64,
 }
 
 /// Outgoing frames dropped, by reason. Nothing the protocol asked to send disappears
@@ -143,6 +166,8 @@ impl NetStats {
         self.app_events += base.app_events;
         self.admission_refused += base.admission_refused;
         self.admission_closed += base.admission_closed;
+        self.forged_closed += base.forged_closed;
+        self.rejected_closed += base.rejected_closed;
         self
     }
 }

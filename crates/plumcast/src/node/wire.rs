@@ -36,6 +36,8 @@ struct EnvelopeRef<'a> {
     incarnation: u64,
     seq: u64,
     #[serde(borrow)]
+    proof: &'a [u8],
+    #[serde(borrow)]
     payload: &'a [u8],
 }
 
@@ -44,9 +46,9 @@ struct EnvelopeRef<'a> {
 /// Gossip and checks them, so reordering either enum fails it.
 const GOSSIP_TAGS: [u8; 2] = [1, 0];
 
-/// Largest envelope encoding before the payload, bytes: a 32-byte origin, two u64 varints
-/// (≤ 10 bytes each) and the payload length (≤ 5).
-const ENVELOPE_HEAD_MAX: usize = 32 + 10 + 10 + 5;
+/// Largest envelope encoding besides the proof and payload bytes: a 32-byte origin, two
+/// u64 varints (≤ 10 bytes each) and the proof and payload lengths (≤ 5 each).
+const ENVELOPE_HEAD_MAX: usize = 32 + 10 + 10 + 5 + 5;
 
 /// Longest postcard varint of a `u32`, bytes.
 const U32_VARINT_MAX: usize = 5;
@@ -73,6 +75,7 @@ pub(crate) fn decode(body: Bytes) -> Result<Decoded<proto::Message<PeerInfo>>, T
         origin: e.origin,
         incarnation: e.incarnation,
         seq: e.seq,
+        proof: body.slice_ref(e.proof),
         payload: body.slice_ref(e.payload),
     };
     let message = proto::Message::Broadcast(broadcast::Message::Gossip { round, envelope });
@@ -84,7 +87,7 @@ pub(crate) fn decode(body: Bytes) -> Result<Decoded<proto::Message<PeerInfo>>, T
 /// # Errors
 /// [`TransportError::Frame`] if it cannot be encoded.
 fn encode_envelope(envelope: &broadcast::Envelope<NodeId>) -> Result<Bytes, TransportError> {
-    let mut v = Vec::with_capacity(ENVELOPE_HEAD_MAX + envelope.payload.len());
+    let mut v = Vec::with_capacity(ENVELOPE_HEAD_MAX + envelope.proof.len() + envelope.payload.len());
     v = postcard::to_extend(envelope, v)?;
     Ok(Bytes::from(v))
 }
@@ -165,6 +168,7 @@ mod tests {
                 origin: NodeId([7; 32]),
                 incarnation: 1_700_000_000_000,
                 seq: 300,
+                proof: Bytes::from_static(b"proof bytes"),
                 payload: Bytes::copy_from_slice(payload),
             },
         })
@@ -247,6 +251,7 @@ mod decode_props {
             origin: NodeId([3; 32]),
             incarnation: 1_796_000_000_000,
             seq: 9,
+            proof: Bytes::from_static(&[5; 70]),
             payload: Bytes::from_static(b"payload"),
         };
         let key = Some((NodeId([3; 32]), 1_796_000_000_000));

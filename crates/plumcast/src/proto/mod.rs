@@ -164,6 +164,15 @@ pub enum Output<P: Peer> {
     },
     /// Dial the bootstrap addresses again and feed [`membership::Input::Join`] for each.
     Rejoin,
+    /// The peer with this id sent a forged or rejected message: close its connection.
+    /// When it was a neighbour, the membership layer has already dropped it as
+    /// misbehaved (its [`Output::Disconnect`] comes first).
+    Penalize {
+        /// The peer's id.
+        peer: P::Id,
+        /// Why.
+        reason: broadcast::Penalty,
+    },
     /// An application event.
     Event(Event<P>),
 }
@@ -268,7 +277,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
     ) -> Result<std::vec::Drain<'_, Output<P>>, broadcast::ExchangeError> {
         let mut b = std::mem::take(&mut self.broadcast_out);
         let result = self.broadcast.exchange(now, peer.clone()).map(|out| b.extend(out));
-        self.absorb_broadcast(&mut b);
+        self.absorb_broadcast(now, &mut b);
         self.broadcast_out = b;
         result.map(|()| self.out.drain(..))
     }
@@ -300,9 +309,40 @@ impl<P: Peer, R: RngCore> State<P, R> {
         let mut b = std::mem::take(&mut self.broadcast_out);
         let (id, out) = self.broadcast.broadcast(now, payload);
         b.extend(out);
-        self.absorb_broadcast(&mut b);
+        self.absorb_broadcast(now, &mut b);
         self.broadcast_out = b;
         (id, self.out.drain(..))
+    }
+
+    /// Number our next message and keep it for [`State::flush_staged`] (see
+    /// [`broadcast::State::stage`]): its id is final already.
+    pub fn stage(&mut self, payload: Bytes) -> MessageId {
+        self.broadcast.stage(payload)
+    }
+
+    /// Sign and broadcast every staged message (see [`broadcast::State::flush_staged`]).
+    #[must_use = "the outputs must be performed, in order"]
+    pub fn flush_staged(&mut self, now: Instant) -> std::vec::Drain<'_, Output<P>> {
+        let mut b = std::mem::take(&mut self.broadcast_out);
+        b.extend(self.broadcast.flush_staged(now));
+        self.absorb_broadcast(now, &mut b);
+        self.broadcast_out = b;
+        self.out.drain(..)
+    }
+
+    /// How many staged messages wait for [`State::flush_staged`].
+    pub fn staged_len(&self) -> usize {
+        self.broadcast.staged_len()
+    }
+
+    /// Sign and check messages with `auth` (see [`broadcast::Authenticator`]).
+    pub fn set_authenticator(&mut self, auth: Box<dyn broadcast::Authenticator<P::Id>>) {
+        self.broadcast.set_authenticator(auth);
+    }
+
+    /// Check message content with `validator` (see [`broadcast::Validator`]).
+    pub fn set_validator(&mut self, validator: Box<dyn broadcast::Validator<P::Id>>) {
+        self.broadcast.set_validator(validator);
     }
 
     /// Process one input at `now`. Never panics on peer input.
@@ -332,7 +372,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
     fn broadcast_input(&mut self, now: Instant, input: broadcast::Input<P::Id>) {
         let mut b = std::mem::take(&mut self.broadcast_out);
         b.extend(self.broadcast.handle(now, input));
-        self.absorb_broadcast(&mut b);
+        self.absorb_broadcast(now, &mut b);
         self.broadcast_out = b;
     }
 
@@ -366,7 +406,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
         }
     }
 
-    fn absorb_broadcast(&mut self, out: &mut Vec<broadcast::Output<P::Id>>) {
+    fn absorb_broadcast(&mut self, now: Instant, out: &mut Vec<broadcast::Output<P::Id>>) {
         for o in out.drain(..) {
             match o {
                 broadcast::Output::Send { to, message } => match self.peers.get(&to) {
@@ -378,6 +418,12 @@ impl<P: Peer, R: RngCore> State<P, R> {
                 }
                 broadcast::Output::Deliver(d) => self.out.push(Output::Event(Event::Delivered(d))),
                 broadcast::Output::Exchanged(x) => self.out.push(Output::Event(Event::Exchanged(x))),
+                broadcast::Output::Penalize { peer, reason } => {
+                    if let Some(p) = self.peers.get(&peer).cloned() {
+                        self.membership_input(now, membership::Input::Misbehaved { peer: p });
+                    }
+                    self.out.push(Output::Penalize { peer, reason });
+                }
             }
         }
     }
