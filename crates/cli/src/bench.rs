@@ -56,6 +56,11 @@ pub struct Args {
     /// (in the system temp dir).
     #[arg(long)]
     store: bool,
+    /// Instead of the broadcast benchmark, measure the signature work alone on one core:
+    /// signing batches, checking proofs that need an Ed25519 verification, and proofs of
+    /// a batch whose root was verified before; one JSON row each.
+    #[arg(long)]
+    signatures: bool,
     /// Messages unsigned (by default they are signed and every node checks them).
     #[arg(long)]
     unsigned: bool,
@@ -94,6 +99,50 @@ fn temp_data_dir(what: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("plumcast-bench-{what}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
+}
+
+/// `--signatures`: sign `--messages` in batches of one and of [`plumcast::sign::MAX_BATCH`],
+/// then check each proof at a fresh receiver (every batch of one needs a verification;
+/// in full batches all but the first message hit the cache of verified roots).
+fn signatures(a: &Args) -> anyhow::Result<ExitCode> {
+    use plumcast::proto::broadcast::Authenticator;
+    use plumcast::proto::{Envelope, MessageId};
+    let m = a.messages.max(1);
+    let origin = plumcast::Identity::generate()?;
+    for batch in [1, plumcast::sign::MAX_BATCH] {
+        let mut signer = plumcast::sign::Signatures::new(&origin).map_err(anyhow::Error::msg)?;
+        let mut envelopes: Vec<(Envelope<plumcast::NodeId>, MessageId)> = (0..m)
+            .map(|k| {
+                let e = Envelope::new(origin.node_id(), 1, k as u64 + 1, numbered(k, a.size).into());
+                let id = e.id();
+                (e, id)
+            })
+            .collect();
+        let t = Instant::now();
+        for chunk in envelopes.chunks_mut(batch) {
+            let ids: Vec<MessageId> = chunk.iter().map(|(_, id)| *id).collect();
+            for ((e, _), proof) in chunk.iter_mut().zip(signer.sign(&ids)) {
+                e.proof = proof;
+            }
+        }
+        let sign_s = t.elapsed().as_secs_f64();
+        let mut receiver =
+            plumcast::sign::Signatures::new(&plumcast::Identity::generate()?).map_err(anyhow::Error::msg)?;
+        let t = Instant::now();
+        let ok = envelopes.iter().filter(|(e, id)| receiver.verify(e, id)).count();
+        let check_s = t.elapsed().as_secs_f64();
+        anyhow::ensure!(ok == m, "only {ok} of {m} proofs checked");
+        let row = json!({
+            "bench": "signatures", "messages": m, "size": a.size, "batch": batch,
+            "proof_bytes": envelopes[0].0.proof.len(),
+            "signed_per_s": round1(m as f64 / sign_s.max(1e-9)),
+            "checked_per_s": round1(m as f64 / check_s.max(1e-9)),
+            "verifications": receiver.verifications(),
+            "us_per_check": round3(check_s * 1e6 / m as f64),
+        });
+        println!("{row}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `--store`: own broadcasts and a catch-up, with and without a data dir.
@@ -210,6 +259,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     if a.store {
         return store(&a).await;
+    }
+    if a.signatures {
+        return signatures(&a);
     }
     anyhow::ensure!(a.nodes >= 2, "--nodes must be at least 2");
     anyhow::ensure!(a.size >= HEADER, "--size must be at least {HEADER}");

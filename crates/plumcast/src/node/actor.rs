@@ -30,8 +30,9 @@ type Proto = proto::State<PeerInfo, ChaCha8Rng>;
 
 /// Period of the housekeeping sweep (retired and idle connections, RTT estimates).
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
-/// Longest a broadcast waits staged for its batch's signature while the loop is busy
-/// (an idle loop signs at once): the most signing adds to a message's latency.
+/// Longest a broadcast waits staged for its batch's signature when broadcasts come
+/// faster than one per STAGE_WAIT (slower ones are signed as soon as the loop is idle):
+/// the most batching adds to a message's latency.
 const STAGE_WAIT: Duration = Duration::from_millis(1);
 /// Events from the connection tasks queued towards the actor; a full queue makes the
 /// readers wait (QUIC flow control then pushes back on the peers).
@@ -189,6 +190,11 @@ pub(crate) struct Actor {
     sign_counters: Option<Arc<super::sign::SignCounters>>,
     /// When the oldest of our staged (numbered, not yet signed) broadcasts was staged.
     staged_since: Option<Instant>,
+    /// When the application's last broadcast came in.
+    last_broadcast: Option<Instant>,
+    /// Broadcasts come faster than one per STAGE_WAIT: a batch waits to fill (up to
+    /// STAGE_WAIT) instead of being signed whenever the loop is idle.
+    filling: bool,
 }
 
 impl Actor {
@@ -273,6 +279,8 @@ impl Actor {
             now: Instant::now(),
             sign_counters,
             staged_since: None,
+            last_broadcast: None,
+            filling: false,
         }
     }
 
@@ -342,7 +350,8 @@ impl Actor {
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => self.on_task_done(done),
                 _ = sweep.tick() => self.sweep(),
                 // Nothing else is ready: sign and send what was staged.
-                () = std::future::ready(()), if self.staged_since.is_some() => self.flush_staged(),
+                () = std::future::ready(()), if self.staged_since.is_some() && !self.filling => self.flush_staged(),
+                () = tokio::time::sleep_until(self.staged_since.unwrap_or(self.now) + STAGE_WAIT), if self.staged_since.is_some() && self.filling => self.flush_staged(),
             }
             self.flush_app().await;
         }
@@ -473,12 +482,15 @@ impl Actor {
         self.now = Instant::now();
         self.stats.broadcasts += 1;
         if self.sign_counters.is_some() && self.data.is_none() {
-            // Signed in a batch with whatever else is staged when the loop next has
-            // nothing else to do, or when the batch is full, or after STAGE_WAIT. The id
+            // Signed in a batch with whatever else is staged: when the batch is full, or
+            // after STAGE_WAIT, or, if broadcasts come slower than one per STAGE_WAIT,
+            // as soon as the loop has nothing else to do. The id
             // is final already. (With a data dir each broadcast is durable before it
             // returns, so it is signed and stored alone.)
             let id = self.proto.stage(cmd.payload);
             let _ = cmd.reply.send(id);
+            self.filling = self.last_broadcast.is_some_and(|t| self.now.saturating_duration_since(t) < STAGE_WAIT);
+            self.last_broadcast = Some(self.now);
             self.staged_since.get_or_insert(self.now);
             if self.proto.staged_len() >= super::sign::MAX_BATCH {
                 self.flush_staged();

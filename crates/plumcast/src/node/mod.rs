@@ -476,7 +476,7 @@ impl NodeBuilder {
         };
         let signatures = if config.sign_messages {
             let counters = Arc::new(sign::SignCounters::default());
-            Some((sign::Signatures::new(&identity, counters.clone()).map_err(Error::Config)?, counters))
+            Some((sign::Signatures::with_counters(&identity, counters.clone()).map_err(Error::Config)?, counters))
         } else {
             None
         };
