@@ -151,7 +151,7 @@ async fn store(a: &Args) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
     for durable in [false, true] {
         let dir = temp_data_dir("own");
-        let mut b = plumcast::Node::builder().bind("127.0.0.1:0".parse()?);
+        let mut b = plumcast::Node::builder().bind("127.0.0.1:0".parse()?).sign_messages(!a.unsigned);
         if durable {
             b = b.data_dir(&dir);
         }
@@ -206,13 +206,18 @@ async fn catch_up_run(
     let m = a.messages;
     let mut config = proto::Config::lan();
     config.broadcast.retention.max_messages = config.broadcast.retention.max_messages.max(m);
-    let (origin, _events) = plumcast::Node::builder().protocol(config.clone()).spawn().await?;
+    let (origin, _events) =
+        plumcast::Node::builder().protocol(config.clone()).sign_messages(!a.unsigned).spawn().await?;
     for k in 0..m {
         origin.broadcast(numbered(k, a.size)).await?;
     }
     let start = Instant::now();
     let cpu0 = cpu_secs();
-    let mut b = plumcast::Node::builder().protocol(config).replay_history(true).bootstrap(origin.addr());
+    let mut b = plumcast::Node::builder()
+        .protocol(config)
+        .replay_history(true)
+        .bootstrap(origin.addr())
+        .sign_messages(!a.unsigned);
     if let Some(d) = late_dir {
         b = b.data_dir(d);
     }
@@ -239,7 +244,7 @@ async fn catch_up(a: &Args) -> anyhow::Result<ExitCode> {
     let m = a.messages;
     let (got, secs, cpu, s) = catch_up_run(a, None).await?;
     let row = json!({
-        "impl": concat!("plumcast ", env!("CARGO_PKG_VERSION")), "bench": "catch-up",
+        "impl": concat!("plumcast ", env!("CARGO_PKG_VERSION")), "bench": "catch-up", "signed": !a.unsigned,
         "messages": m, "size": a.size, "recovered": got, "complete": got == m,
         "secs": round3(secs), "messages_per_s": round1(got as f64 / secs.max(1e-9)),
         "repairs_received": s.broadcast.repaired_received, "digests_sent": s.broadcast.digests_sent,

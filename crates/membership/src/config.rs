@@ -5,6 +5,33 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Rate;
+
+/// Joins one peer may send: 1 a second, 5 at once. An honest node sends one per
+/// (re)join, retried with backoff from 0.5 s ([`Config::rejoin_backoff_min`]).
+pub const JOIN_RATE: Rate = Rate { per_second: 1, burst: 5 };
+
+/// ForwardJoins one neighbour may send: 200 a second, 1,000 at once. A neighbour that is
+/// a busy bootstrap contact forwards one per node joining through it, so this lets a
+/// thousand nodes join at once through one contact; a ForwardJoin costs us one message
+/// on, or at the walk's end a Neighbor request (a dial) to the address it names, of which
+/// at most [`MAX_PENDING`] wait at once.
+pub const FORWARD_JOIN_RATE: Rate = Rate { per_second: 200, burst: 1000 };
+
+/// Neighbor requests waiting for an answer at once; more are dropped and counted
+/// ([`Stats::neighbor_requests_dropped`](crate::Stats::neighbor_requests_dropped)). An
+/// honest node has at most a few (one per free active slot, plus walk ends).
+pub const MAX_PENDING: usize = 64;
+
+/// Shuffles one neighbour may send (its own and those it forwards): 10 a second, 50 at
+/// once. An honest node starts one per [`Config::shuffle_interval`] and each walks TTL
+/// (6) hops, so a neighbour relays about 6 / interval a second on average.
+pub const SHUFFLE_RATE: Rate = Rate { per_second: 10, burst: 50 };
+
+/// Peers whose rates are tracked at once (oldest forgotten past this): about 100 bytes
+/// each.
+pub const RATE_LIMITED_PEERS: usize = 4096;
+
 /// HyParView configuration. All durations are wall-clock spans handed to the host as
 /// absolute timer deadlines.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -59,6 +86,14 @@ pub struct Config {
     /// How long a failed peer is remembered and probed, once per round, before it is
     /// given up (Serf's `reconnect_timeout`; its default is 24 h, ours 1 h).
     pub reconnect_timeout: Duration,
+    /// Joins accepted from one peer ([`JOIN_RATE`]); the rest are dropped and counted.
+    pub join_rate: Rate,
+    /// ForwardJoins accepted from one peer ([`FORWARD_JOIN_RATE`]).
+    pub forward_join_rate: Rate,
+    /// Shuffles accepted from one peer ([`SHUFFLE_RATE`]).
+    pub shuffle_rate: Rate,
+    /// Peers whose message rates are tracked ([`RATE_LIMITED_PEERS`]).
+    pub rate_limited_peers: usize,
 }
 
 impl Default for Config {
@@ -147,6 +182,10 @@ impl Config {
             rejoin_backoff_max: REJOIN_BACKOFF_MAX,
             reconnect_capacity: RECONNECT_CAPACITY,
             reconnect_timeout: RECONNECT_TIMEOUT,
+            join_rate: JOIN_RATE,
+            forward_join_rate: FORWARD_JOIN_RATE,
+            shuffle_rate: SHUFFLE_RATE,
+            rate_limited_peers: RATE_LIMITED_PEERS,
         }
     }
 

@@ -28,6 +28,7 @@ pub mod config;
 mod io;
 mod message;
 mod phi;
+pub mod rate;
 mod state;
 mod stats;
 
@@ -38,6 +39,7 @@ pub use config::Config;
 pub use io::{DownReason, Event, Input, Output, Timer};
 pub use message::{Message, Priority};
 pub use phi::PhiAccrual;
+pub use rate::Rate;
 pub use state::State;
 pub use stats::Stats;
 

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use rand::RngCore;
 
+use crate::rate::{Kind, Limiter};
 use crate::{Config, DownReason, Event, Input, Message, Output, Peer, PhiAccrual, Priority, Stats, Timer};
 
 #[derive(Clone, Debug)]
@@ -46,6 +47,8 @@ pub struct State<P, R> {
     rejoin_scheduled: bool,
     next_nonce: u64,
     left: bool,
+    /// Per-peer budgets of Join, ForwardJoin and Shuffle.
+    limits: Limiter<P>,
     stats: Stats,
     out: Vec<Output<P>>,
 }
@@ -54,6 +57,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
     /// A node `me` with empty views. `rng` is the only source of randomness.
     pub fn new(me: P, config: Config, rng: R) -> Self {
         Self {
+            limits: Limiter::new(config.rate_limited_peers),
             me,
             config,
             rng,
@@ -211,6 +215,10 @@ impl<P: Peer, R: RngCore> State<P, R> {
         let was_departed = self.forget_departed(&from);
         match message {
             Message::Join => {
+                if !self.limits.allow(now, &from, Kind::Join, self.config.join_rate) {
+                    self.stats.joins_limited += 1;
+                    return;
+                }
                 self.stats.joins_received += 1;
                 self.pending.remove(&from);
                 self.add_active(now, from.clone());
@@ -227,6 +235,10 @@ impl<P: Peer, R: RngCore> State<P, R> {
                 }
             }
             Message::ForwardJoin { joiner, ttl } => {
+                if !self.limits.allow(now, &from, Kind::ForwardJoin, self.config.forward_join_rate) {
+                    self.stats.forward_joins_limited += 1;
+                    return;
+                }
                 self.stats.forward_joins_received += 1;
                 self.reject_stranger(&from);
                 if joiner == self.me {
@@ -298,6 +310,10 @@ impl<P: Peer, R: RngCore> State<P, R> {
             }
             Message::Shuffle { origin, ttl, nodes } => {
                 self.reject_stranger(&from);
+                if !self.limits.allow(now, &from, Kind::Shuffle, self.config.shuffle_rate) {
+                    self.stats.shuffles_limited += 1;
+                    return;
+                }
                 if origin == self.me {
                     return;
                 }
@@ -523,6 +539,10 @@ impl<P: Peer, R: RngCore> State<P, R> {
 
     fn request_neighbor(&mut self, now: Instant, peer: P, priority: Priority) {
         if peer == self.me || self.active.contains(&peer) || self.pending.contains_key(&peer) {
+            return;
+        }
+        if self.pending.len() >= crate::config::MAX_PENDING {
+            self.stats.neighbor_requests_dropped += 1;
             return;
         }
         self.stats.neighbor_requests_sent += 1;

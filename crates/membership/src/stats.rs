@@ -47,4 +47,15 @@ pub struct Stats {
     pub links_restored: u64,
     /// Failed peers forgotten after `reconnect_timeout` or to make room.
     pub reconnects_given_up: u64,
+    /// Joins dropped: over their sender's [`Config::join_rate`](crate::Config::join_rate).
+    pub joins_limited: u64,
+    /// ForwardJoins dropped: over their sender's
+    /// [`Config::forward_join_rate`](crate::Config::forward_join_rate).
+    pub forward_joins_limited: u64,
+    /// Neighbor requests not sent: [`MAX_PENDING`](crate::config::MAX_PENDING) were
+    /// waiting already.
+    pub neighbor_requests_dropped: u64,
+    /// Shuffles dropped: over their sender's
+    /// [`Config::shuffle_rate`](crate::Config::shuffle_rate).
+    pub shuffles_limited: u64,
 }

@@ -411,3 +411,35 @@ proptest! {
         prop_assert!(net.symmetric().is_ok(), "{:?}", net.symmetric());
     }
 }
+
+#[test]
+fn a_flood_of_joins_forward_joins_and_shuffles_from_one_peer_is_cut_to_its_rate() {
+    let now = Instant::now();
+    let mut a = node(1);
+    // Four neighbours, so every Join costs three ForwardJoins.
+    for p in 2..6 {
+        let _ = msg(&mut a, now, p, Message::Join);
+    }
+    let mut forwarded = 0;
+    for _ in 0..1000 {
+        forwarded += sends(&msg(&mut a, now, 9, Message::Join))
+            .iter()
+            .filter(|(_, m)| matches!(m, Message::ForwardJoin { .. }))
+            .count();
+    }
+    let burst = config::JOIN_RATE.burst as usize;
+    assert_eq!(a.stats().joins_limited, 1000 - burst as u64);
+    assert!(forwarded <= burst * 4, "{forwarded} ForwardJoins for {burst} accepted Joins");
+    for k in 0..1000u32 {
+        let _ = msg(&mut a, now, 2, Message::ForwardJoin { joiner: 1000 + k, ttl: 3 });
+        let _ = msg(&mut a, now, 3, Message::Shuffle { origin: 2000 + k, ttl: 0, nodes: vec![3000 + k] });
+    }
+    let s = a.stats();
+    assert_eq!(s.forward_joins_limited, 1000 - u64::from(config::FORWARD_JOIN_RATE.burst));
+    assert_eq!(s.shuffles_limited, 1000 - u64::from(config::SHUFFLE_RATE.burst));
+    assert!(a.passive_view().len() <= Config::lan().passive_view_capacity);
+    // A second later each peer has its rate's worth again.
+    let later = now + Duration::from_secs(1);
+    let _ = msg(&mut a, later, 9, Message::Join);
+    assert_eq!(a.stats().joins_limited, 1000 - burst as u64, "the next Join is taken");
+}
