@@ -70,7 +70,9 @@ pub struct Config {
     pub graft_timeout_2: Duration,
     /// IHave batching window; 0 sends each announcement at once. iroh-gossip: 5 ms.
     pub ihave_batch_window: Duration,
-    /// Most announcements in one IHave frame.
+    /// Most announcements in one IHave frame. The node refuses control frames over 64 KiB
+    /// before decoding them, so keep this at most 700 (an announcement is at most 93
+    /// bytes with a 32-byte origin id).
     pub ihave_batch_max: usize,
     /// Tree optimisation threshold in rounds (paper §3.8, §4: 3 for one sender, 7 for
     /// many); `None` disables the optimisation.

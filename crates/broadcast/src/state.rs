@@ -21,10 +21,17 @@ use crate::{
 /// most this long past its age limit, and the per-input cost is one comparison.
 const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 
+/// One neighbour's announcements may fill at most 1 / MISSING_SHARE of the missing table
+/// ([`Config::max_missing`]): IHaves of made-up ids from one peer cannot crowd out the
+/// announcements of the others.
+const MISSING_SHARE: usize = 4;
+
 /// A message announced (IHave) but not received yet.
 #[derive(Clone, Debug)]
 struct Missing<P> {
     origin: P,
+    /// The first announcer, whose share of the table this record counts against.
+    owner: P,
     since: Instant,
     announcers: VecDeque<P>,
     /// The announcer with the lowest round so far (first wins ties), for the
@@ -142,6 +149,8 @@ pub struct State<P> {
     /// neighbour (no output depends on its order).
     missing: HashMap<MessageId, Missing<P>>,
     missing_order: VecDeque<(MessageId, Instant)>,
+    /// Missing records per first announcer (see [`MISSING_SHARE`]).
+    missing_owned: HashMap<P, usize>,
     /// Times each (neighbour, message) was served in answer to a Graft, for the most
     /// recent [`Config::max_missing`] of them (peer-chosen ids, so SipHash).
     served: HashMap<(P, MessageId), u32>,
@@ -184,6 +193,7 @@ impl<P: PeerId> State<P> {
             cache: PayloadCache::new(config.cache_max_messages, config.cache_max_bytes, config.cache_max_age),
             missing: HashMap::new(),
             missing_order: VecDeque::new(),
+            missing_owned: HashMap::new(),
             served: HashMap::new(),
             served_order: VecDeque::new(),
             ihave_queue: BTreeMap::new(),
@@ -449,7 +459,7 @@ impl<P: PeerId> State<P> {
             Validation::Ignore => self.stats.ignored += 1,
         }
         self.mark_seen(envelope);
-        self.missing.remove(id);
+        self.forget_missing(id);
         self.settle(now, envelope);
         false
     }
@@ -608,7 +618,7 @@ impl<P: PeerId> State<P> {
             return;
         }
         self.mark_seen(&envelope);
-        let missing = self.missing.remove(&id);
+        let missing = self.forget_missing(&id);
         self.stats.delivered += 1;
         if neighbor {
             if self.config.mode == Mode::Plumtree && self.trees.is_lazy(&envelope.origin, &from) {
@@ -683,9 +693,16 @@ impl<P: PeerId> State<P> {
                 self.stats.missing_dropped += 1;
                 continue;
             }
+            let owned = self.missing_owned.entry(from.clone()).or_default();
+            if *owned >= (self.config.max_missing / MISSING_SHARE).max(1) {
+                self.stats.missing_over_share += 1;
+                continue;
+            }
+            *owned += 1;
             self.missing.insert(
                 a.id,
                 Missing {
+                    owner: from.clone(),
                     origin: a.origin.clone(),
                     since: now,
                     announcers: VecDeque::from([from.clone()]),
@@ -833,6 +850,18 @@ impl<P: PeerId> State<P> {
             self.stats.announcements_sent += anns.len() as u64;
             self.out.push(Output::Send { to: p, message: Message::IHave(anns) });
         }
+    }
+
+    /// Remove the missing record of `id`, if any, from the table and its owner's share.
+    fn forget_missing(&mut self, id: &MessageId) -> Option<Missing<P>> {
+        let m = self.missing.remove(id)?;
+        if let Some(n) = self.missing_owned.get_mut(&m.owner) {
+            *n -= 1;
+            if *n == 0 {
+                self.missing_owned.remove(&m.owner);
+            }
+        }
+        Some(m)
     }
 
     fn mark_seen(&mut self, e: &Envelope<P>) {
@@ -1223,7 +1252,7 @@ impl<P: PeerId> State<P> {
                 continue;
             }
             self.mark_seen(&envelope);
-            self.missing.remove(&id);
+            self.forget_missing(&id);
             self.stats.delivered += 1;
             self.stats.recovered += 1;
             new += 1;
@@ -1308,7 +1337,7 @@ impl<P: PeerId> State<P> {
             }
             self.missing_order.pop_front();
             if self.missing.get(&id).is_some_and(|m| m.since == t) {
-                self.missing.remove(&id);
+                self.forget_missing(&id);
                 self.stats.missing_expired += 1;
             }
         }

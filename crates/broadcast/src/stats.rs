@@ -91,4 +91,7 @@ pub struct Stats {
     pub rejected: u64,
     /// Messages the [`Validator`](crate::Validator) ignored (dropped, settled).
     pub ignored: u64,
+    /// Announcements not recorded as missing because their announcer already had a
+    /// quarter of the missing table ([`Config::max_missing`](crate::Config::max_missing)).
+    pub missing_over_share: u64,
 }

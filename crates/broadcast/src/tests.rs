@@ -968,3 +968,29 @@ fn rejected_and_ignored_messages_stop_here_and_are_settled_for_ordering_and_anti
     assert_eq!(s.stats().rejected, 1);
     assert_eq!(s.store_size().messages, 2, "only seqs 1 and 4 were stored");
 }
+
+#[test]
+fn one_neighbours_made_up_ihaves_fill_a_quarter_of_the_missing_table_at_most() {
+    let now = Instant::now();
+    let mut s = State::new(0u32, 1, Config { ihave_batch_window: Duration::ZERO, max_missing: 400, ..Config::lan() });
+    up(&mut s, &[1, 2]);
+    let fake: Vec<Announcement<u32>> = (0..4000u64)
+        .map(|k| {
+            let e = env(9, k + 1, b"never sent");
+            Announcement { id: e.id(), origin: 9, incarnation: 1, seq: k + 1, round: 0 }
+        })
+        .collect();
+    for chunk in fake.chunks(500) {
+        let _ = s.handle(now, Input::Message { from: 1, message: Message::IHave(chunk.to_vec()) });
+    }
+    assert_eq!(s.missing_len(), 100);
+    assert_eq!(s.stats().missing_over_share, 3900);
+    // Neighbour 2's real announcement is still recorded, and grafted after timer 1.
+    let real = env(8, 1, b"real");
+    let a = Announcement { id: real.id(), origin: 8, incarnation: 1, seq: 1, round: 0 };
+    let out: Vec<_> = s.handle(now, Input::Message { from: 2, message: Message::IHave(vec![a]) }).collect();
+    assert_eq!(s.missing_len(), 101);
+    let timer = out.iter().find_map(|o| if let Output::Timer { timer, .. } = o { Some(timer.clone()) } else { None });
+    let out = sends(s.handle(now + Duration::from_secs(1), Input::Timer(timer.unwrap())).collect());
+    assert!(out.iter().any(|(to, m)| *to == 2 && matches!(m, Message::Graft { id: Some(id), .. } if *id == real.id())));
+}

@@ -85,6 +85,17 @@ pub enum TransportError {
     /// A frame could not be encoded or decoded.
     #[error("frame error: {0}")]
     Frame(postcard::Error),
+    /// A frame of a kind that carries no payload was longer than that kind may be
+    /// (checked on its length, before decoding).
+    #[error("{what} of {len} bytes, over the {max}-byte limit")]
+    Oversized {
+        /// Which kind of frame.
+        what: &'static str,
+        /// Its length, bytes.
+        len: usize,
+        /// The limit, bytes.
+        max: usize,
+    },
 }
 
 // The errors carry their cause in their message (`{0}`), not as a `source()`: an error

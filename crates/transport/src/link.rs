@@ -335,9 +335,13 @@ pub async fn run<C, E>(
                             }
                         }
                         Err(e) => {
-                            conn.close(close_code::PROTOCOL.into(), b"malformed frame");
-                            let reason = format!("malformed frame ({len} bytes): {e}");
-                            let refused = LinkEvent::Refused { peer: Some(peer), after_dial_failed: false, conn_id, kind: Refusal::Malformed, reason };
+                            let (kind, what) = match e {
+                                TransportError::Oversized { .. } => (Refusal::Oversized, "frame too large"),
+                                _ => (Refusal::Malformed, "malformed frame"),
+                            };
+                            conn.close(close_code::PROTOCOL.into(), what.as_bytes());
+                            let reason = format!("{what} ({len} bytes): {e}");
+                            let refused = LinkEvent::Refused { peer: Some(peer), after_dial_failed: false, conn_id, kind, reason };
                             let _ = net_tx.send(refused.into()).await;
                             return;
                         }

@@ -46,6 +46,18 @@ struct EnvelopeRef<'a> {
 /// Gossip and checks them, so reordering either enum fails it.
 const GOSSIP_TAGS: [u8; 2] = [1, 0];
 
+/// The bytes that open every Repair body (`broadcast::Message::Repair` is variant 5; the
+/// same test holds it).
+const REPAIR_TAGS: [u8; 2] = [1, 5];
+
+/// Longest frame body of a kind that carries no payload (every kind but Gossip and
+/// Repair), bytes, checked before decoding: the largest an honest node sends is an IHave
+/// of [`Config::ihave_batch_max`](crate::proto::broadcast::Config::ihave_batch_max) (256)
+/// announcements of at most 93 bytes, about 24 KiB, or a digest of about 5 KiB
+/// (docs/performance.md). Without it a peer could make us decode 1 MiB
+/// ([`plumcast_transport::MAX_FRAME_SIZE`]) of control data per frame.
+pub(crate) const CONTROL_FRAME_MAX: usize = 64 << 10;
+
 /// Largest envelope encoding besides the proof and payload bytes: a 32-byte origin, two
 /// u64 varints (≤ 10 bytes each) and the proof and payload lengths (≤ 5 each).
 const ENVELOPE_HEAD_MAX: usize = 32 + 10 + 10 + 5 + 5;
@@ -63,6 +75,9 @@ const ARENA_BYTES: usize = 4096;
 /// Gossip's payload.
 pub(crate) fn decode(body: Bytes) -> Result<Decoded<proto::Message<PeerInfo>>, TransportError> {
     if !body.starts_with(&GOSSIP_TAGS) {
+        if body.len() > CONTROL_FRAME_MAX && !body.starts_with(&REPAIR_TAGS) {
+            return Err(TransportError::Oversized { what: "control frame", len: body.len(), max: CONTROL_FRAME_MAX });
+        }
         return Ok(Decoded { message: decode_body(&body)?, raw: None });
     }
     let (round, rest): (u32, &[u8]) = postcard::take_from_bytes(&body[GOSSIP_TAGS.len()..])?;
@@ -211,6 +226,44 @@ mod tests {
         for m in others {
             assert!(!encode_frame(&m).unwrap().slice(4..).starts_with(&GOSSIP_TAGS), "{m:?}");
         }
+    }
+
+    #[test]
+    fn repairs_open_with_their_tags_and_control_frames_are_bounded_before_decoding() {
+        let repair: proto::Message<PeerInfo> = proto::Message::Broadcast(broadcast::Message::Repair {
+            after: None,
+            ask: 1,
+            envelopes: vec![broadcast::Envelope::new(NodeId([1; 32]), 1, 1, Bytes::from(vec![0; 100_000]))],
+            more: false,
+        });
+        let body = encode_frame(&repair).unwrap().slice(4..);
+        assert!(body.starts_with(&REPAIR_TAGS));
+        assert!(decode(body).is_ok(), "a repair may carry payloads past the control limit");
+        // An IHave of 70,000 bytes is refused on its length alone.
+        let mut body = vec![1u8, 1];
+        body.resize(CONTROL_FRAME_MAX + 1, 0);
+        match decode(Bytes::from(body)) {
+            Err(TransportError::Oversized { len, max, .. }) => {
+                assert_eq!((len, max), (CONTROL_FRAME_MAX + 1, CONTROL_FRAME_MAX))
+            }
+            other => panic!("{other:?}"),
+        }
+        // The largest IHave an honest node sends fits.
+        let e = broadcast::Envelope::new(NodeId([3; 32]), u64::MAX, u64::MAX, Bytes::new());
+        let ann = broadcast::Announcement {
+            id: e.id(),
+            origin: e.origin,
+            incarnation: u64::MAX,
+            seq: u64::MAX,
+            round: u32::MAX,
+        };
+        let ihave: proto::Message<PeerInfo> = proto::Message::Broadcast(broadcast::Message::IHave(vec![
+            ann;
+            crate::proto::broadcast::config::IHAVE_BATCH_MAX
+        ]));
+        let f = encode_frame(&ihave).unwrap();
+        assert!(f.len() - 4 <= CONTROL_FRAME_MAX, "{} bytes", f.len());
+        assert!(decode(f.slice(4..)).is_ok());
     }
 
     #[test]
