@@ -162,3 +162,149 @@ async fn content_the_validator_rejects_stops_at_the_first_honest_node() {
     })
     .await;
 }
+
+impl Member {
+    async fn send(&mut self, m: proto::Message<PeerInfo>) -> bool {
+        self.send.write_all(&encode_frame(&m).unwrap()).await.is_ok()
+    }
+}
+
+/// This process's resident memory, bytes (Linux).
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Honest traffic during a flood: node 1 broadcasts `m` messages; every honest node but
+/// the origin must deliver each exactly once.
+async fn honest_traffic(nodes: &[TestNode], m: usize, what: &str) {
+    let origin = nodes[1].node.id();
+    let mut ids = Vec::new();
+    for k in 0..m {
+        ids.push(nodes[1].node.broadcast(format!("honest {k}").into_bytes()).await.unwrap());
+    }
+    let n = nodes.len() - 1;
+    wait_until(Duration::from_secs(30), &format!("every honest message delivered during the {what}"), || async {
+        ids.iter().all(|id| delivered(nodes, origin, *id) == (n, false))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_of_ihaves_grafts_and_joins_from_a_member_stay_bounded_and_every_honest_message_delivers() {
+    let _g = SERIAL.lock().await;
+    init_tracing();
+    let nodes = cluster(4).await;
+    wait_until(Duration::from_secs(10), "overlay", || overlay_ready(&nodes)).await;
+    honest_traffic(&nodes, 50, "warm-up").await;
+    let rss0 = rss_bytes();
+    let mut member = Member::connect(nodes[0].node.addr()).await;
+    // A Join makes the member node 0's neighbour: its IHaves and Grafts are taken.
+    assert!(member.send(proto::Message::Membership(proto::membership::Message::Join)).await);
+    wait_until(Duration::from_secs(5), "the member in node 0's active view", || async {
+        nodes[0].node.neighbors().await.unwrap().iter().any(|p| p.id == member.identity.node_id())
+    })
+    .await;
+    let victim = nodes[2].node.id();
+    let flood = async {
+        // 200,000 announcements of made-up messages, in IHaves of 250.
+        for batch in 0..800u64 {
+            let anns: Vec<broadcast::Announcement<plumcast::NodeId>> = (0..250u64)
+                .map(|k| {
+                    let e = Envelope::new(victim, 7, batch * 250 + k + 1, Bytes::new());
+                    broadcast::Announcement {
+                        id: e.id(),
+                        origin: victim,
+                        incarnation: 7,
+                        seq: batch * 250 + k + 1,
+                        round: 0,
+                    }
+                })
+                .collect();
+            if !member.send(proto::Message::Broadcast(broadcast::Message::IHave(anns))).await {
+                break;
+            }
+        }
+        // 10,000 Grafts, 5,000 of them for made-up ids, and 1,000 Joins.
+        for k in 0..5000u64 {
+            let e = Envelope::new(victim, 7, k + 1, Bytes::new());
+            let graft = broadcast::Message::Graft { id: Some(e.id()), origin: victim };
+            let tree = broadcast::Message::Graft { id: None, origin: victim };
+            if !member.send(proto::Message::Broadcast(graft)).await
+                || !member.send(proto::Message::Broadcast(tree)).await
+            {
+                break;
+            }
+        }
+        for _ in 0..1000 {
+            if !member.send(proto::Message::Membership(proto::membership::Message::Join)).await {
+                break;
+            }
+        }
+    };
+    let (_, ()) = tokio::join!(flood, honest_traffic(&nodes, 300, "flood"));
+    let s = nodes[0].node.stats().await.unwrap();
+    let rss1 = rss_bytes();
+    eprintln!(
+        "flood at node 0: announcements {} (over share {}), missing {}, grafts {} (misses {}, refused {}), joins limited {}, \
+         cache {:?}, tasks {}; test process RSS {} -> {} MiB",
+        s.broadcast.announcements_received,
+        s.broadcast.missing_over_share,
+        s.missing,
+        s.broadcast.grafts_received,
+        s.broadcast.graft_misses,
+        s.broadcast.grafts_refused,
+        s.membership.joins_limited,
+        s.cache,
+        s.tasks,
+        rss0 >> 20,
+        rss1 >> 20
+    );
+    let max_missing = proto::Config::local().broadcast.max_missing;
+    assert!(s.missing <= max_missing / 4 + 400, "missing table {} of {max_missing}", s.missing);
+    assert!(s.broadcast.missing_over_share > 0, "the member's share filled");
+    assert!(s.membership.joins_limited > 0, "the Joins were cut to their rate");
+    // Memory stays bounded: the tables above, not the 200,000 announcements.
+    assert!(rss1 < rss0 + (256 << 20), "RSS grew from {} to {} MiB", rss0 >> 20, rss1 >> 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_refused_and_the_node_serves_its_peers() {
+    let _g = SERIAL.lock().await;
+    init_tracing();
+    let mut nodes: Vec<TestNode> = Vec::new();
+    for i in 0..3u64 {
+        let mut b = plumcast::Node::builder().protocol(proto::Config::local()).rng_seed(i + 1).max_connections(16);
+        if let Some(first) = nodes.first() {
+            b = b.bootstrap(first.node.addr());
+        }
+        nodes.push(TestNode::record(b).await);
+    }
+    wait_until(Duration::from_secs(10), "overlay", || overlay_ready(&nodes)).await;
+    // 40 strangers connect and stay silent (no Hello).
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..40 {
+        let identity = Identity::generate().unwrap();
+        let open = plumcast_transport::Admission::open();
+        let (endpoint, _f) =
+            bind("127.0.0.1:0".parse().unwrap(), &identity, &TransportConfig::default(), &open).unwrap();
+        match endpoint.connect(nodes[0].node.addr(), plumcast_transport::SERVER_NAME).unwrap().await {
+            Ok(conn) => held.push((endpoint, conn)),
+            Err(_) => refused += 1,
+        }
+    }
+    let s = nodes[0].node.stats().await.unwrap();
+    eprintln!("{} of 40 held, {refused} refused; node 0 tasks {}", held.len(), s.tasks);
+    assert!(s.tasks <= 16, "{} tasks", s.tasks);
+    assert!(
+        refused > 0 && s.net.connections_refused >= refused as u64,
+        "{refused} refused, counted {}",
+        s.net.connections_refused
+    );
+    honest_traffic(&nodes, 100, "connection flood").await;
+}

@@ -134,6 +134,7 @@ struct ActorStats {
     admission_closed: u64,
     forged_closed: u64,
     rejected_closed: u64,
+    connections_refused: u64,
 }
 
 pub(crate) struct Actor {
@@ -413,6 +414,7 @@ impl Actor {
             admission_closed: a.admission_closed,
             forged_closed: a.forged_closed,
             rejected_closed: a.rejected_closed,
+            connections_refused: a.connections_refused,
         }
         .plus(&self.net_base);
         NodeStats {
@@ -432,6 +434,9 @@ impl Actor {
                 }
             },
             version_vector: b.versions_len(),
+            missing: b.missing_len(),
+            cache: b.cache_len(),
+            tasks: self.tasks.len(),
             signatures: self.sign_counters.as_ref().map_or_else(super::SignStats::default, |c| {
                 use std::sync::atomic::Ordering::Relaxed;
                 super::SignStats {
@@ -696,6 +701,21 @@ impl Actor {
     }
 
     fn accept(&mut self, incoming: quinn::Incoming) {
+        // Every connection task, in its handshake or open, and the name lookups.
+        if self.tasks.len() >= self.config.max_connections {
+            self.stats.connections_refused += 1;
+            if self.warned.first("connection cap".into()) {
+                warn!(
+                    max = self.config.max_connections,
+                    from = %incoming.remote_address(),
+                    "refusing incoming connections: at the connection limit (further refusals at debug level)"
+                );
+            } else {
+                debug!(from = %incoming.remote_address(), "refused an incoming connection: at the connection limit");
+            }
+            incoming.refuse();
+            return;
+        }
         let ctx = self.ctx(None);
         match incoming.accept() {
             Ok(connecting) => {

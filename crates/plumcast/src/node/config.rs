@@ -33,6 +33,10 @@ pub const PEER_QUEUE_HARD_BYTES: usize = 64 << 20;
 /// [`NodeConfig::shutdown_linger`] default: 2 s for the Disconnects to be acknowledged
 /// (many round trips on any LAN; systemd's stop timeout is 90 s).
 pub const SHUTDOWN_LINGER: Duration = Duration::from_secs(2);
+/// [`NodeConfig::max_connections`] default: 1,024 connections, open or in their
+/// handshake. A node has about 5 active and a few transient links; the rest is room for
+/// being a bootstrap contact of many joiners at once.
+pub const MAX_CONNECTIONS: usize = 1024;
 /// [`NodeConfig::idle_link_timeout`] default: a transient link (Shuffle reply, probe) idle
 /// for 10 s, one membership round, is closed.
 pub const IDLE_LINK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,6 +86,11 @@ pub struct NodeConfig {
     /// the `sign` module's docs for the batch signatures and docs/performance.md for what
     /// they cost.
     pub sign_messages: bool,
+    /// Most connections at once, counting those still in their TLS handshake (and the
+    /// node's own name lookups); an incoming one past it is refused at once (QUIC
+    /// CONNECTION_REFUSED, counted in [`NetStats::connections_refused`](crate::NetStats::connections_refused)).
+    /// Default [`MAX_CONNECTIONS`].
+    pub max_connections: usize,
 }
 
 impl Default for NodeConfig {
@@ -102,6 +111,7 @@ impl Default for NodeConfig {
             shutdown_linger: SHUTDOWN_LINGER,
             idle_link_timeout: IDLE_LINK_TIMEOUT,
             sign_messages: true,
+            max_connections: MAX_CONNECTIONS,
         }
     }
 }

@@ -345,6 +345,13 @@ impl NodeBuilder {
         self
     }
 
+    /// Most connections at once, counting handshakes in progress (default
+    /// [`config::MAX_CONNECTIONS`]; see [`NodeConfig::max_connections`]).
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.config.max_connections = connections.max(1);
+        self
+    }
+
     /// Sign our messages and accept only signed ones (default true; see
     /// [`NodeConfig::sign_messages`]).
     pub fn sign_messages(mut self, yes: bool) -> Self {

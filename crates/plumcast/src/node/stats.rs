@@ -27,6 +27,14 @@ pub struct NodeStats {
     pub store: StoreStats,
     /// Entries (origin, incarnation) in the version vector.
     pub version_vector: usize,
+    /// Messages announced (IHave) and not received yet: the missing table, bounded by
+    /// `max_missing`, a quarter of it per announcer.
+    pub missing: usize,
+    /// Payloads in the cache (count, bytes), bounded by the cache limits.
+    pub cache: (usize, usize),
+    /// Connection tasks running (handshakes and open links) and name lookups, bounded by
+    /// [`NodeConfig::max_connections`].
+    pub tasks: usize,
     /// Transport and actor counters.
     pub net: NetStats,
     /// Signing and signature checks.
@@ -103,6 +111,8 @@ pub struct NetStats {
     /// Links closed because their peer sent a message the validator rejected
     /// (`broadcast.rejected` counts the messages).
     pub rejected_closed: u64,
+    /// Incoming connections refused at [`NodeConfig::max_connections`].
+    pub connections_refused: u64,
 }
 
 /// The work of message signatures (all zero when messages are not signed; see the
@@ -168,6 +178,7 @@ impl NetStats {
         self.admission_closed += base.admission_closed;
         self.forged_closed += base.forged_closed;
         self.rejected_closed += base.rejected_closed;
+        self.connections_refused += base.connections_refused;
         self
     }
 }
