@@ -46,7 +46,7 @@ pub use auth::{Authenticator, Penalty, Validation, Validator};
 pub use config::{Config, Mode, Ordering, Tree};
 pub use exchange::{Exchange, ExchangeError, Trigger};
 pub use io::{Delivery, Input, Output, Timer};
-pub use message::{Announcement, Envelope, Head, Message, MessageId};
+pub use message::{Announcement, Envelope, Head, Message, MessageId, Settled, message_id};
 pub use state::State;
 pub use stats::Stats;
 pub use store::{MemoryStore, MessageStore, Retention, StoreError, StoreSize};

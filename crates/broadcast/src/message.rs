@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::PeerId;
 /// Identifier of one broadcast: BLAKE3 over the postcard encoding of
-/// `(origin, incarnation, seq)` followed by the payload. Never the payload hash alone:
-/// two equal payloads are two messages.
+/// `(origin, incarnation, seq)` followed by the BLAKE3 hash of the payload. Never the
+/// payload hash alone: two equal payloads are two messages. The payload goes in by its
+/// hash so that a [`Settled`] record (no payload) still names its message exactly.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct MessageId(pub [u8; 32]);
 
@@ -102,14 +103,58 @@ impl<P: PeerId> Envelope<P> {
 
     /// The [`MessageId`] of this envelope (recomputed on receipt, never trusted).
     pub fn id(&self) -> MessageId {
-        let mut h = blake3::Hasher::new();
-        let head = (&self.origin, self.incarnation, self.seq);
-        let out = HashOutput { hasher: &mut h, buf: [0; 64], len: 0 };
-        // The output never fails and integers never do; only a `PeerId` whose `Serialize`
-        // returns an error could, which the trait rules out (see `PeerId`).
-        postcard::serialize_with_flavor::<_, _, ()>(&head, out).expect("PeerId serialization is infallible");
-        h.update(&self.payload);
-        MessageId(*h.finalize().as_bytes())
+        message_id(&self.origin, self.incarnation, self.seq, blake3::hash(&self.payload).as_bytes())
+    }
+}
+
+/// The [`MessageId`] of `(origin, incarnation, seq)` with a payload whose BLAKE3 hash is
+/// `payload_hash`.
+pub fn message_id<P: PeerId>(origin: &P, incarnation: u64, seq: u64, payload_hash: &[u8; 32]) -> MessageId {
+    let mut h = blake3::Hasher::new();
+    let head = (origin, incarnation, seq);
+    let out = HashOutput { hasher: &mut h, buf: [0; 64], len: 0 };
+    // The output never fails and integers never do; only a `PeerId` whose `Serialize`
+    // returns an error could, which the trait rules out (see `PeerId`).
+    postcard::serialize_with_flavor::<_, _, ()>(&head, out).expect("PeerId serialization is infallible");
+    h.update(payload_hash);
+    MessageId(*h.finalize().as_bytes())
+}
+
+/// A message settled without its payload: a node that rejected or ignored it
+/// ([`Validator`](crate::Validator)) tells the neighbours behind it, in a
+/// [`Message::Repair`], that it will never be delivered, so they stop waiting and asking
+/// for it. It carries the origin's proof, checked like a message's (over the id made of
+/// the header and `payload_hash`): nobody can settle a message its origin never sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settled<P> {
+    /// The message's origin.
+    pub origin: P,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// Its sequence number.
+    pub seq: u64,
+    /// BLAKE3 of its payload.
+    pub payload_hash: [u8; 32],
+    /// The origin's proof of authorship, as in [`Envelope::proof`].
+    pub proof: Bytes,
+}
+
+impl<P: PeerId> Settled<P> {
+    /// The settled message's id.
+    pub fn id(&self) -> MessageId {
+        message_id(&self.origin, self.incarnation, self.seq, &self.payload_hash)
+    }
+
+    /// What an [`Authenticator`](crate::Authenticator) checks: the envelope without its
+    /// payload.
+    pub fn envelope(&self) -> Envelope<P> {
+        Envelope {
+            origin: self.origin.clone(),
+            incarnation: self.incarnation,
+            seq: self.seq,
+            proof: self.proof.clone(),
+            payload: Bytes::new(),
+        }
     }
 }
 
@@ -174,7 +219,9 @@ pub enum Message<P> {
     },
     /// Anti-entropy: the answer to one [`Message::Digest`], with the messages its sender
     /// lacked, oldest first per origin and incarnation (none when it lacked nothing).
-    /// Delivered as recovered and not pushed on through the tree.
+    /// Delivered as recovered and not pushed on through the tree. `settled` names the
+    /// messages of the same keys the sender rejected or ignored (it has no payload to
+    /// send for them).
     Repair {
         /// The piece answered: the digest's `after`.
         after: Option<(P, u64)>,
@@ -182,6 +229,8 @@ pub enum Message<P> {
         ask: u32,
         /// The messages.
         envelopes: Vec<Envelope<P>>,
+        /// Messages settled without a payload, for the asker to mark seen.
+        settled: Vec<Settled<P>>,
         /// Whether the sender had more than the bounds of one repair let it send: the
         /// receiver asks again at once.
         more: bool,

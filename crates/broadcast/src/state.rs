@@ -14,7 +14,7 @@ use crate::store::MessageStore;
 use crate::trees::Trees;
 use crate::{
     Announcement, Config, Delivery, Envelope, ExchangeError, Head, Input, MemoryStore, Message, MessageId, Mode,
-    Output, PeerId, Stats, StoreSize, Timer, Tree, Trigger,
+    Output, PeerId, Settled, Stats, StoreSize, Timer, Tree, Trigger,
 };
 
 /// How often, at most, expired payloads and missing records are swept: an entry lives at
@@ -25,6 +25,16 @@ const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 /// ([`Config::max_missing`]): IHaves of made-up ids from one peer cannot crowd out the
 /// announcements of the others.
 const MISSING_SHARE: usize = 4;
+
+/// Who settled a message without delivering it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SettledBy {
+    /// Our validator.
+    Us,
+    /// A neighbour's repair said so: if the payload comes after all, our own validator
+    /// decides (a member cannot censor a message by calling it settled).
+    Neighbor,
+}
 
 /// A message announced (IHave) but not received yet.
 #[derive(Clone, Debug)]
@@ -142,6 +152,10 @@ pub struct State<P> {
     auth: Option<Box<dyn Authenticator<P>>>,
     /// The application's check of content (none: everything authentic is accepted).
     validator: Option<Box<dyn Validator<P>>>,
+    /// Messages settled without delivery (rejected or ignored here, or settled by a
+    /// neighbour), to pass on in repairs; the most recent [`Config::max_missing`].
+    settled: BTreeMap<(P, u64, u64), (Settled<P>, SettledBy)>,
+    settled_order: VecDeque<(P, u64, u64)>,
     /// Our messages numbered by [`State::stage`] and not yet sent.
     staged: Vec<(MessageId, Envelope<P>)>,
     anti_entropy: AntiEntropy<P>,
@@ -179,6 +193,8 @@ impl<P: PeerId> State<P> {
             auth: None,
             validator: None,
             staged: Vec::new(),
+            settled: BTreeMap::new(),
+            settled_order: VecDeque::new(),
             anti_entropy: AntiEntropy {
                 fresh: if config.replay_history { Fresh::No } else { Fresh::BeforeFirstNeighbor },
                 ..AntiEntropy::default()
@@ -461,7 +477,51 @@ impl<P: PeerId> State<P> {
         self.mark_seen(envelope);
         self.forget_missing(id);
         self.settle(now, envelope);
+        let settled = Settled {
+            origin: envelope.origin.clone(),
+            incarnation: envelope.incarnation,
+            seq: envelope.seq,
+            payload_hash: *blake3::hash(&envelope.payload).as_bytes(),
+            proof: envelope.proof.clone(),
+        };
+        self.remember_settled(settled, SettledBy::Us);
         false
+    }
+
+    /// Keep `s` to pass on in repairs, forgetting the oldest past [`Config::max_missing`].
+    fn remember_settled(&mut self, s: Settled<P>, by: SettledBy) {
+        let key = (s.origin.clone(), s.incarnation, s.seq);
+        if self.settled.insert(key.clone(), (s, by)).is_none() {
+            self.settled_order.push_back(key);
+            if self.settled_order.len() > self.config.max_missing.max(1)
+                && let Some(old) = self.settled_order.pop_front()
+            {
+                self.settled.remove(&old);
+            }
+        }
+    }
+
+    /// A neighbour's [`Settled`] record: checked like a message (the origin's proof over
+    /// the id), then marked seen and released from FIFO order. False if its proof failed.
+    fn on_settled(&mut self, now: Instant, from: &P, s: Settled<P>) -> bool {
+        if self.versions.check(&s.origin, s.incarnation, s.seq) != Seen::No {
+            return true;
+        }
+        let id = s.id();
+        let envelope = s.envelope();
+        if let Some(auth) = self.auth.as_mut()
+            && !auth.verify(&envelope, &id)
+        {
+            self.stats.forged += 1;
+            self.out.push(Output::Penalize { peer: from.clone(), reason: Penalty::Forged });
+            return false;
+        }
+        self.stats.settled_received += 1;
+        self.mark_seen(&envelope);
+        self.forget_missing(&id);
+        self.settle(now, &envelope);
+        self.remember_settled(s, SettledBy::Neighbor);
+        true
     }
 
     /// Process one input at `now`. Never panics on peer input.
@@ -590,7 +650,14 @@ impl<P: PeerId> State<P> {
             Message::Digest { heads, after, upto, reply, joined, ask } => {
                 self.on_digest(now, from, heads, (after, upto), reply, joined, ask)
             }
-            Message::Repair { after, ask, envelopes, more } => self.on_repair(now, from, (ask, after), envelopes, more),
+            Message::Repair { after, ask, envelopes, settled, more } => {
+                for s in settled {
+                    if !self.on_settled(now, &from, s) {
+                        return;
+                    }
+                }
+                self.on_repair(now, from, (ask, after), envelopes, more)
+            }
         }
     }
 
@@ -602,6 +669,11 @@ impl<P: PeerId> State<P> {
             Seen::Stale => {
                 self.stats.stale_incarnation += 1;
                 return;
+            }
+            Seen::Yes if self.settled_by_neighbor(&envelope) => {
+                // Settled by a neighbour's word, and here is the payload after all: our
+                // own validator decides.
+                self.settled.remove(&(envelope.origin.clone(), envelope.incarnation, envelope.seq));
             }
             Seen::Yes => {
                 self.stats.duplicates += 1;
@@ -850,6 +922,13 @@ impl<P: PeerId> State<P> {
             self.stats.announcements_sent += anns.len() as u64;
             self.out.push(Output::Send { to: p, message: Message::IHave(anns) });
         }
+    }
+
+    /// Whether `e` was marked seen only because a neighbour settled it.
+    fn settled_by_neighbor(&self, e: &Envelope<P>) -> bool {
+        self.settled
+            .get(&(e.origin.clone(), e.incarnation, e.seq))
+            .is_some_and(|(s, by)| *by == SettledBy::Neighbor && s.payload_hash == *blake3::hash(&e.payload).as_bytes())
     }
 
     /// Remove the missing record of `id`, if any, from the table and its owner's share.
@@ -1154,6 +1233,7 @@ impl<P: PeerId> State<P> {
         }
         let (max, max_bytes) = (self.config.anti_entropy_max_messages.max(1), self.config.anti_entropy_max_bytes);
         let mut envelopes: Vec<Envelope<P>> = Vec::new();
+        let mut settled: Vec<Settled<P>> = Vec::new();
         let mut bytes = 0usize;
         let mut more = false;
         let mine: Vec<(Key<P>, u64)> =
@@ -1172,6 +1252,10 @@ impl<P: PeerId> State<P> {
                 more = true;
                 break;
             }
+            // What we settled without a payload in that range: the asker stops waiting.
+            let lo = (key.0.clone(), key.1, their_head.saturating_add(1));
+            let hi = (key.0.clone(), key.1, *my_head);
+            settled.extend(self.settled.range(lo..=hi).take(max).map(|(_, (s, _))| s.clone()));
             let mut found = self.store.range(&key.0, key.1, their_head, room, room_bytes.max(1));
             // Messages younger than the grace may still be on their way through the tree:
             // repair up to the first of them (no gaps), the next exchange covers the rest.
@@ -1225,7 +1309,7 @@ impl<P: PeerId> State<P> {
                 open.report.sent_bytes += bytes as u64;
             }
         }
-        self.out.push(Output::Send { to: from, message: Message::Repair { after, ask, envelopes, more } });
+        self.out.push(Output::Send { to: from, message: Message::Repair { after, ask, envelopes, settled, more } });
     }
 
     /// The answer to our digest number `ask` (the piece after `after`): deliver each

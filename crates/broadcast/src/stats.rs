@@ -94,4 +94,7 @@ pub struct Stats {
     /// Announcements not recorded as missing because their announcer already had a
     /// quarter of the missing table ([`Config::max_missing`](crate::Config::max_missing)).
     pub missing_over_share: u64,
+    /// Messages marked seen on a neighbour's [`Settled`](crate::Settled) record (it
+    /// rejected or ignored them; their proof checked).
+    pub settled_received: u64,
 }

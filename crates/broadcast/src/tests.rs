@@ -484,11 +484,11 @@ proptest! {
 }
 
 #[test]
-fn message_ids_hash_the_postcard_header_then_the_payload() {
+fn message_ids_hash_the_postcard_header_then_the_payloads_hash() {
     fn reference<P: PeerId>(e: &Envelope<P>) -> MessageId {
         let mut h = blake3::Hasher::new();
         h.update(&postcard::to_stdvec(&(&e.origin, e.incarnation, e.seq)).unwrap());
-        h.update(&e.payload);
+        h.update(blake3::hash(&e.payload).as_bytes());
         MessageId(*h.finalize().as_bytes())
     }
     for (inc, seq, len) in [(0, 0, 0), (1_700_000_000_000, 1, 5), (u64::MAX, u64::MAX, 300)] {
@@ -907,7 +907,7 @@ fn a_forged_copy_is_dropped_unseen_so_the_real_one_still_gets_in_and_is_checked_
     // A repair carrying a forged envelope is treated the same.
     let mut forged = env(9, 2, b"forged");
     forged.proof = Bytes::from_static(b"by 2");
-    let repair = Message::Repair { after: None, ask: 0, envelopes: vec![forged], more: false };
+    let repair = Message::Repair { after: None, ask: 0, envelopes: vec![forged], settled: vec![], more: false };
     let out: Vec<_> = s.handle(now, Input::Message { from: 2, message: repair }).collect();
     assert!(out.contains(&Output::Penalize { peer: 2, reason: Penalty::Forged }), "{out:?}");
     assert_eq!(s.stats().forged, 2);
@@ -993,4 +993,81 @@ fn one_neighbours_made_up_ihaves_fill_a_quarter_of_the_missing_table_at_most() {
     let timer = out.iter().find_map(|o| if let Output::Timer { timer, .. } = o { Some(timer.clone()) } else { None });
     let out = sends(s.handle(now + Duration::from_secs(1), Input::Timer(timer.unwrap())).collect());
     assert!(out.iter().any(|(to, m)| *to == 2 && matches!(m, Message::Graft { id: Some(id), .. } if *id == real.id())));
+}
+
+#[test]
+fn a_node_behind_the_one_that_rejected_a_message_learns_it_is_settled_and_stops_asking() {
+    let t0 = Instant::now();
+    let config = Config { ordering: Ordering::PerOrigin, tree: Tree::Shared, ..Config::lan() };
+    let mut nodes = vec![ae_node(0, config.clone()), ae_node(1, config)];
+    for (me, n) in nodes.iter_mut().enumerate() {
+        n.set_authenticator(Box::new(ByOrigin { me: me as u32, verified: Default::default() }));
+        n.set_validator(Box::new(Content));
+    }
+    let _ = nodes[0].handle(t0, Input::NeighborUp(1));
+    let _ = nodes[1].handle(t0, Input::NeighborUp(0));
+    let signed = |seq, payload: &'static [u8]| {
+        let mut e = env(9, seq, payload);
+        e.proof = Bytes::from_static(b"by 9");
+        e
+    };
+    // Origin 9 (not a neighbour of either) sends 1, 2 (bad) and 3 to node 0, and only 1
+    // and 3 to node 1.
+    for seq in [1, 2, 3] {
+        let payload: &'static [u8] = if seq == 2 { b"bad" } else { b"fine" };
+        let _ = nodes[0].handle(t0, Input::Message { from: 9, message: gossip(&signed(seq, payload)) }).count();
+    }
+    assert_eq!((nodes[0].stats().rejected, nodes[0].head(&9, 1)), (1, 3));
+    for seq in [1, 3] {
+        let _ = nodes[1].handle(t0, Input::Message { from: 9, message: gossip(&signed(seq, b"fine")) }).count();
+    }
+    assert_eq!(nodes[1].head(&9, 1), 1, "node 1 lacks 2 and holds 3 back");
+    assert_eq!(nodes[1].stats().ordering_held, 1);
+    // An exchange: node 0 answers with the settled record, checked by its proof.
+    let later = t0 + Duration::from_secs(10);
+    let out = sends_from(1, nodes[1].exchange(later, 0).unwrap().collect());
+    let (delivered, _, exchanges) = pump_exchanges(&mut nodes, later, out);
+    assert_eq!(nodes[1].head(&9, 1), 3, "2 is settled at node 1 too");
+    assert_eq!(nodes[1].stats().settled_received, 1);
+    let released: Vec<u64> = delivered[1].iter().map(|d| d.envelope.seq).collect();
+    assert_eq!(released, vec![3], "3 released at once, not after the gap wait");
+    assert!(exchanges.iter().any(|(n, x)| *n == 1 && x.complete));
+    // The next exchange has nothing to move: 2 is never asked for again.
+    let repaired = nodes[0].stats().repaired_sent;
+    let out = sends_from(1, nodes[1].exchange(later + Duration::from_secs(10), 0).unwrap().collect());
+    let _ = pump_exchanges(&mut nodes, later + Duration::from_secs(10), out);
+    assert_eq!(nodes[0].stats().repaired_sent, repaired);
+    assert_eq!(nodes[1].stats().settled_received, 1);
+}
+
+#[test]
+fn a_settled_record_needs_the_origins_proof_and_the_payload_still_gets_in_after_it() {
+    let now = Instant::now();
+    let (mut s, _) = guarded(0, Ordering::None);
+    up(&mut s, &[1, 2]);
+    let real = {
+        let mut e = env(9, 1, b"fine");
+        e.proof = Bytes::from_static(b"by 9");
+        e
+    };
+    let record = |proof: &'static [u8]| Settled {
+        origin: 9,
+        incarnation: 1,
+        seq: 1,
+        payload_hash: *blake3::hash(&real.payload).as_bytes(),
+        proof: Bytes::from_static(proof),
+    };
+    // A record with a proof not by the origin is a forgery.
+    let repair = |s| Message::Repair { after: None, ask: 0, envelopes: vec![], settled: vec![s], more: false };
+    let out: Vec<_> = s.handle(now, Input::Message { from: 1, message: repair(record(b"by 1")) }).collect();
+    assert!(out.contains(&Output::Penalize { peer: 1, reason: Penalty::Forged }), "{out:?}");
+    assert_eq!(s.head(&9, 1), 0);
+    // A real one settles it; when the payload comes anyway, our validator decides and
+    // it is delivered (a neighbour's word cannot censor a message).
+    let _ = s.handle(now, Input::Message { from: 2, message: repair(record(b"by 9")) }).count();
+    assert_eq!((s.head(&9, 1), s.stats().settled_received), (1, 1));
+    let out: Vec<_> = s.handle(now, Input::Message { from: 1, message: gossip(&real) }).collect();
+    assert!(out.iter().any(|o| matches!(o, Output::Deliver(d) if d.envelope == real)), "{out:?}");
+    let out: Vec<_> = s.handle(now, Input::Message { from: 2, message: gossip(&real) }).collect();
+    assert!(!out.iter().any(|o| matches!(o, Output::Deliver(_))), "once");
 }

@@ -97,6 +97,18 @@ pub use node::config;
 /// Ed25519 batch signatures on messages ([`NodeConfig::sign_messages`]).
 #[cfg(feature = "net")]
 pub use node::sign;
+
+/// Decode one frame body (without its 4-byte length prefix) exactly as a node decodes
+/// what a peer sends: the zero-copy Gossip path, the 64 KiB limit on control frames, then
+/// postcard. Public for the fuzz targets (`fuzz/`) and for tools that read captures.
+///
+/// # Errors
+/// [`TransportError::Frame`] for malformed bytes, [`TransportError::Oversized`] for a
+/// control frame over 64 KiB.
+#[cfg(feature = "net")]
+pub fn decode_frame(body: Bytes) -> Result<proto::Message<PeerInfo>, TransportError> {
+    node::decode_frame(body)
+}
 #[cfg(feature = "net")]
 pub use node::{
     ADMISSION_POLL, Candidate, Cursor, Delivered, Error, Event, Events, Exchange, FrameDrops, Identity, MessageHandler,

@@ -939,6 +939,7 @@ fn wire_answer_bytes(after: Option<&(u32, u64)>) -> u64 {
         after: after.map(|(o, i)| (wide(*o), *i)),
         ask: u32::MAX,
         envelopes: Vec::new(),
+        settled: Vec::new(),
         more: false,
     };
     postcard::to_allocvec(&message).map_or(0, |v| v.len() as u64 + 1 + 4)

@@ -403,7 +403,8 @@ const MAX_UNI_STREAMS: u32 = 4;
 /// and names the digest a repair answers (the development builds of 2026-12-01 between
 /// 15:56 and 16:26 UTC sent 2 with a partly changed format; version 3 refuses them);
 /// version 4 carries the origin's proof of authorship (a batch signature) in every
-/// envelope.
+/// envelope and settled records in repairs, and hashes the payload into the message id
+/// by its own BLAKE3 hash.
 pub const WIRE_VERSION: u32 = 4;
 
 /// First frame on every stream: who the sender says it is beyond its TLS key.

@@ -32,6 +32,10 @@ pub use error::Error;
 pub use event::{Candidate, Delivered, Event, Events, Exchange, MessageHandler, ValidatorFn};
 pub use plumcast_transport::{Identity, NodeId, PeerInfo, TransportConfig, TransportError};
 pub use proto::broadcast::Validation;
+pub(crate) fn decode_frame(body: Bytes) -> Result<proto::Message<PeerInfo>, TransportError> {
+    wire::decode(body).map(|d| d.message)
+}
+
 pub use stats::{FrameDrops, NetStats, NodeStats, SignStats, StoreStats};
 
 use crate::proto::{self, MessageId};

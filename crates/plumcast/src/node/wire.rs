@@ -234,6 +234,7 @@ mod tests {
             after: None,
             ask: 1,
             envelopes: vec![broadcast::Envelope::new(NodeId([1; 32]), 1, 1, Bytes::from(vec![0; 100_000]))],
+            settled: Vec::new(),
             more: false,
         });
         let body = encode_frame(&repair).unwrap().slice(4..);
@@ -327,7 +328,14 @@ mod decode_props {
             proto::Message::Broadcast(broadcast::Message::Repair {
                 after: key,
                 ask: 7,
-                envelopes: vec![e],
+                envelopes: vec![e.clone()],
+                settled: vec![broadcast::Settled {
+                    origin: e.origin,
+                    incarnation: e.incarnation,
+                    seq: e.seq + 1,
+                    payload_hash: [9; 32],
+                    proof: e.proof.clone(),
+                }],
                 more: true,
             }),
             proto::Message::Membership(crate::proto::membership::Message::Join),
