@@ -907,9 +907,13 @@ impl<P: PeerId> State<P> {
             .collect();
         if !anns.is_empty() {
             self.stats.catch_ups += 1;
-            self.stats.ihave_sent += 1;
             self.stats.announcements_sent += anns.len() as u64;
-            self.out.push(Output::Send { to: p, message: Message::IHave(anns) });
+            // In frames of at most `ihave_batch_max`, as every IHave: a receiver refuses
+            // control frames over 64 KiB, and 1,024 announcements are 75–95 KiB.
+            for chunk in anns.chunks(self.config.ihave_batch_max.max(1)) {
+                self.stats.ihave_sent += 1;
+                self.out.push(Output::Send { to: p.clone(), message: Message::IHave(chunk.to_vec()) });
+            }
         }
     }
 

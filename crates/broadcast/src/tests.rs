@@ -1071,3 +1071,20 @@ fn a_settled_record_needs_the_origins_proof_and_the_payload_still_gets_in_after_
     let out: Vec<_> = s.handle(now, Input::Message { from: 2, message: gossip(&real) }).collect();
     assert!(!out.iter().any(|o| matches!(o, Output::Deliver(_))), "once");
 }
+
+#[test]
+fn a_catch_up_of_many_messages_goes_in_ihaves_of_at_most_the_batch_size() {
+    let now = Instant::now();
+    let mut s = node(0);
+    up(&mut s, &[1]);
+    for k in 0..1000u32 {
+        let _ = s.broadcast(now, Bytes::from(k.to_le_bytes().to_vec())).1.count();
+    }
+    let out = sends(s.handle(now, Input::NeighborUp(2)).collect());
+    let sizes: Vec<usize> = out
+        .iter()
+        .filter_map(|(to, m)| if let (2, Message::IHave(a)) = (to, m) { Some(a.len()) } else { None })
+        .collect();
+    assert_eq!(sizes.iter().sum::<usize>(), 1000);
+    assert!(sizes.iter().all(|n| *n <= s.config().ihave_batch_max), "{sizes:?}");
+}
