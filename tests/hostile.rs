@@ -308,3 +308,33 @@ async fn connections_past_the_limit_are_refused_and_the_node_serves_its_peers() 
     );
     honest_traffic(&nodes, 100, "connection flood").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_stops_reading_is_shed_and_the_others_are_served() {
+    let _g = SERIAL.lock().await;
+    init_tracing();
+    let mut nodes: Vec<TestNode> = Vec::new();
+    for i in 0..3u64 {
+        let mut config = plumcast::NodeConfig::default();
+        config.protocol = proto::Config::local();
+        config.peer_queue_hard_limit = 500;
+        let mut b = plumcast::Node::builder().config(config).rng_seed(i + 1);
+        if let Some(first) = nodes.first() {
+            b = b.bootstrap(first.node.addr());
+        }
+        nodes.push(TestNode::record(b).await);
+    }
+    wait_until(Duration::from_secs(10), "overlay", || overlay_ready(&nodes)).await;
+    // The member joins node 0, then never reads a byte: node 0's frames to it pile up
+    // behind QUIC flow control.
+    let mut member = Member::connect(nodes[0].node.addr()).await;
+    assert!(member.send(proto::Message::Membership(proto::membership::Message::Join)).await);
+    wait_until(Duration::from_secs(5), "the member in node 0's active view", || async {
+        nodes[0].node.neighbors().await.unwrap().iter().any(|p| p.id == member.identity.node_id())
+    })
+    .await;
+    honest_traffic(&nodes, 3000, "stalled member").await;
+    let s = nodes[0].node.stats().await.unwrap();
+    assert!(s.net.slow_peer_disconnects >= 1, "the member was not shed: {:?}", s.net);
+    assert!(!nodes[0].node.neighbors().await.unwrap().iter().any(|p| p.id == member.identity.node_id()));
+}

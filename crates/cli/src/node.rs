@@ -97,6 +97,10 @@ pub struct Args {
     /// peers that no longer chain to it are closed.
     #[arg(long, value_name = "CA_CRT")]
     ca: Option<PathBuf>,
+    /// Send messages unsigned and take unsigned ones (by default every message is signed
+    /// by its origin and checked by every node). Every node of a cluster must agree.
+    #[arg(long)]
+    unsigned: bool,
     /// How long to wait for the first neighbour before broadcasting stdin, seconds.
     #[arg(long, default_value_t = 10)]
     wait_neighbor_secs: u64,
@@ -107,7 +111,12 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         OrderArg::None => proto::Ordering::None,
         OrderArg::PerOrigin => proto::Ordering::PerOrigin,
     };
-    let mut b = Node::builder().bind(a.bind).cluster(a.cluster).protocol(a.preset.config()).ordering(ordering);
+    let mut b = Node::builder()
+        .bind(a.bind)
+        .cluster(a.cluster)
+        .protocol(a.preset.config())
+        .ordering(ordering)
+        .sign_messages(!a.unsigned);
     for c in a.bootstrap.iter() {
         b = b.bootstrap(c.clone());
     }

@@ -627,7 +627,10 @@ impl Node {
     }
 
     /// Broadcast `payload` to every live node; waits while the node is congested
-    /// (backpressure). Returns the message id once the message is on its way.
+    /// (backpressure). Returns the message id once the message is on its way: numbered,
+    /// and, with signed messages and no data dir, staged for its batch's signature, which
+    /// is made within 1 ms (at once when broadcasts are rarer than one per ms); with a
+    /// data dir, once it is signed, stored and fsynced.
     ///
     /// # Errors
     /// [`Error::PayloadTooLarge`], or [`Error::Stopped`] if the node has stopped.
