@@ -248,6 +248,7 @@ async fn catch_up(a: &Args) -> anyhow::Result<ExitCode> {
         "messages": m, "size": a.size, "recovered": got, "complete": got == m,
         "secs": round3(secs), "messages_per_s": round1(got as f64 / secs.max(1e-9)),
         "repairs_received": s.broadcast.repaired_received, "digests_sent": s.broadcast.digests_sent,
+        "verifications": s.signatures.verifications, "signature_cache_hits": s.signatures.cache_hits,
         "cpu_s": round3(cpu),
     });
     println!("{row}");
