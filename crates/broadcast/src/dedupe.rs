@@ -167,9 +167,14 @@ impl<P: PeerId> Versions<P> {
         upto: Option<&Key<P>>,
     ) -> impl Iterator<Item = (&'a Key<P>, u64)> + 'a {
         use std::ops::Bound;
+        // Both bounds come from a peer's digest: a piece that ends before it starts is
+        // empty (`BTreeMap::range` would panic on it; found by the protocol_state fuzz
+        // target).
+        let empty = matches!((after, upto), (Some(a), Some(u)) if a >= u);
         let lo = after.map_or(Bound::Unbounded, |k| Bound::Excluded(k.clone()));
         let hi = upto.map_or(Bound::Unbounded, |k| Bound::Included(k.clone()));
-        self.seen.range((lo, hi)).map(|(k, h)| (k, h.watermark))
+        let range = if empty { None } else { Some(self.seen.range((lo, hi))) };
+        range.into_iter().flatten().map(|(k, h)| (k, h.watermark))
     }
 
     /// Origin-incarnation entries kept.

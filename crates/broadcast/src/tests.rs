@@ -1088,3 +1088,31 @@ fn a_catch_up_of_many_messages_goes_in_ihaves_of_at_most_the_batch_size() {
     assert_eq!(sizes.iter().sum::<usize>(), 1000);
     assert!(sizes.iter().all(|n| *n <= s.config().ihave_batch_max), "{sizes:?}");
 }
+
+/// Regression (fuzz/artifacts/protocol_state, crash-e1f2e9e2): a digest whose piece ends
+/// before it starts made `BTreeMap::range` panic.
+#[test]
+fn a_digest_whose_piece_ends_before_it_starts_is_answered_empty_not_a_panic() {
+    let now = Instant::now();
+    let mut s = State::new(0u32, 1, Config::lan());
+    up(&mut s, &[1]);
+    for seq in 1..=3 {
+        let _ = s.handle(
+            now,
+            Input::Message { from: 1, message: Message::Gossip { round: 0, envelope: env(5, seq, b"x") } },
+        );
+        let _ = s.handle(
+            now,
+            Input::Message { from: 1, message: Message::Gossip { round: 0, envelope: env(9, seq, b"y") } },
+        );
+    }
+    for (after, upto) in [(Some((9, 1)), Some((5, 1))), (Some((5, 1)), Some((5, 1))), (Some((9, 2)), Some((9, 1)))] {
+        let digest = Message::Digest { heads: vec![], after, upto, reply: true, joined: false, ask: 1 };
+        let out = sends(s.handle(now, Input::Message { from: 1, message: digest }).collect());
+        assert!(
+            out.iter()
+                .any(|(to, m)| *to == 1 && matches!(m, Message::Repair { envelopes, .. } if envelopes.is_empty())),
+            "{out:?}"
+        );
+    }
+}
