@@ -40,6 +40,9 @@ enum SettledBy {
 #[derive(Clone, Debug)]
 struct Missing<P> {
     origin: P,
+    /// Its origin's incarnation and its sequence number (as announced).
+    incarnation: u64,
+    seq: u64,
     /// The first announcer, whose share of the table this record counts against.
     owner: P,
     since: Instant,
@@ -776,6 +779,8 @@ impl<P: PeerId> State<P> {
                 Missing {
                     owner: from.clone(),
                     origin: a.origin.clone(),
+                    incarnation: a.incarnation,
+                    seq: a.seq,
                     since: now,
                     announcers: VecDeque::from([from.clone()]),
                     best: Some((from.clone(), a.round)),
@@ -1228,10 +1233,22 @@ impl<P: PeerId> State<P> {
         }
         let theirs: BTreeMap<Key<P>, u64> = heads.into_iter().map(|h| ((h.origin, h.incarnation), h.seq)).collect();
         if self.is_fresh(now) {
-            // New here: what was sent before our join is not ours to ask for.
+            // New here: what was sent before our join is not ours to ask for. But not
+            // over a message already announced to us and still missing: the neighbour's
+            // catch-up IHave (sent before this digest) names what it got in the last
+            // seconds, which may well be after our join (a message broadcast just before
+            // the link came up was otherwise marked seen, and never delivered here).
+            let mut announced: BTreeMap<Key<P>, u64> = BTreeMap::new();
+            if theirs.keys().any(|k| !self.versions.knows(k)) {
+                for m in self.missing.values() {
+                    let lowest = announced.entry((m.origin.clone(), m.incarnation)).or_insert(m.seq);
+                    *lowest = (*lowest).min(m.seq);
+                }
+            }
             for (key, head) in &theirs {
                 if !self.versions.knows(key) {
-                    self.versions.raise(key, *head);
+                    let below_announced = announced.get(key).map_or(*head, |s| s.saturating_sub(1).min(*head));
+                    self.versions.raise(key, below_announced);
                 }
             }
         }

@@ -1116,3 +1116,33 @@ fn a_digest_whose_piece_ends_before_it_starts_is_answered_empty_not_a_panic() {
         );
     }
 }
+
+/// Regression (the CLI's three-process chat test, under load): a message broadcast just
+/// before a new node's link to its origin came up was announced by the catch-up IHave,
+/// then the origin's digest raised the new node's head over it ("history"), and it was
+/// never delivered there.
+#[test]
+fn a_new_nodes_first_digest_does_not_skip_a_message_its_catch_up_announced() {
+    let t0 = Instant::now();
+    let cfg = Config { ihave_batch_window: Duration::ZERO, ..Config::lan() };
+    let mut nodes = vec![State::new(0u32, 1, cfg.clone()), State::new(1u32, 1, cfg)];
+    let (id, out) = nodes[0].broadcast(t0, Bytes::from_static(b"just before the link"));
+    assert_eq!(out.count(), 0, "no neighbour yet");
+    let t1 = t0 + Duration::from_millis(2);
+    let mut queue = sends_from(0, nodes[0].handle(t1, Input::NeighborUp(1)).collect());
+    queue.extend(sends_from(1, nodes[1].handle(t1, Input::NeighborUp(0)).collect()));
+    assert!(
+        matches!(queue.first(), Some((0, 1, Message::IHave(_)))),
+        "the catch-up IHave goes before the digest: {queue:?}"
+    );
+    // The raise stops below the announced message, so the key is listed in the new
+    // node's digest at 0 and the exchange repairs it at once.
+    let (delivered, _) = pump(&mut nodes, t1, queue);
+    assert_eq!(delivered[1].iter().map(|d| d.id).collect::<Vec<_>>(), vec![id]);
+    assert_eq!(nodes[1].head(&0, 1), 1);
+    // The Graft timer of the announcement then finds it seen: delivered once.
+    let t2 = t1 + Duration::from_secs(1);
+    let out = sends_from(1, nodes[1].handle(t2, Input::Timer(Timer::Graft { id, attempt: 0 })).collect());
+    let (delivered, _) = pump(&mut nodes, t2, out);
+    assert!(delivered[1].is_empty());
+}
