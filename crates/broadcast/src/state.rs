@@ -1246,7 +1246,9 @@ impl<P: PeerId> State<P> {
                 }
             }
             for (key, head) in &theirs {
-                if !self.versions.knows(key) {
+                // An origin life that began after ours (incarnations are start times in
+                // ms) has no history from before our join: nothing of it is skipped.
+                if !self.versions.knows(key) && key.1 <= self.incarnation {
                     let below_announced = announced.get(key).map_or(*head, |s| s.saturating_sub(1).min(*head));
                     self.versions.raise(key, below_announced);
                 }

@@ -1146,3 +1146,24 @@ fn a_new_nodes_first_digest_does_not_skip_a_message_its_catch_up_announced() {
     let (delivered, _) = pump(&mut nodes, t2, out);
     assert!(delivered[1].is_empty());
 }
+
+/// A life that began after the new node's (a later incarnation, in ms) has no history
+/// from before its join: the new node's first digest skips nothing of it.
+#[test]
+fn a_new_node_skips_no_message_of_a_life_that_began_after_its_own() {
+    let now = Instant::now();
+    let base = Config { catch_up_window: Duration::ZERO, ihave_batch_window: Duration::ZERO, ..Config::lan() };
+    // Node 1 started at 1,000 ms; node 0's life began at 2,000 ms.
+    let mut nodes = vec![State::new(0u32, 2_000, base.clone()), State::new(1u32, 1_000, base)];
+    for k in 0..5u32 {
+        let _ = nodes[0].broadcast(now, Bytes::from(k.to_le_bytes().to_vec()));
+    }
+    let mut queue = sends_from(0, nodes[0].handle(now, Input::NeighborUp(1)).collect());
+    queue.extend(sends_from(1, nodes[1].handle(now, Input::NeighborUp(0)).collect()));
+    let (delivered, _) = pump(&mut nodes, now, queue);
+    let later = now + Duration::from_secs(60);
+    let queue = sends_from(1, nodes[1].handle(later, Input::Timer(Timer::AntiEntropy)).collect());
+    let (more, _) = pump(&mut nodes, later, queue);
+    assert_eq!(delivered[1].len() + more[1].len(), 5, "all five of the younger life");
+    assert_eq!(nodes[1].head(&0, 2_000), 5);
+}
