@@ -461,11 +461,7 @@ impl<P: PeerId> State<P> {
     /// carry out their verdict. True: take it. False: it was dropped (counted; a forged one
     /// is left unseen so the real one still gets in, a rejected or ignored one is settled).
     fn admit(&mut self, now: Instant, from: &P, envelope: &Envelope<P>, id: &MessageId) -> bool {
-        if let Some(auth) = self.auth.as_mut()
-            && !auth.verify(envelope, id)
-        {
-            self.stats.forged += 1;
-            self.out.push(Output::Penalize { peer: from.clone(), reason: Penalty::Forged });
+        if !self.authentic(from, envelope, id) {
             return false;
         }
         let verdict = self.validator.as_mut().map_or(Validation::Accept, |v| v.validate(envelope, id));
@@ -491,6 +487,17 @@ impl<P: PeerId> State<P> {
         false
     }
 
+    /// Whether the [`Authenticator`] (if any) takes `envelope`'s proof; if not, it is
+    /// counted as forged and `from` penalised.
+    fn authentic(&mut self, from: &P, envelope: &Envelope<P>, id: &MessageId) -> bool {
+        let ok = self.auth.as_mut().is_none_or(|auth| auth.verify(envelope, id));
+        if !ok {
+            self.stats.forged += 1;
+            self.out.push(Output::Penalize { peer: from.clone(), reason: Penalty::Forged });
+        }
+        ok
+    }
+
     /// Keep `s` to pass on in repairs, forgetting the oldest past [`Config::max_missing`].
     fn remember_settled(&mut self, s: Settled<P>, by: SettledBy) {
         let key = (s.origin.clone(), s.incarnation, s.seq);
@@ -512,11 +519,7 @@ impl<P: PeerId> State<P> {
         }
         let id = s.id();
         let envelope = s.envelope();
-        if let Some(auth) = self.auth.as_mut()
-            && !auth.verify(&envelope, &id)
-        {
-            self.stats.forged += 1;
-            self.out.push(Output::Penalize { peer: from.clone(), reason: Penalty::Forged });
+        if !self.authentic(from, &envelope, &id) {
             return false;
         }
         self.stats.settled_received += 1;

@@ -573,11 +573,7 @@ impl Actor {
                     } else {
                         debug!(peer = %peer, reason = reason.as_str(), "closing the link of a peer that sent a bad message");
                     }
-                    let why = match reason {
-                        broadcast::Penalty::Forged => "sent a forged message",
-                        broadcast::Penalty::Rejected => "sent a rejected message",
-                    };
-                    self.links.close(peer, close_code::FAILED, why);
+                    self.links.close(peer, close_code::FAILED, &format!("sent a {} message", reason.as_str()));
                 }
             }
         }
