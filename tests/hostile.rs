@@ -210,7 +210,9 @@ async fn floods_of_ihaves_grafts_and_joins_from_a_member_stay_bounded_and_every_
     })
     .await;
     let victim = nodes[2].node.id();
-    let flood = async {
+    // Each flood runs beside 100 honest broadcasts; the RSS after each is printed.
+    let mut rss = vec![("before", rss0)];
+    let ihaves = async {
         // 200,000 announcements of made-up messages, in IHaves of 250.
         for batch in 0..800u64 {
             let anns: Vec<broadcast::Announcement<plumcast::NodeId>> = (0..250u64)
@@ -229,7 +231,11 @@ async fn floods_of_ihaves_grafts_and_joins_from_a_member_stay_bounded_and_every_
                 break;
             }
         }
-        // 10,000 Grafts, 5,000 of them for made-up ids, and 1,000 Joins.
+    };
+    let (_, ()) = tokio::join!(ihaves, honest_traffic(&nodes, 100, "IHave flood"));
+    rss.push(("IHave flood", rss_bytes()));
+    let grafts = async {
+        // 10,000 Grafts, 5,000 of them for made-up ids.
         for k in 0..5000u64 {
             let e = Envelope::new(victim, 7, k + 1, Bytes::new());
             let graft = broadcast::Message::Graft { id: Some(e.id()), origin: victim };
@@ -240,18 +246,26 @@ async fn floods_of_ihaves_grafts_and_joins_from_a_member_stay_bounded_and_every_
                 break;
             }
         }
+    };
+    let (_, ()) = tokio::join!(grafts, honest_traffic(&nodes, 100, "Graft flood"));
+    rss.push(("Graft flood", rss_bytes()));
+    let joins = async {
         for _ in 0..1000 {
             if !member.send(proto::Message::Membership(proto::membership::Message::Join)).await {
                 break;
             }
         }
     };
-    let (_, ()) = tokio::join!(flood, honest_traffic(&nodes, 300, "flood"));
+    let (_, ()) = tokio::join!(joins, honest_traffic(&nodes, 100, "Join flood"));
+    rss.push(("Join flood", rss_bytes()));
+    for (what, bytes) in &rss {
+        eprintln!("test process RSS {what}: {} MiB", bytes >> 20);
+    }
     let s = nodes[0].node.stats().await.unwrap();
-    let rss1 = rss_bytes();
+    let rss1 = rss.iter().map(|(_, b)| *b).max().unwrap_or(0);
     eprintln!(
         "flood at node 0: announcements {} (over share {}), missing {}, grafts {} (misses {}, refused {}), joins limited {}, \
-         cache {:?}, tasks {}; test process RSS {} -> {} MiB",
+         cache {:?}, tasks {}",
         s.broadcast.announcements_received,
         s.broadcast.missing_over_share,
         s.missing,
@@ -261,8 +275,6 @@ async fn floods_of_ihaves_grafts_and_joins_from_a_member_stay_bounded_and_every_
         s.membership.joins_limited,
         s.cache,
         s.tasks,
-        rss0 >> 20,
-        rss1 >> 20
     );
     let max_missing = proto::Config::local().broadcast.max_missing;
     assert!(s.missing <= max_missing / 4 + 400, "missing table {} of {max_missing}", s.missing);
