@@ -505,8 +505,9 @@ impl<P: PeerId> State<P> {
             self.settled_order.push_back(key);
             if self.settled_order.len() > self.config.max_missing.max(1)
                 && let Some(old) = self.settled_order.pop_front()
+                && self.settled.remove(&old).is_some()
             {
-                self.settled.remove(&old);
+                self.stats.settled_forgotten += 1;
             }
         }
     }

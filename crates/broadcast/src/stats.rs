@@ -97,4 +97,8 @@ pub struct Stats {
     /// Messages marked seen on a neighbour's [`Settled`](crate::Settled) record (it
     /// rejected or ignored them; their proof checked).
     pub settled_received: u64,
+    /// Settled records forgotten, oldest first, because the table held
+    /// [`Config::max_missing`](crate::Config::max_missing) of them: a neighbour asking
+    /// for such a message afterwards is no longer told it was settled.
+    pub settled_forgotten: u64,
 }

@@ -1167,3 +1167,21 @@ fn a_new_node_skips_no_message_of_a_life_that_began_after_its_own() {
     assert_eq!(delivered[1].len() + more[1].len(), 5, "all five of the younger life");
     assert_eq!(nodes[1].head(&0, 2_000), 5);
 }
+
+#[test]
+fn the_settled_table_keeps_max_missing_records_and_counts_what_it_forgets() {
+    let now = Instant::now();
+    let verified = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let config = Config { ihave_batch_window: Duration::ZERO, max_missing: 8, ..Config::lan() };
+    let mut s = State::new(0, 1, config);
+    s.set_authenticator(Box::new(ByOrigin { me: 0, verified }));
+    s.set_validator(Box::new(Content));
+    up(&mut s, &[1]);
+    for seq in 1..=20 {
+        let mut e = env(9, seq, b"old news");
+        e.proof = Bytes::from_static(b"by 9");
+        let _ = s.handle(now, Input::Message { from: 1, message: gossip(&e) }).count();
+    }
+    assert_eq!(s.stats().ignored, 20);
+    assert_eq!(s.stats().settled_forgotten, 12, "20 settled, 8 kept");
+}
