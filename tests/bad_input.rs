@@ -31,7 +31,12 @@ async fn raw_client(target: std::net::SocketAddr, hello: &Hello, raw: &[u8]) -> 
 }
 
 fn hello(cluster: &str) -> Hello {
-    Hello { version: plumcast_transport::WIRE_VERSION, cluster: cluster.into(), addr: "127.0.0.1:9".parse().unwrap() }
+    Hello {
+        version: plumcast_transport::WIRE_VERSION,
+        cluster: cluster.into(),
+        addr: "127.0.0.1:9".parse().unwrap(),
+        signed: true,
+    }
 }
 
 async fn stats(n: &TestNode) -> NodeStats {
@@ -97,6 +102,12 @@ async fn wrong_cluster_is_refused() {
 async fn another_wire_version_is_refused() {
     let old = Hello { version: plumcast_transport::WIRE_VERSION - 1, ..hello("plumcast") };
     refused(old, &[], "wrong version", |s| s.net.version_mismatches).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_of_the_other_signing_mode_is_refused() {
+    let unsigned = Hello { signed: false, ..hello("plumcast") };
+    refused(unsigned, &[], "wrong signing mode", |s| s.net.signing_mismatches).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

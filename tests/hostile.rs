@@ -33,6 +33,7 @@ impl Member {
             version: plumcast_transport::WIRE_VERSION,
             cluster: "plumcast".into(),
             addr: endpoint.local_addr().unwrap(),
+            signed: true,
         };
         send.write_all(&encode_frame(&hello).unwrap()).await.unwrap();
         Self { identity, conn, send, _endpoint: endpoint }

@@ -404,8 +404,9 @@ const MAX_UNI_STREAMS: u32 = 4;
 /// 15:56 and 16:26 UTC sent 2 with a partly changed format; version 3 refuses them);
 /// version 4 carries the origin's proof of authorship (a batch signature) in every
 /// envelope and settled records in repairs, and hashes the payload into the message id
-/// by its own BLAKE3 hash.
-pub const WIRE_VERSION: u32 = 4;
+/// by its own BLAKE3 hash; version 5 says in the [`Hello`] whether the sender signs
+/// its messages.
+pub const WIRE_VERSION: u32 = 5;
 
 /// First frame on every stream: who the sender says it is beyond its TLS key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -416,6 +417,10 @@ pub struct Hello {
     pub cluster: String,
     /// The address the sender advertises for dialing it back.
     pub addr: SocketAddr,
+    /// Whether the sender signs its messages and requires its peers' to be signed. Nodes
+    /// that differ are refused: a signing node takes every unsigned message for a
+    /// forgery, so a mixed cluster would disconnect itself link by link.
+    pub signed: bool,
 }
 
 /// Application close codes used on plumcast connections.
@@ -434,6 +439,8 @@ pub mod close_code {
     pub const WRONG_VERSION: u32 = 5;
     /// The peer is no longer on the allow-list.
     pub const NOT_ADMITTED: u32 = 6;
+    /// The peer signs its messages and we do not, or the other way round.
+    pub const WRONG_SIGNING: u32 = 7;
 }
 
 /// Bytes reserved for an encoded frame: a control message or a 256-byte payload fits

@@ -96,6 +96,8 @@ pub enum Refusal {
     WrongCluster,
     /// The peer's Hello names another wire version.
     WrongVersion,
+    /// The peer signs its messages and we do not, or the other way round.
+    WrongSigning,
     /// A frame did not decode.
     Malformed,
     /// A frame was longer than the maximum.
@@ -221,6 +223,11 @@ fn closed_in_setup(what: &str, e: &quinn::ConnectionError, peer: PeerInfo) -> (S
         quinn::ConnectionError::ApplicationClosed(c) if c.error_code == close_code::WRONG_VERSION.into() => {
             ("the peer refused us: it speaks another wire version".to_string(), Refusal::WrongVersion, Some(peer))
         }
+        quinn::ConnectionError::ApplicationClosed(c) if c.error_code == close_code::WRONG_SIGNING.into() => (
+            "the peer refused us: it signs messages and we do not, or the other way round".to_string(),
+            Refusal::WrongSigning,
+            Some(peer),
+        ),
         _ => (format!("{what}: {e}"), Refusal::Handshake, None),
     }
 }
@@ -287,6 +294,19 @@ pub async fn run<C, E>(
             return Err((
                 format!("the peer is in another cluster ({:?}; we are in {:?})", theirs.cluster, hello.cluster),
                 Refusal::WrongCluster,
+                Some(peer),
+            ));
+        }
+        if theirs.signed != hello.signed {
+            conn.close(close_code::WRONG_SIGNING.into(), b"wrong signing mode");
+            let mode = |signed| if signed { "signs its messages" } else { "does not sign (--unsigned)" };
+            return Err((
+                format!(
+                    "the peer {}, this node {}: every node of a cluster must use the same mode",
+                    mode(theirs.signed),
+                    mode(hello.signed)
+                ),
+                Refusal::WrongSigning,
                 Some(peer),
             ));
         }

@@ -126,6 +126,7 @@ struct ActorStats {
     handshake_failures: u64,
     cluster_mismatches: u64,
     version_mismatches: u64,
+    signing_mismatches: u64,
     malformed_frames: u64,
     oversized_frames: u64,
     task_panics: u64,
@@ -403,6 +404,7 @@ impl Actor {
             handshake_failures: a.handshake_failures,
             cluster_mismatches: a.cluster_mismatches,
             version_mismatches: a.version_mismatches,
+            signing_mismatches: a.signing_mismatches,
             malformed_frames: a.malformed_frames,
             oversized_frames: a.oversized_frames,
             slow_peer_disconnects: l.slow_peer_disconnects,
@@ -651,7 +653,12 @@ impl Actor {
     }
 
     fn hello(&self) -> Hello {
-        Hello { version: plumcast_transport::WIRE_VERSION, cluster: self.config.cluster.clone(), addr: self.me.addr }
+        Hello {
+            version: plumcast_transport::WIRE_VERSION,
+            cluster: self.config.cluster.clone(),
+            addr: self.me.addr,
+            signed: self.sign_counters.is_some(),
+        }
     }
 
     fn ctx(&mut self, dial: Option<Dial>) -> LinkCtx<NetEvent> {
@@ -818,6 +825,11 @@ impl Actor {
                     %contact, %reason,
                     "bootstrap contact belongs to another cluster (check the cluster name); retrying with backoff"
                 );
+            } else if kind == Some(Refusal::WrongSigning) {
+                warn!(
+                    %contact, %reason,
+                    "bootstrap contact uses the other signing mode (check --unsigned); retrying with backoff"
+                );
             } else {
                 warn!(%contact, %reason, "bootstrap contact unreachable; retrying with backoff");
             }
@@ -843,6 +855,7 @@ impl Actor {
             Refusal::Handshake => self.stats.handshake_failures += 1,
             Refusal::WrongCluster => self.stats.cluster_mismatches += 1,
             Refusal::WrongVersion => self.stats.version_mismatches += 1,
+            Refusal::WrongSigning => self.stats.signing_mismatches += 1,
             Refusal::Malformed => self.stats.malformed_frames += 1,
             Refusal::Oversized => self.stats.oversized_frames += 1,
         }
@@ -852,7 +865,7 @@ impl Actor {
         // keeps dialing is warned about once.
         let quiet = kind == Refusal::Handshake
             || after_dial_failed
-            || (matches!(kind, Refusal::WrongCluster | Refusal::WrongVersion)
+            || (matches!(kind, Refusal::WrongCluster | Refusal::WrongVersion | Refusal::WrongSigning)
                 && !self.warned.first(format!("{kind:?} {:?}", peer.map(|p| p.id))));
         if quiet {
             debug!(peer = %who, ?kind, %reason, "connection refused");
@@ -860,6 +873,8 @@ impl Actor {
             warn!(peer = %who, %reason, "refused a node of another cluster (further attempts are logged at debug level)");
         } else if kind == Refusal::WrongVersion {
             warn!(peer = %who, %reason, "refused a node of another wire version (further attempts are logged at debug level)");
+        } else if kind == Refusal::WrongSigning {
+            warn!(peer = %who, %reason, "refused a node of the other signing mode (further attempts are logged at debug level)");
         } else {
             warn!(peer = %who, ?kind, %reason, "connection refused");
         }

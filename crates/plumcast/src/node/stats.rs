@@ -86,6 +86,9 @@ pub struct NetStats {
     pub cluster_mismatches: u64,
     /// Connections refused: the peer speaks another wire version.
     pub version_mismatches: u64,
+    /// Connections refused: the peer signs its messages and this node does not, or the
+    /// other way round ([`NodeConfig::sign_messages`](crate::NodeConfig::sign_messages)).
+    pub signing_mismatches: u64,
     /// Connections closed for a malformed frame or unknown message.
     pub malformed_frames: u64,
     /// Connections closed for a frame above the maximum size.
@@ -167,6 +170,7 @@ impl NetStats {
         self.handshake_failures += base.handshake_failures;
         self.cluster_mismatches += base.cluster_mismatches;
         self.version_mismatches += base.version_mismatches;
+        self.signing_mismatches += base.signing_mismatches;
         self.malformed_frames += base.malformed_frames;
         self.oversized_frames += base.oversized_frames;
         self.slow_peer_disconnects += base.slow_peer_disconnects;
