@@ -101,6 +101,10 @@ pub struct Args {
     /// by its origin and checked by every node). Every node of a cluster must agree.
     #[arg(long)]
     unsigned: bool,
+    /// Serve the admin endpoint (/metrics, /topology, the live page /) over HTTP: `PORT`
+    /// binds 127.0.0.1:PORT, `HOST:PORT` binds as given.
+    #[arg(long, value_name = "ADDR", value_parser = crate::http_addr)]
+    http: Option<SocketAddr>,
     /// How long to wait for the first neighbour before broadcasting stdin, seconds.
     #[arg(long, default_value_t = 10)]
     wait_neighbor_secs: u64,
@@ -141,6 +145,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(path) = &a.ca {
         b = b.cluster_ca_file(path);
     }
+    if let Some(addr) = a.http {
+        b = b.http(addr);
+    }
     // The handlers are in place before anything is printed: a signal sent as soon as the
     // node says it listens must find them, not the default action (which kills).
     let mut stop = Stop::new().context("installing the SIGINT and SIGTERM handlers")?;
@@ -164,9 +171,16 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     });
     let json = a.json;
     if json {
-        println!("{}", json!({"event": "listening", "addr": node.addr().to_string(), "id": node.id().to_hex()}));
+        let http = node.http_addr().map(|a| a.to_string());
+        println!(
+            "{}",
+            json!({"event": "listening", "addr": node.addr().to_string(), "id": node.id().to_hex(), "http": http})
+        );
     } else {
         eprintln!("listening on {} as {}", node.addr(), node.id());
+        if let Some(h) = node.http_addr() {
+            eprintln!("admin endpoint on http://{h}/ (/metrics, /topology)");
+        }
     }
     let printer = tokio::spawn(async move {
         while let Some(ev) = events.recv().await {

@@ -109,15 +109,23 @@ pub use node::sign;
 pub fn decode_frame(body: Bytes) -> Result<proto::Message<PeerInfo>, TransportError> {
     node::decode_frame(body)
 }
+/// The admin endpoint's metrics and topology ([`NodeBuilder::http`]).
+#[cfg(feature = "admin")]
+pub use node::admin::{Metrics, Topology, TopologyNode};
 #[cfg(feature = "net")]
 pub use node::{
-    ADMISSION_POLL, Candidate, Cursor, Delivered, Error, Event, Events, Exchange, FrameDrops, Identity, MessageHandler,
-    NetStats, Node, NodeBuilder, NodeConfig, NodeId, NodeStats, Page, Payload, PeerInfo, READ_MAX, SignStats,
-    StoreStats, TransportConfig, TransportError, Validation, ValidatorFn,
+    ADMISSION_POLL, Candidate, Count, Cursor, Delivered, Error, Event, Events, Exchange, FrameDrops, HopHistogram,
+    Identity, MessageHandler, MessageKind, NeighborDowns, NeighborStats, NetStats, Node, NodeBuilder, NodeConfig,
+    NodeId, NodeStats, Page, Payload, PeerInfo, READ_MAX, SignStats, StoreStats, Traffic, TransportConfig,
+    TransportError, Validation, ValidatorFn,
 };
 /// The cluster certificate authority (`plumcast ca`; [`NodeBuilder::cluster_ca_file`]).
 #[cfg(feature = "net")]
 pub use plumcast_transport::ca;
+/// The metrics library [`Metrics`] registers with (the same version, for an application's
+/// own registry).
+#[cfg(feature = "admin")]
+pub use prometheus_client;
 
 pub use bytes::Bytes;
 pub use proto::{DownReason, MessageId};

@@ -140,6 +140,8 @@ pub enum LinkEvent<M> {
         message: M,
         /// Bytes of the frame the codec kept.
         raw: Option<Bytes>,
+        /// The frame's length, bytes (its 4-byte length prefix included).
+        bytes: usize,
     },
     /// The connection ended.
     Down {
@@ -349,7 +351,7 @@ pub async fn run<C, E>(
                     let len = body.len();
                     match codec.decode(body.freeze()) {
                         Ok(Decoded { message, raw }) => {
-                            let event = LinkEvent::Message { from: peer, conn_id, message, raw };
+                            let event = LinkEvent::Message { from: peer, conn_id, message, raw, bytes: len + 4 };
                             if net_tx.send(event.into()).await.is_err() {
                                 return;
                             }

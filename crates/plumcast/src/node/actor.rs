@@ -127,6 +127,9 @@ struct ActorStats {
     cluster_mismatches: u64,
     version_mismatches: u64,
     signing_mismatches: u64,
+    traffic: super::Traffic,
+    neighbor_down: super::NeighborDowns,
+    delivery_hops: super::HopHistogram,
     malformed_frames: u64,
     oversized_frames: u64,
     task_panics: u64,
@@ -449,6 +452,27 @@ impl Actor {
                 }
             }),
             net,
+            neighbors: {
+                let eager = b.eager_peers();
+                let now = self.now.into_std();
+                m.active_view()
+                    .iter()
+                    .map(|p| {
+                        let (queued_frames, queued_bytes) = self.links.queued(p.id);
+                        super::NeighborStats {
+                            peer: *p,
+                            eager: eager.contains(&p.id),
+                            phi: m.phi(now, p),
+                            queued_frames,
+                            queued_bytes,
+                        }
+                    })
+                    .collect()
+            },
+            dials_pending: self.links.dials_pending(),
+            traffic: a.traffic.clone(),
+            neighbor_down: a.neighbor_down,
+            delivery_hops: a.delivery_hops.clone(),
         }
     }
 
@@ -593,10 +617,14 @@ impl Actor {
             }
             proto::Event::Neighbor(membership::Event::NeighborDown { peer, reason }) => {
                 debug!(peer = %peer, reason = reason.as_str(), "neighbor down");
+                self.stats.neighbor_down.count(reason);
                 self.publish_reach();
                 Event::NeighborDown { peer, reason }
             }
-            proto::Event::Delivered(d) => Event::Delivered(Delivered::from(d)),
+            proto::Event::Delivered(d) => {
+                self.stats.delivery_hops.observe(d.hops);
+                Event::Delivered(Delivered::from(d))
+            }
             proto::Event::Exchanged(x) => {
                 debug!(
                     peer = %x.peer.short(), trigger = ?x.trigger, complete = x.complete,
@@ -643,6 +671,7 @@ impl Actor {
                 return;
             }
         };
+        self.stats.traffic.count_sent(super::MessageKind::of(message), frame.len());
         match self.links.send(self.now, to, frame) {
             Sent::Queued => {}
             Sent::Dial => self.dial(Some(to), to.addr),
@@ -772,8 +801,9 @@ impl Actor {
         };
         match ev {
             LinkEvent::Up(up) => self.on_up(up),
-            LinkEvent::Message { from, conn_id, message, raw } => {
+            LinkEvent::Message { from, conn_id, message, raw, bytes } => {
                 self.stats.frames_received += 1;
+                self.stats.traffic.count_received(super::MessageKind::of(&message), bytes);
                 if let Some(bytes) = raw {
                     self.envelopes.received(&message, bytes);
                 }

@@ -91,6 +91,9 @@ pub struct NodeConfig {
     /// CONNECTION_REFUSED, counted in [`NetStats::connections_refused`](crate::NetStats::connections_refused)).
     /// Default [`MAX_CONNECTIONS`].
     pub max_connections: usize,
+    /// Serve the admin HTTP endpoint (`/metrics`, `/topology`, the live page) on this TCP
+    /// address (default none). Needs the `admin` cargo feature; see the `admin` module.
+    pub http: Option<SocketAddr>,
 }
 
 impl Default for NodeConfig {
@@ -112,6 +115,7 @@ impl Default for NodeConfig {
             idle_link_timeout: IDLE_LINK_TIMEOUT,
             sign_messages: true,
             max_connections: MAX_CONNECTIONS,
+            http: None,
         }
     }
 }

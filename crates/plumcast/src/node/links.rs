@@ -125,6 +125,18 @@ impl Links {
     }
 
     /// Count a frame that could not be encoded.
+    /// Frames and bytes queued for `peer` (zero without an open link).
+    pub(crate) fn queued(&self, peer: NodeId) -> (usize, usize) {
+        self.open
+            .get(&peer)
+            .map_or((0, 0), |l| (l.depth.load(Ordering::Relaxed), l.queued_bytes.load(Ordering::Relaxed)))
+    }
+
+    /// Peers being dialed.
+    pub(crate) fn dials_pending(&self) -> usize {
+        self.dialing.len()
+    }
+
     pub(crate) fn unencodable(&mut self) {
         self.stats.frames_dropped.unencodable += 1;
     }

@@ -7,6 +7,8 @@
 //! QUIC flow control pushes back to the senders, which then stop accepting broadcasts.
 
 mod actor;
+#[cfg(feature = "admin")]
+pub mod admin;
 pub mod config;
 mod cursor;
 mod durable;
@@ -36,7 +38,10 @@ pub(crate) fn decode_frame(body: Bytes) -> Result<proto::Message<PeerInfo>, Tran
     wire::decode(body).map(|d| d.message)
 }
 
-pub use stats::{FrameDrops, NetStats, NodeStats, SignStats, StoreStats};
+pub use stats::{
+    Count, FrameDrops, HopHistogram, MessageKind, NeighborDowns, NeighborStats, NetStats, NodeStats, SignStats,
+    StoreStats, Traffic,
+};
 
 use crate::proto::{self, MessageId};
 
@@ -356,6 +361,13 @@ impl NodeBuilder {
         self
     }
 
+    /// Serve the admin HTTP endpoint on `addr` (see [`NodeConfig::http`]; port 0 picks
+    /// one, [`Node::http_addr`] tells which).
+    pub fn http(mut self, addr: SocketAddr) -> Self {
+        self.config.http = Some(addr);
+        self
+    }
+
     /// Sign our messages and accept only signed ones (default true; see
     /// [`NodeConfig::sign_messages`]).
     pub fn sign_messages(mut self, yes: bool) -> Self {
@@ -497,6 +509,26 @@ impl NodeBuilder {
         let (app_tx, app_rx) = mpsc::channel(config.app_queue.max(1));
         let (reach_tx, reach_rx) = watch::channel(Reach::default());
         let max_payload = config.max_payload_size;
+        // The admin endpoint ends when the actor drops `admin_guard` (its end).
+        let (admin_guard, admin_stopped) = oneshot::channel::<()>();
+        let http_addr = match config.http {
+            #[cfg(feature = "admin")]
+            Some(addr) => {
+                let phi = config.protocol.membership.phi_threshold;
+                Some(admin::serve(addr, &ctl_tx, me, phi, admin_stopped).await?)
+            }
+            #[cfg(not(feature = "admin"))]
+            Some(addr) => {
+                drop(admin_stopped);
+                return Err(Error::Config(format!(
+                    "the admin endpoint ({addr}) needs plumcast built with the `admin` feature"
+                )));
+            }
+            None => {
+                drop(admin_stopped);
+                None
+            }
+        };
         let actor = actor::Actor::new(actor::ActorInit {
             config,
             identity,
@@ -520,11 +552,18 @@ impl NodeBuilder {
             },
         });
         let span = tracing::info_span!("node", node = %me.id.short());
-        let task = tokio::spawn(tracing::Instrument::instrument(actor.run(), span));
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                actor.run().await;
+                drop(admin_guard);
+            },
+            span,
+        ));
         let node = Node {
             me,
             incarnation,
             max_payload,
+            http_addr,
             bcast_tx,
             ctl_tx,
             reach_rx,
@@ -574,6 +613,7 @@ pub struct Node {
     me: PeerInfo,
     incarnation: u64,
     max_payload: usize,
+    http_addr: Option<SocketAddr>,
     bcast_tx: mpsc::Sender<BroadcastCmd>,
     ctl_tx: mpsc::Sender<Control>,
     reach_rx: watch::Receiver<Reach>,
@@ -614,6 +654,11 @@ impl Node {
     /// The address other nodes dial.
     pub fn addr(&self) -> SocketAddr {
         self.me.addr
+    }
+
+    /// The admin endpoint's bound address, if [`NodeBuilder::http`] asked for one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// Id and address.

@@ -39,6 +39,242 @@ pub struct NodeStats {
     pub net: NetStats,
     /// Signing and signature checks.
     pub signatures: SignStats,
+    /// Each active neighbour: its tree role, its failure detector's φ and its send queue.
+    #[serde(default)]
+    pub neighbors: Vec<NeighborStats>,
+    /// Peers being dialed, with frames waiting for the connection.
+    #[serde(default)]
+    pub dials_pending: usize,
+    /// Messages and bytes sent and received, by message type, since the node started
+    /// (not kept in the data dir).
+    #[serde(default)]
+    pub traffic: Traffic,
+    /// Active neighbours lost, by reason, since the node started.
+    #[serde(default)]
+    pub neighbor_down: NeighborDowns,
+    /// Hops of the messages delivered here since the node started (0 for our own).
+    #[serde(default)]
+    pub delivery_hops: HopHistogram,
+}
+
+/// One active neighbour, as [`NodeStats::neighbors`] lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct NeighborStats {
+    /// The neighbour.
+    pub peer: PeerInfo,
+    /// Whether it is eager for our own broadcasts' tree (on the tree), else lazy.
+    pub eager: bool,
+    /// Its φ-accrual suspicion level now (HyParView's failure detector; `None` before
+    /// its second heartbeat).
+    pub phi: Option<f64>,
+    /// Frames queued for it and not yet written.
+    pub queued_frames: usize,
+    /// Bytes of those frames.
+    pub queued_bytes: usize,
+}
+
+/// The protocol's message types, for [`Traffic`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum MessageKind {
+    /// HyParView Join.
+    Join,
+    /// HyParView ForwardJoin.
+    ForwardJoin,
+    /// HyParView Neighbor request.
+    Neighbor,
+    /// HyParView Neighbor reply.
+    NeighborReply,
+    /// HyParView Disconnect.
+    Disconnect,
+    /// HyParView Shuffle.
+    Shuffle,
+    /// HyParView Shuffle reply.
+    ShuffleReply,
+    /// Heartbeat (the φ-accrual detector's input).
+    Heartbeat,
+    /// Plumtree eager push (a payload).
+    Gossip,
+    /// Plumtree lazy push (announcements).
+    IHave,
+    /// Plumtree Graft.
+    Graft,
+    /// Plumtree Prune.
+    Prune,
+    /// Anti-entropy digest.
+    Digest,
+    /// Anti-entropy repair.
+    Repair,
+}
+
+impl MessageKind {
+    /// Every kind, in the order of [`Traffic`]'s arrays.
+    pub const ALL: [MessageKind; 14] = [
+        Self::Join,
+        Self::ForwardJoin,
+        Self::Neighbor,
+        Self::NeighborReply,
+        Self::Disconnect,
+        Self::Shuffle,
+        Self::ShuffleReply,
+        Self::Heartbeat,
+        Self::Gossip,
+        Self::IHave,
+        Self::Graft,
+        Self::Prune,
+        Self::Digest,
+        Self::Repair,
+    ];
+
+    /// Lower-case name (a metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Join => "join",
+            Self::ForwardJoin => "forward_join",
+            Self::Neighbor => "neighbor",
+            Self::NeighborReply => "neighbor_reply",
+            Self::Disconnect => "disconnect",
+            Self::Shuffle => "shuffle",
+            Self::ShuffleReply => "shuffle_reply",
+            Self::Heartbeat => "heartbeat",
+            Self::Gossip => "gossip",
+            Self::IHave => "ihave",
+            Self::Graft => "graft",
+            Self::Prune => "prune",
+            Self::Digest => "digest",
+            Self::Repair => "repair",
+        }
+    }
+
+    /// The kind of `m`.
+    pub fn of<P: proto::Peer>(m: &proto::Message<P>) -> Self {
+        use proto::{broadcast::Message as B, membership::Message as M};
+        match m {
+            proto::Message::Membership(m) => match m {
+                M::Join => Self::Join,
+                M::ForwardJoin { .. } => Self::ForwardJoin,
+                M::Neighbor { .. } => Self::Neighbor,
+                M::NeighborReply { .. } => Self::NeighborReply,
+                M::Disconnect { .. } => Self::Disconnect,
+                M::Shuffle { .. } => Self::Shuffle,
+                M::ShuffleReply { .. } => Self::ShuffleReply,
+                M::Heartbeat => Self::Heartbeat,
+            },
+            proto::Message::Broadcast(m) => match m {
+                B::Gossip { .. } => Self::Gossip,
+                B::IHave(_) => Self::IHave,
+                B::Graft { .. } => Self::Graft,
+                B::Prune { .. } => Self::Prune,
+                B::Digest { .. } => Self::Digest,
+                B::Repair { .. } => Self::Repair,
+            },
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A count of messages and their bytes (frames, length prefix included).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Count {
+    /// Messages.
+    pub messages: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// Messages and bytes by [`MessageKind`], sent (queued for a peer) and received.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    sent: [Count; 14],
+    received: [Count; 14],
+}
+
+impl Traffic {
+    /// What was sent of `kind`.
+    pub fn sent(&self, kind: MessageKind) -> Count {
+        self.sent[kind.index()]
+    }
+
+    /// What was received of `kind`.
+    pub fn received(&self, kind: MessageKind) -> Count {
+        self.received[kind.index()]
+    }
+
+    pub(crate) fn count_sent(&mut self, kind: MessageKind, bytes: usize) {
+        let c = &mut self.sent[kind.index()];
+        c.messages += 1;
+        c.bytes += bytes as u64;
+    }
+
+    pub(crate) fn count_received(&mut self, kind: MessageKind, bytes: usize) {
+        let c = &mut self.received[kind.index()];
+        c.messages += 1;
+        c.bytes += bytes as u64;
+    }
+}
+
+/// Active neighbours lost, by [`proto::DownReason`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct NeighborDowns {
+    /// Evicted to make room (they stay in the passive view).
+    pub evicted: u64,
+    /// Declared failed (φ-accrual detector or a lost connection).
+    pub failed: u64,
+    /// Left the cluster.
+    pub left: u64,
+    /// Disconnected for misbehaviour.
+    pub misbehaved: u64,
+}
+
+impl NeighborDowns {
+    pub(crate) fn count(&mut self, reason: proto::DownReason) {
+        match reason {
+            proto::DownReason::Evicted => self.evicted += 1,
+            proto::DownReason::Failed => self.failed += 1,
+            proto::DownReason::Left => self.left += 1,
+            proto::DownReason::Misbehaved => self.misbehaved += 1,
+        }
+    }
+}
+
+/// Deliveries by hop count: `counts[h]` messages came `h` hops from their origin, the
+/// last bucket holds [`HopHistogram::MAX`] hops or more.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HopHistogram {
+    /// Deliveries per hop count, `MAX + 1` buckets.
+    pub counts: Vec<u64>,
+    /// Sum of all hop counts.
+    pub sum: u64,
+}
+
+impl Default for HopHistogram {
+    fn default() -> Self {
+        Self { counts: vec![0; Self::MAX as usize + 1], sum: 0 }
+    }
+}
+
+impl HopHistogram {
+    /// Hop counts at or above this share the last bucket. Plumtree at 10,000 nodes has
+    /// a last delivery hop of 8.3–10 with one sender and about 17 with many, optimised
+    /// (SRDS 2007, §5; ../shared/papers.md).
+    pub const MAX: u32 = 32;
+
+    pub(crate) fn observe(&mut self, hops: u32) {
+        let i = hops.min(Self::MAX) as usize;
+        if let Some(c) = self.counts.get_mut(i) {
+            *c += 1;
+        }
+        self.sum += u64::from(hops);
+    }
+
+    /// Deliveries counted.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
 }
 
 /// The message store's size (see [`proto::broadcast::StoreSize`]).
