@@ -41,13 +41,16 @@ fn value(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
     })
 }
 
+/// `n` nodes joining through the first, each serving its admin endpoint.
 async fn start_admin_cluster(n: usize) -> Vec<TestNode> {
-    let b = plumcast::Node::builder().protocol(Config::local()).rng_seed(1).http("127.0.0.1:0".parse().unwrap());
-    let first = TestNode::record(b).await;
+    let builder = |seed: u64| {
+        plumcast::Node::builder().protocol(Config::local()).rng_seed(seed).http("127.0.0.1:0".parse().unwrap())
+    };
+    let first = TestNode::record(builder(1)).await;
     let contact = first.node.addr();
     let mut nodes = vec![first];
     for i in 1..n {
-        nodes.push(start(Some(contact), i as u64 + 1).await);
+        nodes.push(TestNode::record(builder(i as u64 + 1).bootstrap(contact)).await);
     }
     nodes
 }
@@ -108,8 +111,9 @@ async fn metrics_parse_with_a_prometheus_parser_and_count_what_the_node_did() {
     }
 }
 
-/// `/topology` as JSON: the ids of the nodes listed and their health.
-async fn topology(node: &TestNode) -> (String, HashMap<String, String>, Vec<String>) {
+/// `/topology` as JSON: our short id, each node's health, our active view, and each
+/// node's active view as announced.
+async fn topology(node: &TestNode) -> (String, HashMap<String, String>, Vec<String>, HashMap<String, Vec<String>>) {
     let url = format!("http://{}/topology", node.node.http_addr().unwrap());
     let (status, ct, body) = get(url, "application/json").await;
     assert_eq!((status, ct.as_str()), (200, "application/json"));
@@ -120,35 +124,59 @@ async fn topology(node: &TestNode) -> (String, HashMap<String, String>, Vec<Stri
         .iter()
         .map(|n| (n["short"].as_str().unwrap().to_string(), n["health"].as_str().unwrap().to_string()))
         .collect();
+    let view_of = |n: &serde_json::Value| -> Vec<String> {
+        n["active_view"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect()
+    };
+    let views = nodes.iter().map(|n| (n["short"].as_str().unwrap().to_string(), view_of(n))).collect();
     let mine = nodes.iter().find(|n| n["short"] == me.as_str()).unwrap();
-    let view = mine["active_view"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect();
-    (me, health, view)
+    (me, health, view_of(mine), views)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn topology_shows_a_killed_neighbour_gone_and_metrics_count_it_failed() {
+async fn topology_draws_every_node_from_its_record_and_shows_a_killed_one_down() {
     let _g = SERIAL.lock().await;
     init_tracing();
-    let nodes = start_admin_cluster(3).await;
+    // Nine nodes: more than an active view holds, so some records come through others.
+    let nodes = start_admin_cluster(9).await;
     wait_until(Duration::from_secs(10), "overlay", || overlay_ready(&nodes)).await;
-    let (me, health, view) = topology(&nodes[0]).await;
-    assert_eq!(me, nodes[0].node.id().short());
-    let victim = nodes[2].node.id().short();
-    assert!(view.contains(&victim), "{view:?}");
-    assert_eq!(health.get(&victim).map(String::as_str), Some("up"));
-    nodes[2].node.crash();
-    wait_until(Duration::from_secs(20), "the killed node out of node 0's active view", || async {
-        let (_, _, view) = topology(&nodes[0]).await;
-        !view.contains(&victim)
+    let shorts: Vec<String> = nodes.iter().map(|n| n.node.id().short()).collect();
+    // Every other node's record reaches node 0, neighbour or not, with its active view.
+    wait_until(Duration::from_secs(20), "every node's record at node 0", || async {
+        let (_, _, _, views) = topology(&nodes[0]).await;
+        shorts[1..].iter().all(|s| views.get(s).is_some_and(|v| !v.is_empty()))
     })
     .await;
-    let (_, health, _) = topology(&nodes[0]).await;
-    assert_ne!(health.get(&victim).map(String::as_str), Some("up"), "{health:?}");
+    let (me, health, view, _) = topology(&nodes[0]).await;
+    assert_eq!(me, shorts[0]);
+    assert!(shorts[1..].iter().any(|s| !view.contains(s)), "some node is not node 0's neighbour: {view:?}");
+    assert!(shorts.iter().all(|s| health.get(s).map(String::as_str) == Some("up")), "{health:?}");
+    // Kill a neighbour of node 0.
+    let victim = nodes.iter().position(|n| view.contains(&n.node.id().short())).expect("node 0 has a neighbour");
+    let v = shorts[victim].clone();
+    nodes[victim].node.crash();
+    wait_until(Duration::from_secs(20), "the killed node shown down at node 0", || async {
+        let (_, health, view, _) = topology(&nodes[0]).await;
+        !view.contains(&v) && health.get(&v).map(String::as_str) == Some("down")
+    })
+    .await;
     let s = scrape(&nodes[0]).await;
     assert_eq!(value(&s, "plumcast_neighbor_down_total", &[("reason", "failed")]), Some(1.0));
-    assert_eq!(value(&s, "plumcast_active_view_peers", &[]), Some(1.0));
-    for n in &nodes[..2] {
-        n.node.shutdown().await.unwrap();
+    assert!(value(&s, "plumcast_messages_received_total", &[("type", "topology")]).unwrap() > 0.0);
+    // The others see it down too, once its record expires or their detector fires.
+    for (i, n) in nodes.iter().enumerate() {
+        if i == victim || i == 0 {
+            continue;
+        }
+        wait_until(Duration::from_secs(30), "the killed node down everywhere", || async {
+            let (_, health, _, _) = topology(n).await;
+            health.get(&v).is_none_or(|h| h == "down")
+        })
+        .await;
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        if i != victim {
+            n.node.shutdown().await.unwrap();
+        }
     }
 }
 

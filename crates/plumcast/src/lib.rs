@@ -116,8 +116,8 @@ pub use node::admin::{Metrics, Topology, TopologyNode};
 pub use node::{
     ADMISSION_POLL, Candidate, Count, Cursor, Delivered, Error, Event, Events, Exchange, FrameDrops, HopHistogram,
     Identity, MessageHandler, MessageKind, NeighborDowns, NeighborStats, NetStats, Node, NodeBuilder, NodeConfig,
-    NodeId, NodeStats, Page, Payload, PeerInfo, READ_MAX, SignStats, StoreStats, Traffic, TransportConfig,
-    TransportError, Validation, ValidatorFn,
+    NodeId, NodeStats, Page, Payload, PeerInfo, READ_MAX, SignStats, StoreStats, TopologyRecord, Traffic,
+    TransportConfig, TransportError, Validation, ValidatorFn,
 };
 /// The cluster certificate authority (`plumcast ca`; [`NodeBuilder::cluster_ca_file`]).
 #[cfg(feature = "net")]

@@ -100,6 +100,9 @@ pub fn sim_protocol() -> proto::Config {
     // Keeping every message at every node would also cost 10,000 × broadcasts envelopes.
     c.broadcast.anti_entropy_interval = None;
     c.broadcast.retention.max_messages = 0;
+    // Topology records are for the admin page; flooding them would cost every node a
+    // record of every other per interval.
+    c.topology = proto::topology::Config::off();
     c
 }
 
@@ -685,7 +688,8 @@ impl Sim {
                     }
                 }
             }
-            proto::Message::Membership(_) => self.counters.membership_msgs += 1,
+            // Records are off in the simulator (sim_protocol); counted with membership.
+            proto::Message::Membership(_) | proto::Message::Topology(_) => self.counters.membership_msgs += 1,
         }
         let reachable = self.is_alive(to) && self.group[to as usize] == self.group[from as usize];
         if !reachable {
@@ -741,7 +745,7 @@ impl Sim {
                     proto::Timer::Broadcast(broadcast::Timer::Graft { .. }) => self.counters.graft_timers += 1,
                     proto::Timer::Broadcast(broadcast::Timer::IHaveFlush) => self.counters.ihave_timers += 1,
                     proto::Timer::Broadcast(broadcast::Timer::AntiEntropy) => self.counters.anti_entropy_timers += 1,
-                    proto::Timer::Membership(_) => self.counters.membership_timers += 1,
+                    proto::Timer::Membership(_) | proto::Timer::Topology => self.counters.membership_timers += 1,
                 }
                 self.input(node, proto::Input::Timer(timer));
             }

@@ -405,7 +405,8 @@ const MAX_UNI_STREAMS: u32 = 4;
 /// version 4 carries the origin's proof of authorship (a batch signature) in every
 /// envelope and settled records in repairs, and hashes the payload into the message id
 /// by its own BLAKE3 hash; version 5 says in the [`Hello`] whether the sender signs
-/// its messages.
+/// its messages, and adds topology records (each node's active view and eager links,
+/// for the admin endpoint).
 pub const WIRE_VERSION: u32 = 5;
 
 /// First frame on every stream: who the sender says it is beyond its TLS key.

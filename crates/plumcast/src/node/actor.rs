@@ -341,6 +341,16 @@ impl Actor {
                     Some(Control::Stats(reply)) => {
                         let _ = reply.send(self.snapshot());
                     }
+                    Some(Control::Topology(reply)) => {
+                        let now = self.now.into_std();
+                        let records = self
+                            .proto
+                            .topology()
+                            .values()
+                            .map(|k| (k.record.clone(), now.saturating_duration_since(k.heard), k.failed))
+                            .collect();
+                        let _ = reply.send(records);
+                    }
                     None => {
                         // Every Node handle was dropped: leave without anyone waiting.
                         self.leave().await;

@@ -12,8 +12,10 @@
 //! The server holds no [`Node`] clone: it ends with the node, and a node whose last handle
 //! is dropped still leaves.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -28,7 +30,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Control, Error, HopHistogram, MessageKind, Node, NodeStats, PeerInfo};
+use super::{Control, Error, HopHistogram, MessageKind, Node, NodeId, NodeStats, PeerInfo, TopologyRecord};
 
 /// The Prometheus text format's content type.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -47,14 +49,25 @@ impl Source {
     async fn stats(&self) -> Result<NodeStats, Error> {
         match self {
             Self::Node(n) => n.stats().await,
-            Self::Weak(w) => {
-                let ctl = w.upgrade().ok_or(Error::Stopped)?;
-                let (tx, rx) = oneshot::channel();
-                ctl.send(Control::Stats(tx)).await.map_err(|_| Error::Stopped)?;
-                rx.await.map_err(|_| Error::Stopped)
-            }
+            Self::Weak(w) => ask(w, Control::Stats).await,
         }
     }
+
+    async fn topology(&self) -> Result<Vec<TopologyRecord>, Error> {
+        match self {
+            Self::Node(n) => n.topology_records().await,
+            Self::Weak(w) => ask(w, Control::Topology).await,
+        }
+    }
+}
+
+/// Ask the actor through a weak sender.
+async fn ask<T>(w: &mpsc::WeakSender<Control>, control: fn(oneshot::Sender<T>) -> Control) -> Result<T, Error> {
+    let ctl = w.upgrade().ok_or(Error::Stopped)?;
+    let (tx, rx) = oneshot::channel();
+    ctl.send(control(tx)).await.map_err(|_| Error::Stopped)?;
+    drop(ctl);
+    rx.await.map_err(|_| Error::Stopped)
 }
 
 /// A node's metrics, for a [`prometheus_client`] registry: the families listed in the
@@ -370,12 +383,13 @@ impl Collector for Metrics {
     }
 }
 
-/// The overlay as one node knows it (`GET /topology`).
+/// The overlay as one node knows it (`GET /topology`): itself, its neighbours, and every
+/// node whose topology record reached it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Topology {
     /// This node's short id (the first 10 hex characters of its NodeId).
     pub me: String,
-    /// Every node this node knows of: itself, its active and passive views.
+    /// Every node this node knows of, by short id.
     pub nodes: Vec<TopologyNode>,
 }
 
@@ -386,57 +400,66 @@ pub struct TopologyNode {
     pub id: String,
     /// The first 10 hex characters of the id.
     pub short: String,
-    /// Its advertised address.
-    pub addr: String,
-    /// `"up"` (this node, or an active neighbour with φ below the detector's threshold),
-    /// `"suspect"` (φ at or above half of it) or `"passive"` (only in the passive view).
+    /// Its advertised address, if known.
+    pub addr: Option<String>,
+    /// `"up"`; `"suspect"` (an active neighbour whose φ is at half the detector's
+    /// threshold or more); `"down"` (its record was not renewed within the expiry, or
+    /// this node declared it failed since its last record); `"passive"` (only in our
+    /// passive view, no record yet); `"unknown"` (only named in others' views).
     pub health: String,
     /// Its active view (short ids), where known.
     pub active_view: Vec<String>,
     /// Its eager links (short ids), where known.
     pub eager: Vec<String>,
+    /// How long ago its record was renewed, ms (`None` for us and nodes without one).
+    pub age_ms: Option<u64>,
     /// The φ-accrual suspicion of this node (active neighbours only).
     pub phi: Option<f64>,
 }
 
 impl Topology {
-    /// The topology in `s`, the stats of node `me`; `phi_threshold` is the failure
-    /// detector's threshold.
-    fn of(me: PeerInfo, s: &NodeStats, phi_threshold: f64) -> Self {
-        let short = |p: &PeerInfo| p.id.short();
-        let mut nodes = vec![TopologyNode {
-            id: me.id.to_hex(),
-            short: short(&me),
-            addr: me.addr.to_string(),
-            health: "up".into(),
-            active_view: s.active_view.iter().map(short).collect(),
-            eager: s.neighbors.iter().filter(|n| n.eager).map(|n| short(&n.peer)).collect(),
+    /// The topology from node `me`'s stats `s` and the records it holds; `phi_threshold`
+    /// is the failure detector's threshold, `expiry` the records'.
+    fn of(me: PeerInfo, s: &NodeStats, records: &[TopologyRecord], phi_threshold: f64, expiry: Duration) -> Self {
+        let short = |id: &NodeId| id.short();
+        let mut nodes: BTreeMap<NodeId, TopologyNode> = BTreeMap::new();
+        let blank = |id: &NodeId, addr: Option<String>, health: &str| TopologyNode {
+            id: id.to_hex(),
+            short: short(id),
+            addr,
+            health: health.into(),
+            active_view: Vec::new(),
+            eager: Vec::new(),
+            age_ms: None,
             phi: None,
-        }];
-        for n in &s.neighbors {
-            let suspect = n.phi.is_some_and(|phi| phi >= phi_threshold / 2.0);
-            nodes.push(TopologyNode {
-                id: n.peer.id.to_hex(),
-                short: short(&n.peer),
-                addr: n.peer.addr.to_string(),
-                health: if suspect { "suspect" } else { "up" }.into(),
-                active_view: Vec::new(),
-                eager: Vec::new(),
-                phi: n.phi,
-            });
+        };
+        for (r, age, failed) in records {
+            let up = *age < expiry && !failed;
+            let mut n = blank(&r.node.id, Some(r.node.addr.to_string()), if up { "up" } else { "down" });
+            n.active_view = r.active_view.iter().map(short).collect();
+            n.eager = r.eager.iter().map(short).collect();
+            n.age_ms = Some(age.as_millis() as u64);
+            nodes.insert(r.node.id, n);
+        }
+        for x in &s.neighbors {
+            let n = nodes.entry(x.peer.id).or_insert_with(|| blank(&x.peer.id, Some(x.peer.addr.to_string()), "up"));
+            let suspect = x.phi.is_some_and(|phi| phi >= phi_threshold / 2.0);
+            n.health = if suspect { "suspect" } else { "up" }.into();
+            n.phi = x.phi;
         }
         for p in &s.passive_view {
-            nodes.push(TopologyNode {
-                id: p.id.to_hex(),
-                short: short(p),
-                addr: p.addr.to_string(),
-                health: "passive".into(),
-                active_view: Vec::new(),
-                eager: Vec::new(),
-                phi: None,
-            });
+            nodes.entry(p.id).or_insert_with(|| blank(&p.id, Some(p.addr.to_string()), "passive"));
         }
-        Self { me: short(&me), nodes }
+        let mut mine = blank(&me.id, Some(me.addr.to_string()), "up");
+        mine.active_view = s.active_view.iter().map(|p| short(&p.id)).collect();
+        mine.eager = s.neighbors.iter().filter(|n| n.eager).map(|n| short(&n.peer.id)).collect();
+        nodes.insert(me.id, mine);
+        let named: Vec<NodeId> =
+            records.iter().flat_map(|(r, _, _)| r.active_view.iter().chain(&r.eager).copied()).collect();
+        for id in named {
+            nodes.entry(id).or_insert_with(|| blank(&id, None, "unknown"));
+        }
+        Self { me: short(&me.id), nodes: nodes.into_values().collect() }
     }
 }
 
@@ -446,6 +469,7 @@ struct App {
     registry: Arc<Registry>,
     me: PeerInfo,
     phi_threshold: f64,
+    expiry: Duration,
 }
 
 async fn get_metrics(State(app): State<App>, headers: HeaderMap) -> Response {
@@ -465,9 +489,13 @@ async fn get_metrics(State(app): State<App>, headers: HeaderMap) -> Response {
 }
 
 async fn get_topology(State(app): State<App>) -> Response {
-    match app.metrics.source.stats().await {
-        Ok(s) => {
-            let t = Topology::of(app.me, &s, app.phi_threshold);
+    let got = match app.metrics.source.stats().await {
+        Ok(s) => app.metrics.source.topology().await.map(|r| (s, r)),
+        Err(e) => Err(e),
+    };
+    match got {
+        Ok((s, records)) => {
+            let t = Topology::of(app.me, &s, &records, app.phi_threshold, app.expiry);
             match serde_json::to_string(&t) {
                 Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
                 Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
@@ -491,6 +519,7 @@ pub(crate) async fn serve(
     ctl: &mpsc::Sender<Control>,
     me: PeerInfo,
     phi_threshold: f64,
+    expiry: Duration,
     stopped: oneshot::Receiver<()>,
 ) -> Result<SocketAddr, Error> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -500,7 +529,7 @@ pub(crate) async fn serve(
     let metrics = Metrics::weak(ctl.downgrade());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let app = App { metrics, registry: Arc::new(registry), me, phi_threshold };
+    let app = App { metrics, registry: Arc::new(registry), me, phi_threshold, expiry };
     let router = axum::Router::new()
         .route("/metrics", get(get_metrics))
         .route("/topology", get(get_topology))

@@ -515,7 +515,8 @@ impl NodeBuilder {
             #[cfg(feature = "admin")]
             Some(addr) => {
                 let phi = config.protocol.membership.phi_threshold;
-                Some(admin::serve(addr, &ctl_tx, me, phi, admin_stopped).await?)
+                let expiry = config.protocol.topology.expiry;
+                Some(admin::serve(addr, &ctl_tx, me, phi, expiry, admin_stopped).await?)
             }
             #[cfg(not(feature = "admin"))]
             Some(addr) => {
@@ -575,6 +576,11 @@ impl NodeBuilder {
     }
 }
 
+/// A node's topology record as this node holds it, and how long ago it was renewed.
+/// A node's topology record as this node holds it, how long ago it was renewed, and
+/// whether this node declared that node failed since.
+pub type TopologyRecord = (proto::topology::Record<PeerInfo>, std::time::Duration, bool);
+
 /// What the actor publishes to the handles: the active view's size and the last dial
 /// failure (for [`Node::wait_for_neighbors`]'s error).
 #[derive(Clone, Debug, Default)]
@@ -590,6 +596,7 @@ pub(crate) enum Control {
     ReadAfter(Cursor, usize, oneshot::Sender<Page>),
     VersionVector(oneshot::Sender<Cursor>),
     Stats(oneshot::Sender<NodeStats>),
+    Topology(oneshot::Sender<Vec<TopologyRecord>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -748,6 +755,18 @@ impl Node {
     pub async fn stats(&self) -> Result<NodeStats, Error> {
         let (tx, rx) = oneshot::channel();
         self.ctl_tx.send(Control::Stats(tx)).await.map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// The other nodes' topology records this node holds (their active views and eager
+    /// links, announced through the overlay; see [`proto::topology`]), each with how long
+    /// ago it was renewed.
+    ///
+    /// # Errors
+    /// [`Error::Stopped`] if the node has shut down.
+    pub async fn topology_records(&self) -> Result<Vec<TopologyRecord>, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.ctl_tx.send(Control::Topology(tx)).await.map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)
     }
 

@@ -105,11 +105,13 @@ pub enum MessageKind {
     Digest,
     /// Anti-entropy repair.
     Repair,
+    /// A node's topology record (the admin endpoint's overlay picture).
+    Topology,
 }
 
 impl MessageKind {
     /// Every kind, in the order of [`Traffic`]'s arrays.
-    pub const ALL: [MessageKind; 14] = [
+    pub const ALL: [MessageKind; 15] = [
         Self::Join,
         Self::ForwardJoin,
         Self::Neighbor,
@@ -124,6 +126,7 @@ impl MessageKind {
         Self::Prune,
         Self::Digest,
         Self::Repair,
+        Self::Topology,
     ];
 
     /// Lower-case name (a metric label).
@@ -143,6 +146,7 @@ impl MessageKind {
             Self::Prune => "prune",
             Self::Digest => "digest",
             Self::Repair => "repair",
+            Self::Topology => "topology",
         }
     }
 
@@ -168,6 +172,7 @@ impl MessageKind {
                 B::Digest { .. } => Self::Digest,
                 B::Repair { .. } => Self::Repair,
             },
+            proto::Message::Topology(_) => Self::Topology,
         }
     }
 
@@ -188,8 +193,8 @@ pub struct Count {
 /// Messages and bytes by [`MessageKind`], sent (queued for a peer) and received.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Traffic {
-    sent: [Count; 14],
-    received: [Count; 14],
+    sent: [Count; 15],
+    received: [Count; 15],
 }
 
 impl Traffic {

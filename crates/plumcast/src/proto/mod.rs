@@ -24,6 +24,8 @@ pub use plumcast_broadcast::{Delivery, Envelope, MessageId, Mode, Ordering, Tree
 pub use plumcast_membership as membership;
 pub use plumcast_membership::DownReason;
 
+pub mod topology;
+
 /// A peer handle as the membership layer sees it (for the node: `NodeId` + address), with
 /// the stable id the broadcast layer uses (for the node: the `NodeId`).
 pub trait Peer: membership::Peer + Serialize + DeserializeOwned {
@@ -49,20 +51,34 @@ pub struct Config {
     pub membership: membership::Config,
     /// Plumtree parameters.
     pub broadcast: broadcast::Config,
+    /// Topology records (the admin endpoint's overlay picture; on by default, every 2 s).
+    pub topology: topology::Config,
 }
 
 impl Config {
     /// LAN preset (the default).
     pub fn lan() -> Self {
-        Self { membership: membership::Config::lan(), broadcast: broadcast::Config::lan() }
+        Self {
+            membership: membership::Config::lan(),
+            broadcast: broadcast::Config::lan(),
+            topology: topology::Config::default(),
+        }
     }
     /// WAN preset.
     pub fn wan() -> Self {
-        Self { membership: membership::Config::wan(), broadcast: broadcast::Config::wan() }
+        Self {
+            membership: membership::Config::wan(),
+            broadcast: broadcast::Config::wan(),
+            topology: topology::Config::default(),
+        }
     }
     /// Local preset: many nodes on one dev box.
     pub fn local() -> Self {
-        Self { membership: membership::Config::local(), broadcast: broadcast::Config::lan() }
+        Self {
+            membership: membership::Config::local(),
+            broadcast: broadcast::Config::lan(),
+            topology: topology::Config::default(),
+        }
     }
 }
 
@@ -74,6 +90,8 @@ pub enum Message<P: Peer> {
     Membership(membership::Message<P>),
     /// Plumtree.
     Broadcast(broadcast::Message<P::Id>),
+    /// A node's topology record ([`topology`]).
+    Topology(topology::Record<P>),
 }
 
 /// Timers of either layer.
@@ -83,6 +101,8 @@ pub enum Timer<P> {
     Membership(membership::Timer<P>),
     /// Plumtree timer.
     Broadcast(broadcast::Timer),
+    /// Time to announce our topology record.
+    Topology,
 }
 
 /// Inputs to [`State::handle`]: a frame or a timer of either layer, or a membership input
@@ -201,6 +221,10 @@ pub struct State<P: Peer, R> {
     membership_out: Vec<membership::Output<P>>,
     /// The broadcast layer's outputs of one input, reused.
     broadcast_out: Vec<broadcast::Output<P::Id>>,
+    topology: topology::Table<P>,
+    incarnation: u64,
+    /// Whether a [`Timer::Topology`] is pending.
+    topology_armed: bool,
 }
 
 impl<P: Peer, R: RngCore> State<P, R> {
@@ -220,6 +244,9 @@ impl<P: Peer, R: RngCore> State<P, R> {
     ) -> Self {
         let id = me.id();
         Self {
+            topology: topology::Table::new(config.topology),
+            incarnation,
+            topology_armed: false,
             membership: membership::State::new(me, config.membership, rng),
             broadcast: broadcast::State::with_store(id, incarnation, config.broadcast, store),
             peers: BTreeMap::new(),
@@ -364,8 +391,57 @@ impl<P: Peer, R: RngCore> State<P, R> {
             Input::Timer(Timer::Membership(t)) => self.membership_input(now, membership::Input::Timer(t)),
             Input::Timer(Timer::Broadcast(t)) => self.broadcast_input(now, broadcast::Input::Timer(t)),
             Input::Membership(input) => self.membership_input(now, input),
+            Input::Message { from, message: Message::Topology(record) } => self.on_topology(now, &from, &record),
+            Input::Timer(Timer::Topology) => self.announce_topology(now),
         }
         self.out.drain(..)
+    }
+
+    /// The topology records this node holds (not its own), by node id.
+    pub fn topology(&self) -> &BTreeMap<P::Id, topology::Known<P>> {
+        self.topology.records()
+    }
+
+    /// Counters of the topology channel.
+    pub fn topology_stats(&self) -> topology::Stats {
+        self.topology.stats
+    }
+
+    /// A neighbour's record: kept and passed on to our other neighbours if new here.
+    fn on_topology(&mut self, now: Instant, from: &P, record: &topology::Record<P>) {
+        if !self.peers.contains_key(&from.id()) {
+            return;
+        }
+        let me = self.membership.me().id();
+        if self.topology.receive(now, &me, record) {
+            let origin = record.node.id();
+            for p in self.membership.active_view() {
+                let id = p.id();
+                if id != from.id() && id != origin {
+                    self.out.push(Output::Send { to: p.clone(), message: Message::Topology(record.clone()) });
+                }
+            }
+        }
+    }
+
+    /// Send our record to the active view and arm the next announcement (while we have
+    /// neighbours; the next NeighborUp arms it again).
+    fn announce_topology(&mut self, now: Instant) {
+        self.topology_armed = false;
+        let Some(interval) = self.topology.config.interval else { return };
+        self.topology.expire(now);
+        let view = self.membership.active_view().to_vec();
+        if view.is_empty() {
+            return;
+        }
+        let ids = view.iter().map(Peer::id).collect();
+        let eager = self.broadcast.eager_peers().into_iter().collect();
+        let record = self.topology.own(self.membership.me().clone(), self.incarnation, ids, eager);
+        for p in view {
+            self.out.push(Output::Send { to: p, message: Message::Topology(record.clone()) });
+        }
+        self.topology_armed = true;
+        self.out.push(Output::Timer { at: now + interval, timer: Timer::Topology });
     }
 
     /// Feed the Plumtree state, reusing a scratch buffer (no allocation per call).
@@ -387,7 +463,10 @@ impl<P: Peer, R: RngCore> State<P, R> {
         for o in m.drain(..) {
             match &o {
                 membership::Output::Event(membership::Event::NeighborUp(p)) => changes.push((true, p.clone())),
-                membership::Output::Event(membership::Event::NeighborDown { peer, .. }) => {
+                membership::Output::Event(membership::Event::NeighborDown { peer, reason }) => {
+                    if *reason == DownReason::Failed {
+                        self.topology.failed(&peer.id());
+                    }
                     changes.push((false, peer.clone()))
                 }
                 _ => {}
@@ -395,6 +474,11 @@ impl<P: Peer, R: RngCore> State<P, R> {
             self.out.push(o.into());
         }
         self.membership_out = m;
+        if changes.iter().any(|(up, _)| *up) && !self.topology_armed && self.topology.config.interval.is_some() {
+            // The first neighbour: announce soon (the record then lists it).
+            self.topology_armed = true;
+            self.out.push(Output::Timer { at: now + Duration::from_millis(100), timer: Timer::Topology });
+        }
         for (up, p) in changes {
             if up {
                 self.peers.insert(p.id(), p.clone());

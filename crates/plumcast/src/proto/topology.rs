@@ -1,0 +1,209 @@
+//! Topology records: each node announces its own active view and eager links through the
+//! overlay, so any node can draw the whole cluster (the admin endpoint's `/topology`).
+//!
+//! This is a control channel beside the two protocols, not part of either paper: a
+//! record carries no application data, takes no sequence number, is never stored,
+//! ordered or delivered, and feeds neither membership nor broadcast. Each node sends its
+//! record to its active view every [`Config::interval`]; a node that receives a record
+//! newer than the one it holds for that node keeps it and passes it to its other
+//! neighbours (flooding, deduplicated by version). Records are hearsay: they are not
+//! signed, and they only inform the operator's picture.
+//!
+//! Bounds: [`Config::max_nodes`] records kept (the least recently heard forgotten first),
+//! [`MAX_LIST`] ids in each list (a longer record is dropped and counted), and a record
+//! not heard of for [`Config::expiry`] is reported stale, then forgotten after four times
+//! that.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::Peer;
+
+/// Most ids in a record's active view or eager list (an active view is 5–8 by the
+/// HyParView paper's parameters; 64 leaves room for any tuning).
+pub const MAX_LIST: usize = 64;
+
+/// What a node says of itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct Record<P: Peer> {
+    /// The node (id and address).
+    pub node: P,
+    /// Its life (incarnation, the start time in ms) and the record's number in that life:
+    /// a higher pair replaces a lower one.
+    pub version: (u64, u64),
+    /// Its active view.
+    pub active_view: Vec<P::Id>,
+    /// Its eager links: the neighbours on the tree of its own broadcasts.
+    pub eager: Vec<P::Id>,
+}
+
+/// Topology parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct Config {
+    /// How often a node announces its record; `None` turns records off (none sent, none
+    /// kept or passed on). Default 2 s: a change shows on every node's page within about
+    /// two intervals.
+    pub interval: Option<Duration>,
+    /// A record not renewed for this long is reported stale (its node is likely down).
+    /// Default 3 intervals.
+    pub expiry: Duration,
+    /// Most records kept. Default 4,096.
+    pub max_nodes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { interval: Some(Duration::from_secs(2)), expiry: Duration::from_secs(6), max_nodes: 4096 }
+    }
+}
+
+impl Config {
+    /// Records off.
+    pub fn off() -> Self {
+        Self { interval: None, ..Self::default() }
+    }
+}
+
+/// Counters of the topology channel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Records received.
+    pub received: u64,
+    /// Of those, newer than the one held (kept and passed on).
+    pub accepted: u64,
+    /// Records dropped: a list longer than [`MAX_LIST`], or our own id.
+    pub dropped: u64,
+    /// Records forgotten: expired, or to keep [`Config::max_nodes`].
+    pub forgotten: u64,
+}
+
+/// A record with the time it was last renewed.
+#[derive(Clone, Debug)]
+pub struct Known<P: Peer> {
+    /// The record.
+    pub record: Record<P>,
+    /// When a newer version last arrived.
+    pub heard: Instant,
+    /// This node declared it failed (as a neighbour) since its last record.
+    pub failed: bool,
+}
+
+/// The records a node holds.
+#[derive(Clone, Debug)]
+pub(crate) struct Table<P: Peer> {
+    pub(crate) config: Config,
+    records: BTreeMap<P::Id, Known<P>>,
+    own_version: u64,
+    pub(crate) stats: Stats,
+}
+
+impl<P: Peer> Table<P> {
+    pub(crate) fn new(config: Config) -> Self {
+        Self { config, records: BTreeMap::new(), own_version: 0, stats: Stats::default() }
+    }
+
+    /// Our next record.
+    pub(crate) fn own(&mut self, me: P, incarnation: u64, active_view: Vec<P::Id>, eager: Vec<P::Id>) -> Record<P> {
+        self.own_version += 1;
+        let cut = |mut v: Vec<P::Id>| {
+            v.truncate(MAX_LIST);
+            v
+        };
+        Record { node: me, version: (incarnation, self.own_version), active_view: cut(active_view), eager: cut(eager) }
+    }
+
+    /// A record from a neighbour: true if it is new here (the caller passes it on).
+    pub(crate) fn receive(&mut self, now: Instant, me: &P::Id, r: &Record<P>) -> bool {
+        self.stats.received += 1;
+        if self.config.interval.is_none() {
+            return false;
+        }
+        let id = r.node.id();
+        if &id == me || r.active_view.len() > MAX_LIST || r.eager.len() > MAX_LIST {
+            self.stats.dropped += 1;
+            return false;
+        }
+        if self.records.get(&id).is_some_and(|k| k.record.version >= r.version) {
+            return false;
+        }
+        if !self.records.contains_key(&id) && self.records.len() >= self.config.max_nodes.max(1) {
+            // Room for the newcomer: forget the least recently heard.
+            if let Some(oldest) = self.records.iter().min_by_key(|(_, k)| k.heard).map(|(id, _)| id.clone()) {
+                self.records.remove(&oldest);
+                self.stats.forgotten += 1;
+            }
+        }
+        self.stats.accepted += 1;
+        self.records.insert(id, Known { record: r.clone(), heard: now, failed: false });
+        true
+    }
+
+    /// Our failure detector declared `id` failed: its record is kept, marked, until a
+    /// newer one comes.
+    pub(crate) fn failed(&mut self, id: &P::Id) {
+        if let Some(k) = self.records.get_mut(id) {
+            k.failed = true;
+        }
+    }
+
+    /// Forget records not renewed for four expiry periods.
+    pub(crate) fn expire(&mut self, now: Instant) {
+        let limit = self.config.expiry.saturating_mul(4);
+        let before = self.records.len();
+        self.records.retain(|_, k| now.saturating_duration_since(k.heard) < limit);
+        self.stats.forgotten += (before - self.records.len()) as u64;
+    }
+
+    /// The records held, by id.
+    pub(crate) fn records(&self) -> &BTreeMap<P::Id, Known<P>> {
+        &self.records
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(node: u32, version: u64, view: Vec<u32>) -> Record<u32> {
+        Record { node, version: (1, version), active_view: view, eager: Vec::new() }
+    }
+
+    #[test]
+    fn a_record_is_kept_and_passed_on_only_when_newer_and_long_or_own_ones_are_dropped() {
+        let now = Instant::now();
+        let mut t: Table<u32> = Table::new(Config::default());
+        assert!(t.receive(now, &0, &record(7, 2, vec![1, 2])));
+        assert!(!t.receive(now, &0, &record(7, 2, vec![1, 2])), "the same version again");
+        assert!(!t.receive(now, &0, &record(7, 1, vec![3])), "an older one");
+        assert!(t.receive(now, &0, &record(7, 3, vec![3])));
+        assert_eq!(t.records()[&7].record.active_view, vec![3]);
+        assert!(!t.receive(now, &0, &record(0, 9, vec![1])), "our own id");
+        assert!(!t.receive(now, &0, &record(8, 1, (0..=MAX_LIST as u32).collect())), "a list over MAX_LIST");
+        assert_eq!((t.stats.received, t.stats.accepted, t.stats.dropped), (6, 2, 2));
+    }
+
+    #[test]
+    fn the_table_keeps_max_nodes_and_expires_what_is_not_renewed() {
+        let t0 = Instant::now();
+        let mut t: Table<u32> = Table::new(Config { max_nodes: 3, ..Config::default() });
+        for (k, node) in [1u32, 2, 3, 4].iter().enumerate() {
+            assert!(t.receive(t0 + Duration::from_secs(k as u64), &0, &record(*node, 1, vec![])));
+        }
+        assert_eq!(t.records().keys().copied().collect::<Vec<_>>(), vec![2, 3, 4], "the least recently heard went");
+        t.failed(&3);
+        assert!(t.records()[&3].failed);
+        assert!(t.receive(t0 + Duration::from_secs(5), &0, &record(3, 2, vec![])));
+        assert!(!t.records()[&3].failed, "a newer record clears it");
+        t.expire(t0 + Duration::from_secs(2) + Config::default().expiry * 4);
+        assert_eq!(t.records().keys().copied().collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(t.stats.forgotten, 2);
+        let mut off: Table<u32> = Table::new(Config::off());
+        assert!(!off.receive(t0, &0, &record(1, 1, vec![])), "records off: nothing kept");
+    }
+}
