@@ -196,3 +196,64 @@ async fn the_admin_endpoint_stops_with_the_node_and_a_busy_address_is_a_clear_er
     })
     .await;
 }
+
+/// Debian's Chromium, or a failure that says how to install it (the page test never
+/// skips).
+fn chromium() -> std::path::PathBuf {
+    for p in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
+        if std::path::Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    panic!("the page test needs Chromium: apt-get install -y chromium (.ci/run installs it)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_draws_every_node_and_its_links_in_headless_chromium() {
+    let _g = SERIAL.lock().await;
+    init_tracing();
+    let browser = chromium();
+    let nodes = start_admin_cluster(4).await;
+    wait_until(Duration::from_secs(10), "overlay", || overlay_ready(&nodes)).await;
+    let shorts: Vec<String> = nodes.iter().map(|n| n.node.id().short()).collect();
+    wait_until(Duration::from_secs(20), "every node's record at node 0", || async {
+        let (_, _, _, views) = topology(&nodes[0]).await;
+        shorts[1..].iter().all(|s| views.get(s).is_some_and(|v| !v.is_empty()))
+    })
+    .await;
+    let profile = std::env::temp_dir().join(format!("plumcast-chromium-{}", std::process::id()));
+    let url = format!("http://{}/", nodes[0].node.http_addr().unwrap());
+    let run = tokio::process::Command::new(&browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1200,800",
+            "--virtual-time-budget=3000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(&url)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run).await.expect("Chromium ends within 60 s").unwrap();
+    let _ = std::fs::remove_dir_all(&profile);
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(dom.contains(r#"data-ready="yes""#), "the page drew nothing: {dom}");
+    // One circle per node, each labelled with its short id; lines for the active views.
+    assert_eq!(dom.matches(r#"class="node""#).count(), 4, "{dom}");
+    for s in &shorts {
+        assert!(dom.contains(&format!(r#"data-id="{s}""#)), "{s} missing: {dom}");
+        assert!(dom.contains(&format!(">{s}</text>")), "{s} has no label");
+    }
+    assert!(dom.matches(r#"class="edge"#).count() >= 3, "a connected overlay of 4 has at least 3 links: {dom}");
+    assert!(dom.contains(&format!("<b id=\"me\">{}</b>", shorts[0])), "the page names the node it is served by");
+    for n in &nodes {
+        n.node.shutdown().await.unwrap();
+    }
+}

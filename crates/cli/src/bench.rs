@@ -275,7 +275,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let (n, m) = (a.nodes, a.messages);
     let mut config = proto::Config::lan();
     config.broadcast.tree = a.tree.into();
-    let cluster = LocalCluster::start(n, m, config, a.seed, !a.unsigned).await?;
+    let cluster = LocalCluster::start(n, m, config, a.seed, !a.unsigned, None).await?;
     let rec = cluster.rec.clone();
     let formed = cluster.wait_formed(Duration::from_secs(1), Duration::from_secs(60)).await;
     let formed_s = rec.t0.elapsed().as_secs_f64();

@@ -137,8 +137,16 @@ pub struct LocalCluster {
 
 impl LocalCluster {
     /// Start `n` nodes (node 0 first, the others bootstrapping through it), recording
-    /// deliveries of up to `m` measured messages; `signed`: messages signed and checked.
-    pub async fn start(n: usize, m: usize, config: proto::Config, seed: u64, signed: bool) -> anyhow::Result<Self> {
+    /// deliveries of up to `m` measured messages; `signed`: messages signed and checked;
+    /// `http`: node `i` serves the admin endpoint on the address.
+    pub async fn start(
+        n: usize,
+        m: usize,
+        config: proto::Config,
+        seed: u64,
+        signed: bool,
+        http: Option<(usize, std::net::SocketAddr)>,
+    ) -> anyhow::Result<Self> {
         let rec = Arc::new(Recorder::new(n, m));
         let mut nodes = Vec::with_capacity(n);
         let mut ids = Vec::with_capacity(n);
@@ -147,6 +155,9 @@ impl LocalCluster {
             let mut b =
                 Node::builder().protocol(config.clone()).rng_seed(seed.wrapping_mul(1000).wrapping_add(i as u64));
             b = b.sign_messages(signed);
+            if let Some((_, addr)) = http.filter(|(at, _)| *at == i) {
+                b = b.http(addr);
+            }
             if let Some(c) = contact {
                 b = b.bootstrap(format!("{c}"));
             }

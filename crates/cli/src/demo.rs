@@ -30,6 +30,11 @@ pub struct Args {
     /// Give up healing after this many seconds.
     #[arg(long, default_value_t = 30)]
     heal_timeout_secs: u64,
+    /// Serve the admin endpoint (the live overlay page at /, /metrics, /topology) from the
+    /// first node that is not crashed: `PORT` binds 127.0.0.1:PORT, `HOST:PORT` as given.
+    /// The cluster then stays up after the run until Ctrl-C.
+    #[arg(long, value_name = "ADDR", value_parser = crate::http_addr)]
+    http: Option<std::net::SocketAddr>,
 }
 
 struct Phase {
@@ -49,7 +54,20 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(format!("starting {n} nodes"));
-    let mut cluster = LocalCluster::start(n, m, proto::Config::local(), a.seed, true).await?;
+    // Which nodes crash is the seed's choice, known before they start: the admin endpoint
+    // goes to the first node that survives.
+    let k = (n as f64 * a.kill).round() as usize;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(a.seed));
+    let mut victims: Vec<usize> = order.into_iter().take(k).collect();
+    victims.sort_unstable();
+    let admin = a.http.and_then(|addr| (0..n).find(|i| !victims.contains(i)).map(|i| (i, addr)));
+    let mut cluster = LocalCluster::start(n, m, proto::Config::local(), a.seed, true, admin).await?;
+    if let Some((i, _)) = admin
+        && let Some(h) = cluster.nodes[i].as_ref().and_then(|node| node.http_addr())
+    {
+        bar.println(format!("node {i} serves the overlay page on http://{h}/"));
+    }
     let rec = cluster.rec.clone();
     bar.set_message("forming the overlay");
     if !cluster.wait_formed(Duration::from_millis(500), Duration::from_secs(30)).await {
@@ -77,11 +95,6 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let stats_before = cluster.stats().await;
 
     // Crash round(N × kill) nodes chosen by the seed.
-    let k = (n as f64 * a.kill).round() as usize;
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(a.seed));
-    let mut victims: Vec<usize> = order.into_iter().take(k).collect();
-    victims.sort_unstable();
     let names: Vec<String> =
         victims.iter().map(|i| format!("{i}{}", if *i == 0 { " (bootstrap)" } else { "" })).collect();
     bar.println(format!("crashing {k} of {n} nodes abruptly: {}", names.join(", ")));
@@ -224,6 +237,12 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             "FAILED: a message broadcast after healing missed a live node or was delivered twice."
         }
     );
+    if let Some((i, _)) = admin
+        && let Some(h) = cluster.nodes[i].as_ref().and_then(|node| node.http_addr())
+    {
+        eprintln!("the cluster stays up for the page on http://{h}/; Ctrl-C stops it");
+        let _ = tokio::signal::ctrl_c().await;
+    }
     cluster.shutdown().await;
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
