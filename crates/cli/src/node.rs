@@ -39,6 +39,14 @@ impl Preset {
             Self::Local => proto::Config::local(),
         }
     }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Lan => "lan",
+            Self::Wan => "wan",
+            Self::Local => "local",
+        }
+    }
 }
 
 /// Delivery order.
@@ -52,9 +60,9 @@ pub enum OrderArg {
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// UDP address to listen on.
-    #[arg(long, default_value = "127.0.0.1:0")]
-    bind: SocketAddr,
+    /// UDP address to listen on (default 127.0.0.1:0).
+    #[arg(long)]
+    bind: Option<SocketAddr>,
     /// Contact to join through: IP:PORT or HOST:PORT. Repeatable.
     #[arg(long, value_parser = contact)]
     bootstrap: Vec<String>,
@@ -64,22 +72,27 @@ pub struct Args {
     /// PKCS#8 key file; created if missing. Default: a fresh identity each run.
     #[arg(long)]
     identity: Option<PathBuf>,
-    /// Cluster name: nodes of other clusters are refused.
-    #[arg(long, default_value = "plumcast")]
-    cluster: String,
+    /// Cluster name: nodes of other clusters are refused (default "plumcast").
+    #[arg(long)]
+    cluster: Option<String>,
     /// One JSON object per stdout line.
     #[arg(long)]
     json: bool,
-    /// Protocol preset.
+    /// Protocol preset: the first layer of the configuration, under --config, the
+    /// PLUMCAST_* environment and the flags.
     #[arg(long, value_enum, default_value = "lan")]
     preset: Preset,
+    /// A TOML file of settings with the field names of NodeConfig (durations as "80ms",
+    /// "5s"); unknown keys are an error. `plumcast config print` shows the result.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Keep identity, messages, deliveries and views here (created if missing): a restart
     /// on the same dir with no --bootstrap rejoins, catches up and delivers nothing twice.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Delivery order.
-    #[arg(long, value_enum, default_value = "none")]
-    ordering: OrderArg,
+    /// Delivery order (default: as messages arrive).
+    #[arg(long, value_enum)]
+    ordering: Option<OrderArg>,
     /// Admit only this peer (a NodeId, 64 hex characters; `plumcast id` prints one).
     /// Repeatable; with --allow-file the lists add up. Default: every peer is admitted.
     #[arg(long, value_name = "NODE_ID")]
@@ -105,28 +118,66 @@ pub struct Args {
     /// binds 127.0.0.1:PORT, `HOST:PORT` binds as given.
     #[arg(long, value_name = "ADDR", value_parser = crate::http_addr)]
     http: Option<SocketAddr>,
+    /// Send no topology records and pass none on (the admin page then shows only what
+    /// this node sees itself).
+    #[arg(long)]
+    no_topology: bool,
     /// How long to wait for the first neighbour before broadcasting stdin, seconds.
     #[arg(long, default_value_t = 10)]
     wait_neighbor_secs: u64,
 }
 
-pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let ordering = match a.ordering {
-        OrderArg::None => proto::Ordering::None,
-        OrderArg::PerOrigin => proto::Ordering::PerOrigin,
-    };
-    let mut b = Node::builder()
-        .bind(a.bind)
-        .cluster(a.cluster)
-        .protocol(a.preset.config())
-        .ordering(ordering)
-        .sign_messages(!a.unsigned);
-    for c in a.bootstrap.iter() {
-        b = b.bootstrap(c.clone());
+/// The configuration of `a`: its preset, its --config file, the PLUMCAST_* environment,
+/// then its flags.
+pub fn layered(a: &Args) -> anyhow::Result<crate::config::Layered> {
+    let mut c = crate::config::Layered::preset(a.preset.name(), a.preset.config())?;
+    if let Some(f) = &a.config {
+        c.file(f)?;
+    }
+    c.env(std::env::vars())?;
+    let s = |v: &dyn ToString| serde_json::Value::String(v.to_string());
+    if let Some(bind) = a.bind {
+        c.flag("bind", s(&bind), "bind")?;
+    }
+    if !a.bootstrap.is_empty() {
+        c.flag("bootstrap", json!(a.bootstrap), "bootstrap")?;
     }
     if let Some(adv) = a.advertise {
-        b = b.advertise(adv);
+        c.flag("advertise", s(&adv), "advertise")?;
     }
+    if let Some(cluster) = &a.cluster {
+        c.flag("cluster", s(cluster), "cluster")?;
+    }
+    if let Some(o) = a.ordering {
+        let o = match o {
+            OrderArg::None => proto::Ordering::None,
+            OrderArg::PerOrigin => proto::Ordering::PerOrigin,
+        };
+        c.flag("protocol.broadcast.ordering", serde_json::to_value(o)?, "ordering")?;
+    }
+    if a.unsigned {
+        c.flag("sign_messages", json!(false), "unsigned")?;
+    }
+    if let Some(http) = a.http {
+        c.flag("http", s(&http), "http")?;
+    }
+    if a.no_topology {
+        c.flag("protocol.topology.interval", serde_json::Value::Null, "no-topology")?;
+    }
+    Ok(c)
+}
+
+/// `plumcast config print`.
+pub fn print_config(a: &Args) -> anyhow::Result<ExitCode> {
+    let c = layered(a)?;
+    c.config()?;
+    print!("{}", c.print());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let config = layered(&a)?.config()?;
+    let mut b = Node::builder().config(config);
     if let Some(dir) = &a.data_dir {
         b = b.data_dir(dir);
     }
@@ -144,9 +195,6 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(path) = &a.ca {
         b = b.cluster_ca_file(path);
-    }
-    if let Some(addr) = a.http {
-        b = b.http(addr);
     }
     // The handlers are in place before anything is printed: a signal sent as soon as the
     // node says it listens must find them, not the default action (which kills).
