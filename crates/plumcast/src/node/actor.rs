@@ -292,16 +292,7 @@ impl Actor {
     pub(crate) async fn run(mut self) {
         debug!(addr = %self.me.addr, id = %self.me.id, "node listening");
         if let Some(d) = &self.data {
-            // Make the non-fsynced writes durable every FLUSH_EVERY.
-            let recorder = d.recorder();
-            self.tasks.spawn(async move {
-                let mut every = tokio::time::interval(super::durable::FLUSH_EVERY);
-                loop {
-                    every.tick().await;
-                    let r = recorder.clone();
-                    let _ = tokio::task::spawn_blocking(move || r.flush()).await;
-                }
-            });
+            self.tasks.spawn(d.recorder().flush_forever());
         }
         self.flush_app().await;
         let contacts = self.config.bootstrap.clone();
@@ -952,7 +943,7 @@ impl Actor {
         {
             warn!(error = %e, "cannot read the allow-list again; the list in force is kept");
         }
-        if self.counters_saved.elapsed() >= super::durable::COUNTERS_EVERY {
+        if self.counters_saved.elapsed() >= super::stats::COUNTERS_EVERY {
             self.save_counters();
         }
         // Graft retry waits follow quinn's RTT estimate (Plumtree §3.6: about one round trip).

@@ -109,17 +109,7 @@ const PEERS: TableDefinition<&str, u64> = TableDefinition::new("peers");
 /// "counters" → postcard of [`Counters`].
 const COUNTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("counters");
 
-/// The counters of [`super::NodeStats`], kept across restarts (saved every
-/// [`COUNTERS_EVERY`] and at shutdown; a SIGKILL loses what changed since the last save).
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Counters {
-    pub membership: crate::proto::membership::Stats,
-    pub broadcast: crate::proto::broadcast::Stats,
-    pub net: super::NetStats,
-}
-
-/// How often the counters are saved to the data dir.
-pub(crate) const COUNTERS_EVERY: Duration = Duration::from_secs(5);
+pub(crate) use super::stats::Counters;
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -322,8 +312,10 @@ impl DataDir {
     }
 
     /// The durable message store of this dir, for the node `me`.
-    pub(crate) fn store(&self, me: NodeId, retention: Retention) -> Result<DurableStore, Error> {
-        DurableStore::open(self.db.clone(), self.pending.clone(), me, retention).map_err(|e| self.err(e))
+    pub(crate) fn store(&self, me: NodeId, retention: Retention) -> Result<Box<dyn MessageStore<NodeId>>, Error> {
+        let store =
+            DurableStore::open(self.db.clone(), self.pending.clone(), me, retention).map_err(|e| self.err(e))?;
+        Ok(Box::new(store))
     }
 }
 
@@ -338,6 +330,17 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
+    /// Make the non-fsynced writes durable every [`FLUSH_EVERY`], until the task is
+    /// aborted.
+    pub(crate) async fn flush_forever(self) {
+        let mut every = tokio::time::interval(FLUSH_EVERY);
+        loop {
+            every.tick().await;
+            let r = self.clone();
+            let _ = tokio::task::spawn_blocking(move || r.flush()).await;
+        }
+    }
+
     /// Record one delivery (written and made durable by the next flush, within
     /// [`FLUSH_EVERY`]).
     pub(crate) fn delivered(&self, origin: NodeId, incarnation: u64, seq: u64) {

@@ -11,6 +11,11 @@ mod actor;
 pub mod admin;
 pub mod config;
 mod cursor;
+#[cfg(feature = "store")]
+mod durable;
+/// Without the `store` feature: a data dir is refused at spawn.
+#[cfg(not(feature = "store"))]
+#[path = "durable_off.rs"]
 mod durable;
 mod error;
 mod event;
@@ -486,14 +491,7 @@ impl NodeBuilder {
                 let store = d.store(me.id, config.protocol.broadcast.retention)?;
                 let (delivered, undelivered) = d.restore()?;
                 let counters = d.counters()?;
-                Some(actor::Restored {
-                    dir: Arc::new(d),
-                    store: Box::new(store),
-                    delivered,
-                    undelivered,
-                    counters,
-                    lived,
-                })
+                Some(actor::Restored { dir: Arc::new(d), store, delivered, undelivered, counters, lived })
             }
             None => None,
         };

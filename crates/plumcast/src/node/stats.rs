@@ -57,6 +57,19 @@ pub struct NodeStats {
     pub delivery_hops: HopHistogram,
 }
 
+/// The counters of [`NodeStats`], kept in a data dir across restarts (saved every
+/// [`COUNTERS_EVERY`] and at shutdown; a SIGKILL loses what changed since the last save).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Counters {
+    pub membership: proto::membership::Stats,
+    pub broadcast: proto::broadcast::Stats,
+    pub net: NetStats,
+}
+
+/// How often the counters are saved to the data dir.
+#[cfg_attr(not(feature = "store"), allow(dead_code))]
+pub(crate) const COUNTERS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// One active neighbour, as [`NodeStats::neighbors`] lists it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
