@@ -132,20 +132,26 @@ async fn topology(node: &TestNode) -> (String, HashMap<String, String>, Vec<Stri
     (me, health, view_of(mine), views)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn topology_draws_every_node_from_its_record_and_shows_a_killed_one_down() {
-    let _g = SERIAL.lock().await;
-    init_tracing();
-    // Nine nodes: more than an active view holds, so some records come through others.
-    let nodes = start_admin_cluster(9).await;
+/// [`start_admin_cluster`] once every other node's record reached node 0 (neighbour or
+/// not, with its active view); the nodes' short ids.
+async fn cluster_with_records(n: usize) -> (Vec<TestNode>, Vec<String>) {
+    let nodes = start_admin_cluster(n).await;
     wait_until(Duration::from_secs(10), "overlay", || overlay_ready(&nodes)).await;
     let shorts: Vec<String> = nodes.iter().map(|n| n.node.id().short()).collect();
-    // Every other node's record reaches node 0, neighbour or not, with its active view.
     wait_until(Duration::from_secs(20), "every node's record at node 0", || async {
         let (_, _, _, views) = topology(&nodes[0]).await;
         shorts[1..].iter().all(|s| views.get(s).is_some_and(|v| !v.is_empty()))
     })
     .await;
+    (nodes, shorts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_draws_every_node_from_its_record_and_shows_a_killed_one_down() {
+    let _g = SERIAL.lock().await;
+    init_tracing();
+    // Nine nodes: more than an active view holds, so some records come through others.
+    let (nodes, shorts) = cluster_with_records(9).await;
     let (me, health, view, _) = topology(&nodes[0]).await;
     assert_eq!(me, shorts[0]);
     assert!(shorts[1..].iter().any(|s| !view.contains(s)), "some node is not node 0's neighbour: {view:?}");
@@ -213,14 +219,7 @@ async fn the_page_draws_every_node_and_its_links_in_headless_chromium() {
     let _g = SERIAL.lock().await;
     init_tracing();
     let browser = chromium();
-    let nodes = start_admin_cluster(4).await;
-    wait_until(Duration::from_secs(10), "overlay", || overlay_ready(&nodes)).await;
-    let shorts: Vec<String> = nodes.iter().map(|n| n.node.id().short()).collect();
-    wait_until(Duration::from_secs(20), "every node's record at node 0", || async {
-        let (_, _, _, views) = topology(&nodes[0]).await;
-        shorts[1..].iter().all(|s| views.get(s).is_some_and(|v| !v.is_empty()))
-    })
-    .await;
+    let (nodes, shorts) = cluster_with_records(4).await;
     let profile = std::env::temp_dir().join(format!("plumcast-chromium-{}", std::process::id()));
     let url = format!("http://{}/", nodes[0].node.http_addr().unwrap());
     let run = tokio::process::Command::new(&browser)
