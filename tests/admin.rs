@@ -256,3 +256,33 @@ async fn the_page_draws_every_node_and_its_links_in_headless_chromium() {
         n.node.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_registers_plumcasts_metrics_beside_its_own() {
+    use plumcast::prometheus_client::{encoding::text::encode, metrics::counter::Counter, registry::Registry};
+    let _g = SERIAL.lock().await;
+    init_tracing();
+    let (node, _events) = plumcast::Node::builder().spawn().await.unwrap();
+    node.broadcast(&b"one"[..]).await.unwrap();
+    let mut registry = Registry::default();
+    let requests: Counter = Counter::default();
+    registry.register("app_requests", "The application's own requests", requests.clone());
+    requests.inc();
+    let metrics = plumcast::Metrics::new(&node);
+    metrics.register(&mut registry);
+    let scrape = || async {
+        metrics.refresh().await.unwrap();
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
+    };
+    wait_until(Duration::from_secs(5), "the broadcast counted", || async {
+        value(&scrape().await, "plumcast_broadcasts_total", &[]) == Some(1.0)
+    })
+    .await;
+    let s = scrape().await;
+    assert_eq!(value(&s, "app_requests_total", &[]), Some(1.0));
+    assert_eq!(value(&s, "plumcast_active_view_peers", &[]), Some(0.0));
+    node.shutdown().await.unwrap();
+    assert!(metrics.refresh().await.is_err(), "a stopped node's metrics cannot be refreshed");
+}

@@ -474,6 +474,8 @@ impl Actor {
             traffic: a.traffic.clone(),
             neighbor_down: a.neighbor_down,
             delivery_hops: a.delivery_hops.clone(),
+            topology: self.proto.topology_stats(),
+            topology_records: self.proto.topology().len(),
         }
     }
 

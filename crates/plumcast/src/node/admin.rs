@@ -278,6 +278,9 @@ impl Collector for Metrics {
                 ("frame_dial_failed", fd.dial_failed),
                 ("frame_unencodable", fd.unencodable),
                 ("unroutable", n.unroutable),
+                ("topology_over_rate", s.topology.over_rate),
+                ("topology_malformed", s.topology.dropped),
+                ("topology_forgotten", s.topology.forgotten),
             ],
         )?;
         counters(
@@ -360,6 +363,7 @@ impl Collector for Metrics {
         gauge(e, "plumcast_cache_bytes", "Payload bytes in the cache", g(s.cache.1))?;
         gauge(e, "plumcast_store_messages", "Messages in the message store", g(s.store.messages))?;
         gauge(e, "plumcast_store_bytes", "Payload bytes in the message store", g(s.store.bytes))?;
+        gauge(e, "plumcast_topology_records", "Other nodes' topology records held", g(s.topology_records))?;
         gauge(
             e,
             "plumcast_version_vector_entries",

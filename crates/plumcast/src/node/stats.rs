@@ -55,6 +55,12 @@ pub struct NodeStats {
     /// Hops of the messages delivered here since the node started (0 for our own).
     #[serde(default)]
     pub delivery_hops: HopHistogram,
+    /// Topology records ([`proto::topology`]): received, taken, dropped, forgotten.
+    #[serde(default)]
+    pub topology: proto::topology::Stats,
+    /// Topology records held.
+    #[serde(default)]
+    pub topology_records: usize,
 }
 
 /// The counters of [`NodeStats`], kept in a data dir across restarts (saved every

@@ -413,7 +413,7 @@ impl<P: Peer, R: RngCore> State<P, R> {
             return;
         }
         let me = self.membership.me().id();
-        if self.topology.receive(now, &me, record) {
+        if self.topology.receive(now, &me, &from.id(), record) {
             let origin = record.node.id();
             for p in self.membership.active_view() {
                 let id = p.id();

@@ -10,7 +10,10 @@
 //! signed, and they only inform the operator's picture.
 //!
 //! Bounds: [`Config::max_nodes`] records kept (the least recently heard forgotten first),
-//! [`MAX_LIST`] ids in each list (a longer record is dropped and counted), and a record
+//! [`MAX_LIST`] ids in each list (a longer record is dropped and counted), at most
+//! [`Config::max_nodes`] records taken from one neighbour per [`Config::interval`] (an
+//! honest neighbour passes on at most one record per node per interval; the rest is
+//! dropped and counted, so a member cannot make us flood made-up records), and a record
 //! not heard of for [`Config::expiry`] is reported stale, then forgotten after four times
 //! that.
 
@@ -71,6 +74,7 @@ impl Config {
 
 /// Counters of the topology channel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct Stats {
     /// Records received.
@@ -79,6 +83,9 @@ pub struct Stats {
     pub accepted: u64,
     /// Records dropped: a list longer than [`MAX_LIST`], or our own id.
     pub dropped: u64,
+    /// Records dropped because their sender had passed on [`Config::max_nodes`] records
+    /// in this interval already.
+    pub over_rate: u64,
     /// Records forgotten: expired, or to keep [`Config::max_nodes`].
     pub forgotten: u64,
 }
@@ -99,13 +106,16 @@ pub struct Known<P: Peer> {
 pub(crate) struct Table<P: Peer> {
     pub(crate) config: Config,
     records: BTreeMap<P::Id, Known<P>>,
+    /// Per sending neighbour: the start of its current interval and the records taken
+    /// from it in that interval.
+    budget: BTreeMap<P::Id, (Instant, usize)>,
     own_version: u64,
     pub(crate) stats: Stats,
 }
 
 impl<P: Peer> Table<P> {
     pub(crate) fn new(config: Config) -> Self {
-        Self { config, records: BTreeMap::new(), own_version: 0, stats: Stats::default() }
+        Self { config, records: BTreeMap::new(), budget: BTreeMap::new(), own_version: 0, stats: Stats::default() }
     }
 
     /// Our next record.
@@ -118,12 +128,19 @@ impl<P: Peer> Table<P> {
         Record { node: me, version: (incarnation, self.own_version), active_view: cut(active_view), eager: cut(eager) }
     }
 
-    /// A record from a neighbour: true if it is new here (the caller passes it on).
-    pub(crate) fn receive(&mut self, now: Instant, me: &P::Id, r: &Record<P>) -> bool {
+    /// A record from neighbour `from`: true if it is new here (the caller passes it on).
+    pub(crate) fn receive(&mut self, now: Instant, me: &P::Id, from: &P::Id, r: &Record<P>) -> bool {
         self.stats.received += 1;
-        if self.config.interval.is_none() {
+        let Some(interval) = self.config.interval else { return false };
+        let (start, taken) = self.budget.entry(from.clone()).or_insert((now, 0));
+        if now.saturating_duration_since(*start) >= interval {
+            (*start, *taken) = (now, 0);
+        }
+        if *taken >= self.config.max_nodes.max(1) {
+            self.stats.over_rate += 1;
             return false;
         }
+        *taken += 1;
         let id = r.node.id();
         if &id == me || r.active_view.len() > MAX_LIST || r.eager.len() > MAX_LIST {
             self.stats.dropped += 1;
@@ -155,6 +172,8 @@ impl<P: Peer> Table<P> {
     /// Forget records not renewed for four expiry periods.
     pub(crate) fn expire(&mut self, now: Instant) {
         let limit = self.config.expiry.saturating_mul(4);
+        let interval = self.config.interval.unwrap_or(Duration::ZERO);
+        self.budget.retain(|_, (start, _)| now.saturating_duration_since(*start) < interval);
         let before = self.records.len();
         self.records.retain(|_, k| now.saturating_duration_since(k.heard) < limit);
         self.stats.forgotten += (before - self.records.len()) as u64;
@@ -178,13 +197,13 @@ mod tests {
     fn a_record_is_kept_and_passed_on_only_when_newer_and_long_or_own_ones_are_dropped() {
         let now = Instant::now();
         let mut t: Table<u32> = Table::new(Config::default());
-        assert!(t.receive(now, &0, &record(7, 2, vec![1, 2])));
-        assert!(!t.receive(now, &0, &record(7, 2, vec![1, 2])), "the same version again");
-        assert!(!t.receive(now, &0, &record(7, 1, vec![3])), "an older one");
-        assert!(t.receive(now, &0, &record(7, 3, vec![3])));
+        assert!(t.receive(now, &0, &5, &record(7, 2, vec![1, 2])));
+        assert!(!t.receive(now, &0, &5, &record(7, 2, vec![1, 2])), "the same version again");
+        assert!(!t.receive(now, &0, &5, &record(7, 1, vec![3])), "an older one");
+        assert!(t.receive(now, &0, &5, &record(7, 3, vec![3])));
         assert_eq!(t.records()[&7].record.active_view, vec![3]);
-        assert!(!t.receive(now, &0, &record(0, 9, vec![1])), "our own id");
-        assert!(!t.receive(now, &0, &record(8, 1, (0..=MAX_LIST as u32).collect())), "a list over MAX_LIST");
+        assert!(!t.receive(now, &0, &5, &record(0, 9, vec![1])), "our own id");
+        assert!(!t.receive(now, &0, &5, &record(8, 1, (0..=MAX_LIST as u32).collect())), "a list over MAX_LIST");
         assert_eq!((t.stats.received, t.stats.accepted, t.stats.dropped), (6, 2, 2));
     }
 
@@ -193,17 +212,28 @@ mod tests {
         let t0 = Instant::now();
         let mut t: Table<u32> = Table::new(Config { max_nodes: 3, ..Config::default() });
         for (k, node) in [1u32, 2, 3, 4].iter().enumerate() {
-            assert!(t.receive(t0 + Duration::from_secs(k as u64), &0, &record(*node, 1, vec![])));
+            assert!(t.receive(t0 + Duration::from_secs(k as u64), &0, &5, &record(*node, 1, vec![])));
         }
         assert_eq!(t.records().keys().copied().collect::<Vec<_>>(), vec![2, 3, 4], "the least recently heard went");
         t.failed(&3);
         assert!(t.records()[&3].failed);
-        assert!(t.receive(t0 + Duration::from_secs(5), &0, &record(3, 2, vec![])));
+        assert!(t.receive(t0 + Duration::from_secs(5), &0, &5, &record(3, 2, vec![])));
         assert!(!t.records()[&3].failed, "a newer record clears it");
         t.expire(t0 + Duration::from_secs(2) + Config::default().expiry * 4);
         assert_eq!(t.records().keys().copied().collect::<Vec<_>>(), vec![3, 4]);
         assert_eq!(t.stats.forgotten, 2);
         let mut off: Table<u32> = Table::new(Config::off());
-        assert!(!off.receive(t0, &0, &record(1, 1, vec![])), "records off: nothing kept");
+        assert!(!off.receive(t0, &0, &5, &record(1, 1, vec![])), "records off: nothing kept");
+    }
+
+    #[test]
+    fn one_neighbour_passes_on_at_most_max_nodes_records_an_interval() {
+        let t0 = Instant::now();
+        let mut t: Table<u32> = Table::new(Config { max_nodes: 4, ..Config::default() });
+        let taken = (1..=10u32).filter(|n| t.receive(t0, &0, &7, &record(100 + n, 1, vec![]))).count();
+        assert_eq!((taken, t.stats.over_rate), (4, 6));
+        assert!(t.receive(t0, &0, &8, &record(200, 1, vec![])), "another neighbour has its own budget");
+        let later = t0 + Config::default().interval.unwrap();
+        assert!(t.receive(later, &0, &7, &record(300, 1, vec![])), "a new interval, a new budget");
     }
 }
