@@ -894,12 +894,11 @@ impl Actor {
         }
         // The peer is known once TLS and the Hello completed.
         let who = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
-        // A failed dial was logged with its DialFailed; a peer of another cluster that
-        // keeps dialing is warned about once.
+        // A failed dial was logged with its DialFailed; a peer refused for a reason it
+        // keeps giving (another cluster, a malformed frame) is warned about once.
         let quiet = kind == Refusal::Handshake
             || after_dial_failed
-            || (matches!(kind, Refusal::WrongCluster | Refusal::WrongVersion | Refusal::WrongSigning)
-                && !self.warned.first(format!("{kind:?} {:?}", peer.map(|p| p.id))));
+            || !self.warned.first(format!("{kind:?} {:?}", peer.map(|p| p.id)));
         if quiet {
             debug!(peer = %who, ?kind, %reason, "connection refused");
         } else if kind == Refusal::WrongCluster {
@@ -909,7 +908,7 @@ impl Actor {
         } else if kind == Refusal::WrongSigning {
             warn!(peer = %who, %reason, "refused a node of the other signing mode (further attempts are logged at debug level)");
         } else {
-            warn!(peer = %who, ?kind, %reason, "connection refused");
+            warn!(peer = %who, ?kind, %reason, "connection refused (further ones of this peer and kind at debug level)");
         }
         if let Some(p) = peer {
             self.links.refused(p.id, conn_id);
@@ -964,7 +963,11 @@ impl Actor {
         if !views.is_empty() && views != self.saved_views {
             debug!(views = views.len(), "saving the views to the data dir");
             if let Err(e) = d.save_peers(&views) {
-                warn!(error = %e, "cannot save the views to the data dir");
+                if self.warned.first("save views".into()) {
+                    warn!(error = %e, "cannot save the views to the data dir (further failures at debug level)");
+                } else {
+                    debug!(error = %e, "cannot save the views to the data dir");
+                }
             }
             self.saved_views = views;
         }
@@ -1025,7 +1028,11 @@ impl Actor {
         let s = self.snapshot();
         let counters = super::durable::Counters { membership: s.membership, broadcast: s.broadcast, net: s.net };
         if let Err(e) = d.save_counters(&counters) {
-            warn!(error = %e, "cannot save the counters to the data dir");
+            if self.warned.first("save counters".into()) {
+                warn!(error = %e, "cannot save the counters to the data dir (further failures at debug level)");
+            } else {
+                debug!(error = %e, "cannot save the counters to the data dir");
+            }
         }
     }
 
