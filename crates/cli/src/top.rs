@@ -75,6 +75,21 @@ fn rate(a: &Sample, b: &Sample, metric: &str) -> f64 {
     (one(&b.metrics, metric) - one(&a.metrics, metric)).max(0.0) / dt
 }
 
+/// Every non-zero drop, refusal and loss, a line each (or one line saying there is none).
+fn drop_lines(m: &Scrape) -> Vec<Line<'static>> {
+    let mut drops: Vec<(String, f64)> = by_label(m, "plumcast_dropped_total", "reason").into_iter().collect();
+    for (metric, prefix) in [
+        ("plumcast_connections_refused_total", "refused"),
+        ("plumcast_connections_closed_total", "closed"),
+        ("plumcast_neighbor_down_total", "neighbour"),
+    ] {
+        drops.extend(by_label(m, metric, "reason").into_iter().map(|(k, v)| (format!("{prefix} {k}"), v)));
+    }
+    let lines: Vec<Line> =
+        drops.into_iter().filter(|(_, v)| *v > 0.0).map(|(k, v)| Line::from(format!("{k:<34} {v:>10.0}"))).collect();
+    if lines.is_empty() { vec![Line::from("nothing dropped, refused or lost")] } else { lines }
+}
+
 /// Draw one frame from the last two samples.
 fn draw(f: &mut ratatui::Frame, prev: &Sample, now: &Sample, addr: &str) {
     let m = &now.metrics;
@@ -90,21 +105,7 @@ fn draw(f: &mut ratatui::Frame, prev: &Sample, now: &Sample, addr: &str) {
         .and_then(|n| n["active_view"].as_array())
         .map(|v| v.iter().filter_map(|x| x.as_str().map(String::from)).collect())
         .unwrap_or_default();
-    let mut drops: Vec<(String, f64)> = by_label(m, "plumcast_dropped_total", "reason").into_iter().collect();
-    drops.extend(
-        by_label(m, "plumcast_connections_refused_total", "reason")
-            .into_iter()
-            .map(|(k, v)| (format!("refused {k}"), v)),
-    );
-    drops.extend(
-        by_label(m, "plumcast_connections_closed_total", "reason").into_iter().map(|(k, v)| (format!("closed {k}"), v)),
-    );
-    drops.extend(
-        by_label(m, "plumcast_neighbor_down_total", "reason").into_iter().map(|(k, v)| (format!("neighbour {k}"), v)),
-    );
-    let lines: Vec<Line> =
-        drops.into_iter().filter(|(_, v)| *v > 0.0).map(|(k, v)| Line::from(format!("{k:<34} {v:>10.0}"))).collect();
-    let lines = if lines.is_empty() { vec![Line::from("nothing dropped, refused or lost")] } else { lines };
+    let lines = drop_lines(m);
     let bottom_height = u16::try_from(lines.len() + 2).unwrap_or(u16::MAX);
     let [head, middle, bottom] =
         Layout::vertical([Constraint::Length(4), Constraint::Min(6), Constraint::Length(bottom_height)])
@@ -174,8 +175,7 @@ fn draw(f: &mut ratatui::Frame, prev: &Sample, now: &Sample, addr: &str) {
 fn render_text(prev: &Sample, now: &Sample, addr: &str) -> anyhow::Result<String> {
     // As tall as the content: the header, a row per neighbour, a line per drop.
     let neighbours = now.topology["nodes"].as_array().map_or(0, |n| n.len());
-    let drops = now.metrics.samples.iter().filter(|x| matches!(x.value, Value::Counter(v) if v > 0.0)).count();
-    let height = 4 + (neighbours + 3).max(6) + drops.max(1) + 2;
+    let height = 4 + (neighbours + 3).max(6) + drop_lines(&now.metrics).len() + 2;
     let mut term = Terminal::new(TestBackend::new(110, u16::try_from(height).unwrap_or(60).min(60)))
         .map_err(|e| anyhow!("{e}"))?;
     term.draw(|f| draw(f, prev, now, addr)).map_err(|e| anyhow!("{e}"))?;
