@@ -59,9 +59,15 @@ pub struct Config {
     /// Most per-origin trees kept; the least recently used is forgotten beyond it (its
     /// links turn eager again; counted in [`Stats::trees_evicted`](crate::Stats::trees_evicted)).
     pub max_trees: usize,
-    /// Timer 1: wait after the first IHave for a missing payload before grafting. The
-    /// paper gives no number (§3.6); iroh-gossip uses 80 ms. LAN default 80 ms.
+    /// Timer 1: wait after the first IHave for a missing payload before grafting, and the
+    /// floor of the adaptive wait ([`Config::graft_timeout_max`]). The paper gives no
+    /// number (§3.6); iroh-gossip uses 80 ms. LAN default 80 ms.
     pub graft_timeout_1: Duration,
+    /// Ceiling of the adaptive timer 1. The wait after a first IHave follows the lag this
+    /// node has seen between IHaves and the tree's payloads (RFC 6298's estimator, `srtt +
+    /// 4 × rttvar`), never below [`Config::graft_timeout_1`], never above this; at or
+    /// below `graft_timeout_1` the timer is the paper's fixed one. LAN default 500 ms.
+    pub graft_timeout_max: Duration,
     /// Timer 2: wait for a grafted payload before grafting the next announcer ("about one
     /// round trip", paper §3.6). A floor: the wait is the larger of this and twice the
     /// smoothed RTT to the grafted peer when the node reports it ([`State::set_rtt`](crate::State::set_rtt); the
@@ -149,6 +155,11 @@ pub const MAX_TREES: usize = 4096;
 /// [`Config::graft_timeout_1`] LAN default. Plumtree §3.6 gives no number; iroh-gossip
 /// uses 80 ms; 40 ms measured too eager under saturation (RMR 0.6–1.2, docs/performance.md).
 pub const GRAFT_TIMEOUT_1: Duration = Duration::from_millis(80);
+/// [`Config::graft_timeout_max`] LAN default: half the anti-entropy grace
+/// ([`ANTI_ENTROPY_GRACE`], 1 s), so a message the tree is merely late with is grafted
+/// before anti-entropy counts it missing; RFC 6298 has no ceiling this low because TCP has
+/// no second repair path.
+pub const GRAFT_TIMEOUT_MAX: Duration = Duration::from_millis(500);
 /// [`Config::graft_timeout_2`] LAN default: "about one round trip" (Plumtree §3.6) as a
 /// floor; iroh-gossip uses 40 ms.
 pub const GRAFT_TIMEOUT_2: Duration = Duration::from_millis(40);
@@ -214,6 +225,8 @@ pub const ORDERING_MAX_WAIT: Duration = Duration::from_secs(60);
 pub const ORDERING_MAX_HELD: usize = CACHE_MAX_MESSAGES;
 /// [`Config::wan`]'s timer 1: iroh-gossip's 80 ms scaled to ≈ 100 ms round trips.
 pub const WAN_GRAFT_TIMEOUT_1: Duration = Duration::from_millis(250);
+/// [`Config::wan`]'s timer 1 ceiling: three timer 1s, under the 1 s anti-entropy grace.
+pub const WAN_GRAFT_TIMEOUT_MAX: Duration = Duration::from_millis(750);
 /// [`Config::wan`]'s timer 2: a bit over one 100 ms round trip (Plumtree §3.6).
 pub const WAN_GRAFT_TIMEOUT_2: Duration = Duration::from_millis(150);
 /// [`Config::wan`]'s IHave batching window: fewer, larger frames where a round trip is long.
@@ -227,6 +240,7 @@ impl Config {
             tree: Tree::PerOrigin,
             max_trees: MAX_TREES,
             graft_timeout_1: GRAFT_TIMEOUT_1,
+            graft_timeout_max: GRAFT_TIMEOUT_MAX,
             graft_timeout_2: GRAFT_TIMEOUT_2,
             ihave_batch_window: IHAVE_BATCH_WINDOW,
             ihave_batch_max: IHAVE_BATCH_MAX,
@@ -259,6 +273,7 @@ impl Config {
     pub fn wan() -> Self {
         Self {
             graft_timeout_1: WAN_GRAFT_TIMEOUT_1,
+            graft_timeout_max: WAN_GRAFT_TIMEOUT_MAX,
             graft_timeout_2: WAN_GRAFT_TIMEOUT_2,
             ihave_batch_window: WAN_IHAVE_BATCH_WINDOW,
             ..Self::lan()

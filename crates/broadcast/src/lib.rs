@@ -31,6 +31,7 @@ pub mod config;
 mod dedupe;
 pub mod exchange;
 mod io;
+mod lag;
 mod message;
 mod state;
 mod stats;

@@ -10,6 +10,7 @@ use crate::auth::{Authenticator, Penalty, Validation, Validator};
 use crate::cache::{Cached, PayloadCache};
 use crate::dedupe::{Key, Seen, Versions};
 use crate::exchange::{EXCHANGE_TIMEOUT_INTERVALS, Open};
+use crate::lag::Lag;
 use crate::store::MessageStore;
 use crate::trees::Trees;
 use crate::{
@@ -47,11 +48,25 @@ struct Missing<P> {
     owner: P,
     since: Instant,
     announcers: VecDeque<P>,
+    /// Its id.
+    id: MessageId,
+    /// Announcers grafted so far (a payload from one of them is no lag sample).
+    grafted: Vec<P>,
     /// The announcer with the lowest round so far (first wins ties), for the
     /// optimisation on arrival (paper §3.8, Algorithm 2).
     best: Option<(P, u32)>,
     attempt: u32,
     armed: bool,
+}
+
+/// A message delivered by the neighbour this node grafted for it, kept until the tree's
+/// own copy arrives (a lag sample: the tree was late, not broken) or the table's bound.
+#[derive(Clone)]
+struct Grafted<P> {
+    /// When its first IHave came.
+    since: Instant,
+    /// The neighbours grafted for it.
+    peers: Vec<P>,
 }
 
 /// Where a Gossip came from: a neighbour shapes the tree, anyone else only delivers.
@@ -175,6 +190,12 @@ pub struct State<P> {
     ihave_queue: BTreeMap<P, Vec<Announcement<P>>>,
     /// Smoothed round-trip time per neighbour, as reported by the transport.
     rtt: BTreeMap<P, Duration>,
+    /// The IHave-to-payload lag behind the adaptive timer 1 (module `lag`).
+    lag: Lag,
+    /// Messages a Graft delivered, awaiting the tree's copy (at most
+    /// [`Config::max_missing`], oldest forgotten first; peer-announced ids, so SipHash).
+    grafted: HashMap<MessageId, Grafted<P>>,
+    grafted_order: VecDeque<MessageId>,
     ihave_armed: bool,
     next_expiry: Option<Instant>,
     stats: Stats,
@@ -217,9 +238,12 @@ impl<P: PeerId> State<P> {
             served_order: VecDeque::new(),
             ihave_queue: BTreeMap::new(),
             rtt: BTreeMap::new(),
+            lag: Lag::default(),
+            grafted: HashMap::new(),
+            grafted_order: VecDeque::new(),
             ihave_armed: false,
             next_expiry: None,
-            stats: Stats::default(),
+            stats: Stats { graft_timeout_us: config.graft_timeout_1.as_micros() as u64, ..Stats::default() },
             out: Vec::new(),
             config,
         }
@@ -602,6 +626,69 @@ impl<P: PeerId> State<P> {
         }
     }
 
+    /// The wait after a message's first IHave before grafting (module `lag`).
+    fn graft_timeout_1(&self) -> Duration {
+        self.lag.timeout(self.config.graft_timeout_1, self.config.graft_timeout_max)
+    }
+
+    /// A payload from neighbour `from` for a message announced first at `m.since`: a lag
+    /// sample unless `from` was grafted for it (Karn's rule, module `lag`).
+    fn lag_sample(&mut self, now: Instant, from: &P, m: &Missing<P>) {
+        if m.grafted.contains(from) {
+            // The Graft's answer: remember it until the tree's copy shows up, if it does.
+            if self.grafted_order.len() >= self.config.max_missing.max(1)
+                && let Some(old) = self.grafted_order.pop_front()
+                && self.grafted.remove(&old).is_some()
+            {
+                self.stats.graft_lag_forgotten += 1;
+            }
+            self.grafted_order.push_back(m.id);
+            self.grafted.insert(m.id, Grafted { since: m.since, peers: m.grafted.clone() });
+            return;
+        }
+        if !m.grafted.is_empty() {
+            self.stats.grafts_overtaken += 1;
+        }
+        self.sample_lag(now.saturating_duration_since(m.since));
+    }
+
+    /// A duplicate of message `id` from neighbour `from`: if a Graft delivered it and
+    /// `from` was not grafted, the tree delivered it too, late: a lag sample.
+    fn late_tree_copy(&mut self, now: Instant, from: &P, id: &MessageId) {
+        let Some(g) = self.grafted.get(id) else { return };
+        if g.peers.contains(from) {
+            return;
+        }
+        let since = g.since;
+        self.grafted.remove(id);
+        self.stats.grafts_overtaken += 1;
+        self.sample_lag(now.saturating_duration_since(since));
+    }
+
+    fn sample_lag(&mut self, lag: Duration) {
+        self.lag.sample(lag);
+        self.stats.graft_timeout_us = self.graft_timeout_1().as_micros() as u64;
+    }
+
+    /// After `not` left the tree of `origin` (a Prune from it, or ours to it): if no link
+    /// of that tree is eager any more, graft at once the lazy neighbour that announced the
+    /// origin at the lowest round, so the next message is pushed here instead of waiting
+    /// for an IHave and timer 1. Only with one tree per origin (the rounds compare).
+    fn keep_upstream(&mut self, origin: &P, not: &P) {
+        if self.config.mode != Mode::Plumtree || self.config.tree != Tree::PerOrigin || *origin == self.me {
+            return;
+        }
+        if !self.neighbors.iter().all(|p| self.trees.is_lazy(origin, p)) {
+            return;
+        }
+        let Some(q) = self.trees.best_announcer(origin, not) else { return };
+        self.trees.set_eager(origin, &q);
+        self.trees.set_parent(origin, &q);
+        self.stats.upstream_repairs += 1;
+        self.stats.grafts_sent += 1;
+        self.out.push(Output::Send { to: q, message: Message::Graft { id: None, origin: origin.clone() } });
+    }
+
     /// How long to wait for the payload after grafting `p` (paper §3.6: about one round
     /// trip; never less than [`Config::graft_timeout_2`]).
     fn graft_wait(&self, p: &P) -> Duration {
@@ -653,6 +740,7 @@ impl<P: PeerId> State<P> {
             Message::Prune { origin } => {
                 self.stats.prunes_received += 1;
                 self.set_lazy(&origin, &from);
+                self.keep_upstream(&origin, &from);
             }
             Message::Digest { heads, after, upto, reply, joined, ask } => {
                 self.on_digest(now, from, heads, (after, upto), reply, joined, ask)
@@ -684,10 +772,17 @@ impl<P: PeerId> State<P> {
             }
             Seen::Yes => {
                 self.stats.duplicates += 1;
+                if neighbor {
+                    self.late_tree_copy(now, &from, &id);
+                }
                 if self.config.mode == Mode::Plumtree && neighbor {
                     self.set_lazy(&envelope.origin, &from);
                     self.stats.prunes_sent += 1;
-                    self.out.push(Output::Send { to: from, message: Message::Prune { origin: envelope.origin } });
+                    self.out.push(Output::Send {
+                        to: from.clone(),
+                        message: Message::Prune { origin: envelope.origin.clone() },
+                    });
+                    self.keep_upstream(&envelope.origin, &from);
                 }
                 return;
             }
@@ -698,6 +793,9 @@ impl<P: PeerId> State<P> {
         }
         self.mark_seen(&envelope);
         let missing = self.forget_missing(&id);
+        if let Some(m) = missing.as_ref().filter(|_| neighbor) {
+            self.lag_sample(now, &from, m);
+        }
         self.stats.delivered += 1;
         if neighbor {
             if self.config.mode == Mode::Plumtree && self.trees.is_lazy(&envelope.origin, &from) {
@@ -787,16 +885,16 @@ impl<P: PeerId> State<P> {
                     seq: a.seq,
                     since: now,
                     announcers: VecDeque::from([from.clone()]),
+                    id: a.id,
+                    grafted: Vec::new(),
                     best: Some((from.clone(), a.round)),
                     attempt: 0,
                     armed: true,
                 },
             );
             self.missing_order.push_back((a.id, now));
-            self.out.push(Output::Timer {
-                at: now + self.config.graft_timeout_1,
-                timer: Timer::Graft { id: a.id, attempt: 0 },
-            });
+            self.out
+                .push(Output::Timer { at: now + self.graft_timeout_1(), timer: Timer::Graft { id: a.id, attempt: 0 } });
         }
     }
 
@@ -841,6 +939,7 @@ impl<P: PeerId> State<P> {
         match m.announcers.pop_front() {
             Some(p) => {
                 m.attempt += 1;
+                m.grafted.push(p.clone());
                 let origin = m.origin.clone();
                 let timer = Timer::Graft { id, attempt: m.attempt };
                 let wait = self.graft_wait(&p);

@@ -24,6 +24,21 @@ pub struct Stats {
     pub announcements_received: u64,
     /// Grafts sent (including optimisation grafts).
     pub grafts_sent: u64,
+    /// Grafts sent for a message whose payload then came from a neighbour not grafted too,
+    /// before or after the grafted copy: the tree was late, not broken (each one raises the adaptive timer 1, see
+    /// [`Config::graft_timeout_max`](crate::Config::graft_timeout_max)).
+    pub grafts_overtaken: u64,
+    /// Messages a Graft delivered whose tree copy could no longer be checked for: the
+    /// table of them holds [`Config::max_missing`](crate::Config::max_missing), oldest
+    /// forgotten first (each is a lag sample lost, nothing else).
+    pub graft_lag_forgotten: u64,
+    /// The adaptive Graft timer 1 now, µs (a gauge: the wait after a message's first
+    /// IHave, [`Config::graft_timeout_1`](crate::Config::graft_timeout_1) until lags raise it).
+    pub graft_timeout_us: u64,
+    /// Grafts (no payload asked) sent because a Prune, received or sent on a duplicate,
+    /// left no link of an origin's tree eager here: the lazy neighbour that announced it at the lowest round is taken as
+    /// the tree parent at once.
+    pub upstream_repairs: u64,
     /// Grafts received.
     pub grafts_received: u64,
     /// Grafts for a message no longer cached.

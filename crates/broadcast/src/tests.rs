@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -1184,4 +1184,114 @@ fn the_settled_table_keeps_max_missing_records_and_counts_what_it_forgets() {
     }
     assert_eq!(s.stats().ignored, 20);
     assert_eq!(s.stats().settled_forgotten, 12, "20 settled, 8 kept");
+}
+
+fn per_origin(me: u32) -> State<u32> {
+    State::new(me, 1, Config { ihave_batch_window: Duration::ZERO, ..Config::lan() })
+}
+
+#[test]
+fn a_prune_that_leaves_no_eager_link_grafts_the_shallowest_announcer_at_once() {
+    let now = Instant::now();
+    let mut s = per_origin(0);
+    up(&mut s, &[1, 2, 3]);
+    let m1 = Message::Gossip { round: 2, envelope: env(9, 1, b"m") };
+    let _ = s.handle(now, Input::Message { from: 1, message: m1.clone() });
+    // Duplicates from 2 and 3: each is pruned, and 1 is still eager, so no Graft.
+    for p in [2, 3] {
+        let out = sends(s.handle(now, Input::Message { from: p, message: m1.clone() }).collect());
+        assert_eq!(out, vec![(p, Message::Prune { origin: 9 })]);
+    }
+    // 2 and 3 announce origin 9's messages, 3 at the lower round.
+    let e1 = env(9, 1, b"m");
+    for (p, round) in [(2, 4), (3, 1)] {
+        let ann = Announcement { id: e1.id(), origin: 9, incarnation: 1, seq: 1, round };
+        let _ = s.handle(now, Input::Message { from: p, message: Message::IHave(vec![ann]) });
+    }
+    assert_eq!(s.stats().upstream_repairs, 0);
+    // 1 prunes us: no link of origin 9's tree is eager any more, so 3 is grafted now.
+    let out = sends(s.handle(now, Input::Message { from: 1, message: Message::Prune { origin: 9 } }).collect());
+    assert_eq!(out, vec![(3, Message::Graft { id: None, origin: 9 })]);
+    assert_eq!(s.stats().upstream_repairs, 1);
+    assert_eq!(s.eager_peers_for(&9), BTreeSet::from([3]));
+    // The same when our own Prune of a duplicate leaves no eager link: 3 sends a copy of
+    // m1 again, is pruned, and 2 (the only announcer left) is grafted.
+    let out = sends(s.handle(now, Input::Message { from: 3, message: m1 }).collect());
+    assert_eq!(out, vec![(3, Message::Prune { origin: 9 }), (2, Message::Graft { id: None, origin: 9 })]);
+    assert_eq!(s.stats().upstream_repairs, 2);
+    // A shared tree has no per-origin rounds: nothing is grafted there.
+    let mut s = node(0);
+    up(&mut s, &[1]);
+    let out = sends(s.handle(now, Input::Message { from: 1, message: Message::Prune { origin: 9 } }).collect());
+    assert!(out.is_empty(), "{out:?}");
+}
+
+/// IHave of origin 9's message `seq` from 2 at `t`, its payload from 1 at `t + lag`;
+/// returns the Graft timer the IHave armed.
+fn announced_then_delivered(s: &mut State<u32>, t: Instant, seq: u64, lag: Duration) -> Instant {
+    let e = env(9, seq, b"m");
+    let ann = Announcement { id: e.id(), origin: 9, incarnation: 1, seq, round: 1 };
+    let out: Vec<_> = s.handle(t, Input::Message { from: 2, message: Message::IHave(vec![ann]) }).collect();
+    let [Output::Timer { at, timer: Timer::Graft { .. } }] = out[..] else { panic!("{out:?}") };
+    let _ = s.handle(t + lag, Input::Message { from: 1, message: Message::Gossip { round: 3, envelope: e } });
+    at
+}
+
+#[test]
+fn the_graft_timer_follows_the_lag_between_ihaves_and_the_trees_payloads() {
+    let t0 = Instant::now();
+    let floor = Config::lan().graft_timeout_1;
+    let lag = Duration::from_millis(150);
+    let mut s = per_origin(0);
+    up(&mut s, &[1, 2]);
+    let mut t = t0;
+    for seq in 1..=20 {
+        let at = announced_then_delivered(&mut s, t, seq, lag);
+        if seq == 1 {
+            assert_eq!(at, t + floor, "the paper's timer until the first sample");
+        }
+        t += Duration::from_secs(1);
+    }
+    // The payloads trail their IHaves by 150 ms: the wait is now above that, below the ceiling.
+    let at = announced_then_delivered(&mut s, t, 21, lag);
+    let wait = at - t;
+    assert!(wait > lag && wait < Config::lan().graft_timeout_max, "{wait:?}");
+    let now = Duration::from_micros(s.stats().graft_timeout_us);
+    assert!(now > lag && now < Config::lan().graft_timeout_max, "{now:?}");
+    assert_eq!(s.stats().grafts_sent, 0, "every payload came before its timer");
+    // With the ceiling at the floor the timer is the paper's fixed one.
+    let mut s =
+        State::new(0u32, 1, Config { ihave_batch_window: Duration::ZERO, graft_timeout_max: floor, ..Config::lan() });
+    up(&mut s, &[1, 2]);
+    let mut t = t0;
+    for seq in 1..=21 {
+        assert_eq!(announced_then_delivered(&mut s, t, seq, lag), t + floor);
+        t += Duration::from_secs(1);
+    }
+}
+
+#[test]
+fn the_trees_late_copy_after_a_grafted_one_raises_the_graft_timer() {
+    let t0 = Instant::now();
+    let floor = Config::lan().graft_timeout_1;
+    let mut s = per_origin(0);
+    up(&mut s, &[1, 2]);
+    let e = env(9, 1, b"m");
+    let ann = Announcement { id: e.id(), origin: 9, incarnation: 1, seq: 1, round: 1 };
+    let _ = s.handle(t0, Input::Message { from: 2, message: Message::IHave(vec![ann]) });
+    let out = sends(s.handle(t0 + floor, Input::Timer(Timer::Graft { id: e.id(), attempt: 0 })).collect());
+    assert_eq!(out, vec![(2, Message::Graft { id: Some(e.id()), origin: 9 })]);
+    // The grafted copy is no sample (Karn's rule): the timer stays at its floor.
+    let gossip = Message::Gossip { round: 2, envelope: e };
+    let _ = s.handle(t0 + floor + Duration::from_millis(1), Input::Message { from: 2, message: gossip.clone() });
+    assert_eq!(s.stats().graft_timeout_us, floor.as_micros() as u64);
+    assert_eq!(s.stats().grafts_overtaken, 0);
+    // Then the tree's own copy, 300 ms after the IHave: the Graft was needless.
+    let _ = s.handle(t0 + Duration::from_millis(300), Input::Message { from: 1, message: gossip.clone() });
+    assert_eq!(s.stats().grafts_overtaken, 1);
+    // One sample of 300 ms: 300 + 4 × 150 ms, clamped to the 500 ms ceiling.
+    assert_eq!(s.stats().graft_timeout_us, Config::lan().graft_timeout_max.as_micros() as u64);
+    // A second copy of it is counted once only.
+    let _ = s.handle(t0 + Duration::from_millis(301), Input::Message { from: 1, message: gossip });
+    assert_eq!(s.stats().grafts_overtaken, 1);
 }

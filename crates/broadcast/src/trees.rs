@@ -123,6 +123,18 @@ impl<P: PeerId> Trees<P> {
         }
     }
 
+    /// The lazy neighbour of `origin`'s tree that announced it at the lowest round (the
+    /// first of them on a tie), other than `not`: the tree parent to take when no link of
+    /// this tree is eager any more.
+    pub(crate) fn best_announcer(&self, origin: &P, not: &P) -> Option<P> {
+        let t = self.per_origin.get(origin)?;
+        t.announced
+            .iter()
+            .filter(|(q, _)| q != not && t.lazy.contains(q))
+            .min_by_key(|(_, r)| *r)
+            .map(|(q, _)| q.clone())
+    }
+
     /// `from` announced a message of `origin` at `round` (kept, one entry per neighbour,
     /// for parent repair).
     pub(crate) fn announced(&mut self, origin: &P, from: &P, round: u32) {

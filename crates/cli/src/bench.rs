@@ -338,6 +338,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     let grafts = delta(|s| s.broadcast.grafts_sent);
     let prunes = delta(|s| s.broadcast.prunes_sent);
+    let optimizations = delta(|s| s.broadcast.optimizations);
+    let overtaken = delta(|s| s.broadcast.grafts_overtaken);
+    let regrafts = delta(|s| s.broadcast.regrafts);
+    let graft_timeout_ms_max = after.iter().map(|s| s.broadcast.graft_timeout_us).max().unwrap_or(0) as f64 / 1e3;
     let failures = delta(|s| s.membership.failures_detected);
     let evictions = delta(|s| s.membership.evictions);
     let catch_ups = delta(|s| s.broadcast.catch_ups);
@@ -378,7 +382,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         "send_s": round3(send_s), "total_s": round3(total_s),
         "bcast_per_s": round1(m as f64 / span), "deliveries_per_s": round1(delivered as f64 / span),
         "data_recv": data_recv, "rmr": round3(rmr), "frames_sent": frames,
-        "grafts": grafts, "prunes": prunes, "failures_detected": failures, "evictions": evictions, "catch_ups": catch_ups,
+        "grafts": grafts, "prunes": prunes, "optimizations": optimizations, "grafts_overtaken": overtaken,
+        "regrafts": regrafts, "upstream_repairs": delta(|s| s.broadcast.upstream_repairs), "graft_timeout_ms_max": round3(graft_timeout_ms_max), "failures_detected": failures, "evictions": evictions, "catch_ups": catch_ups,
         "disconnects": disconnects, "strangers_rejected": strangers,
         "avg_hops": round3(avg_hops), "max_hops": max_hops,
         "cpu_s": round3(cpu_s), "cpu_util": round3(cpu_s / wall_s.max(1e-9)),

@@ -366,6 +366,12 @@ impl Sim {
         self.cfg.detector = detector;
     }
 
+    /// Limit every node's uplink to `bytes_per_ms` from now on (`None`: unlimited), as
+    /// [`SimConfig::uplink_bytes_per_ms`].
+    pub fn set_uplink(&mut self, bytes_per_ms: Option<f64>) {
+        self.cfg.uplink_bytes_per_ms = bytes_per_ms;
+    }
+
     /// Switch every node (and nodes started later) to Plumtree or eager flooding.
     pub fn set_broadcast_mode(&mut self, mode: proto::Mode) {
         self.cfg.protocol.broadcast.mode = mode;

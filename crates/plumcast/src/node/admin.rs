@@ -248,6 +248,24 @@ impl Collector for Metrics {
             b.optimizations,
         )?;
         counter(e, "plumcast_parent_repairs", "Failed tree parents replaced at once", b.parent_repairs)?;
+        counter(
+            e,
+            "plumcast_upstream_repairs",
+            "Tree parents grafted at once because a Prune left an origin's tree with no eager link",
+            b.upstream_repairs,
+        )?;
+        counter(
+            e,
+            "plumcast_grafts_overtaken",
+            "Grafts for messages the tree delivered too, late (each raises the adaptive Graft timer)",
+            b.grafts_overtaken,
+        )?;
+        ConstGauge::new(b.graft_timeout_us as f64 / 1e6).encode(e.encode_descriptor(
+            "plumcast_graft_timeout_seconds",
+            "The adaptive Graft timer 1 now: the wait after a missing message's first IHave",
+            None,
+            MetricType::Gauge,
+        )?)?;
         let fd = &n.frames_dropped;
         counters(
             e,
