@@ -64,6 +64,10 @@ pub struct Args {
     /// Messages unsigned (by default they are signed and every node checks them).
     #[arg(long)]
     unsigned: bool,
+    /// No topology records (the admin page's overlay picture), as `plumcast node
+    /// --no-topology`.
+    #[arg(long)]
+    no_topology: bool,
     /// Spanning trees: one per origin (the default) or one shared tree (the paper).
     #[arg(long, value_enum, default_value = "per-origin")]
     tree: TreeArg,
@@ -275,6 +279,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let (n, m) = (a.nodes, a.messages);
     let mut config = proto::Config::lan();
     config.broadcast.tree = a.tree.into();
+    if a.no_topology {
+        config.topology = proto::topology::Config::off();
+    }
     let cluster = LocalCluster::start(n, m, config, a.seed, !a.unsigned, None).await?;
     let rec = cluster.rec.clone();
     let formed = cluster.wait_formed(Duration::from_secs(1), Duration::from_secs(60)).await;
@@ -364,7 +371,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let span = total_s.max(send_s).max(1e-9);
     let row = json!({
         "impl": concat!("plumcast ", env!("CARGO_PKG_VERSION")), "tree": format!("{:?}", a.tree),
-        "signed": !a.unsigned,
+        "signed": !a.unsigned, "topology": !a.no_topology,
         "signed_batches": delta(|s| s.signatures.signed_batches),
         "verifications": delta(|s| s.signatures.verifications),
         "signature_cache_hits": delta(|s| s.signatures.cache_hits),

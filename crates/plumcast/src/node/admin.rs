@@ -17,6 +17,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::proto::topology::Config as TopologyConfig;
+
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -491,7 +493,7 @@ struct App {
     registry: Arc<Registry>,
     me: PeerInfo,
     phi_threshold: f64,
-    expiry: Duration,
+    topology: TopologyConfig,
 }
 
 async fn get_metrics(State(app): State<App>, headers: HeaderMap) -> Response {
@@ -517,7 +519,9 @@ async fn get_topology(State(app): State<App>) -> Response {
     };
     match got {
         Ok((s, records)) => {
-            let t = Topology::of(app.me, &s, &records, app.phi_threshold, app.expiry);
+            // The expiry stretches with the cluster as the interval does.
+            let expiry = app.topology.expiry_for(records.len() + 1);
+            let t = Topology::of(app.me, &s, &records, app.phi_threshold, expiry);
             match serde_json::to_string(&t) {
                 Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
                 Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
@@ -541,7 +545,7 @@ pub(crate) async fn serve(
     ctl: &mpsc::Sender<Control>,
     me: PeerInfo,
     phi_threshold: f64,
-    expiry: Duration,
+    topology: TopologyConfig,
     stopped: oneshot::Receiver<()>,
 ) -> Result<SocketAddr, Error> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -551,7 +555,7 @@ pub(crate) async fn serve(
     let metrics = Metrics::weak(ctl.downgrade());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let app = App { metrics, registry: Arc::new(registry), me, phi_threshold, expiry };
+    let app = App { metrics, registry: Arc::new(registry), me, phi_threshold, topology };
     let router = axum::Router::new()
         .route("/metrics", get(get_metrics))
         .route("/topology", get(get_topology))

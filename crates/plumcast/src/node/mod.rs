@@ -513,8 +513,8 @@ impl NodeBuilder {
             #[cfg(feature = "admin")]
             Some(addr) => {
                 let phi = config.protocol.membership.phi_threshold;
-                let expiry = config.protocol.topology.expiry;
-                Some(admin::serve(addr, &ctl_tx, me, phi, expiry, admin_stopped).await?)
+                let topology = config.protocol.topology;
+                Some(admin::serve(addr, &ctl_tx, me, phi, topology, admin_stopped).await?)
             }
             #[cfg(not(feature = "admin"))]
             Some(addr) => {

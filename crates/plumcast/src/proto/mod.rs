@@ -428,8 +428,8 @@ impl<P: Peer, R: RngCore> State<P, R> {
     /// neighbours; the next NeighborUp arms it again).
     fn announce_topology(&mut self, now: Instant) {
         self.topology_armed = false;
-        let Some(interval) = self.topology.config.interval else { return };
         self.topology.expire(now);
+        let Some(interval) = self.topology.interval() else { return };
         let view = self.membership.active_view().to_vec();
         if view.is_empty() {
             return;

@@ -57,15 +57,38 @@ pub struct Config {
     pub expiry: Duration,
     /// Most records kept. Default 4,096.
     pub max_nodes: usize,
+    /// Cluster size up to which records go every [`Config::interval`]. Beyond it the
+    /// interval and the expiry stretch in proportion to the nodes known (×4 at four times
+    /// this), so each node still receives about this many records times its active view
+    /// per interval: flooding every node's record costs N² × active view per interval, and
+    /// at N = 200 with a fixed 2 s interval records were 82% of the frames and cut
+    /// deliveries/s by 2.8× (docs/performance.md). Default 50.
+    pub full_rate_nodes: usize,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { interval: Some(Duration::from_secs(2)), expiry: Duration::from_secs(6), max_nodes: 4096 }
+        Self {
+            interval: Some(Duration::from_secs(2)),
+            expiry: Duration::from_secs(6),
+            max_nodes: 4096,
+            full_rate_nodes: 50,
+        }
     }
 }
 
 impl Config {
+    /// How much the interval and the expiry stretch with `nodes` known (this one
+    /// included): 1 up to [`Config::full_rate_nodes`], `nodes / full_rate_nodes` beyond.
+    pub fn stretch(&self, nodes: usize) -> f64 {
+        (nodes as f64 / self.full_rate_nodes.max(1) as f64).max(1.0)
+    }
+
+    /// The expiry with `nodes` known (see [`Config::full_rate_nodes`]).
+    pub fn expiry_for(&self, nodes: usize) -> Duration {
+        self.expiry.mul_f64(self.stretch(nodes))
+    }
+
     /// Records off.
     pub fn off() -> Self {
         Self { interval: None, ..Self::default() }
@@ -169,9 +192,14 @@ impl<P: Peer> Table<P> {
         }
     }
 
+    /// The announcement interval with the nodes known now (see [`Config::full_rate_nodes`]).
+    pub(crate) fn interval(&self) -> Option<Duration> {
+        Some(self.config.interval?.mul_f64(self.config.stretch(self.records.len() + 1)))
+    }
+
     /// Forget records not renewed for four expiry periods.
     pub(crate) fn expire(&mut self, now: Instant) {
-        let limit = self.config.expiry.saturating_mul(4);
+        let limit = self.config.expiry_for(self.records.len() + 1).saturating_mul(4);
         let interval = self.config.interval.unwrap_or(Duration::ZERO);
         self.budget.retain(|_, (start, _)| now.saturating_duration_since(*start) < interval);
         let before = self.records.len();
@@ -224,6 +252,26 @@ mod tests {
         assert_eq!(t.stats.forgotten, 2);
         let mut off: Table<u32> = Table::new(Config::off());
         assert!(!off.receive(t0, &0, &5, &record(1, 1, vec![])), "records off: nothing kept");
+    }
+
+    #[test]
+    fn the_interval_and_the_expiry_stretch_with_the_nodes_known_beyond_full_rate_nodes() {
+        let t0 = Instant::now();
+        let c = Config::default();
+        let mut t: Table<u32> = Table::new(c);
+        assert_eq!(t.interval(), c.interval, "one node known: the configured interval");
+        // 149 records and this node: 150 nodes, three times `full_rate_nodes`.
+        for node in 1..150u32 {
+            assert!(t.receive(t0, &0, &(node % 5 + 1000), &record(node, 1, vec![])));
+        }
+        assert_eq!(t.interval(), Some(c.interval.unwrap() * 3));
+        assert_eq!(c.expiry_for(150), c.expiry * 3);
+        assert_eq!(c.expiry_for(10), c.expiry);
+        // A record is forgotten after four (stretched) expiry periods, not four plain ones.
+        t.expire(t0 + c.expiry * 4 + Duration::from_secs(1));
+        assert_eq!(t.records().len(), 149);
+        t.expire(t0 + c.expiry * 12);
+        assert!(t.records().is_empty());
     }
 
     #[test]
