@@ -48,8 +48,6 @@ struct Missing<P> {
     owner: P,
     since: Instant,
     announcers: VecDeque<P>,
-    /// Its id.
-    id: MessageId,
     /// Announcers grafted so far (a payload from one of them is no lag sample).
     grafted: Vec<P>,
     /// The announcer with the lowest round so far (first wins ties), for the
@@ -633,7 +631,7 @@ impl<P: PeerId> State<P> {
 
     /// A payload from neighbour `from` for a message announced first at `m.since`: a lag
     /// sample unless `from` was grafted for it (Karn's rule, module `lag`).
-    fn lag_sample(&mut self, now: Instant, from: &P, m: &Missing<P>) {
+    fn lag_sample(&mut self, now: Instant, from: &P, id: MessageId, m: &Missing<P>) {
         if m.grafted.contains(from) {
             // The Graft's answer: remember it until the tree's copy shows up, if it does.
             if self.grafted_order.len() >= self.config.max_missing.max(1)
@@ -642,8 +640,8 @@ impl<P: PeerId> State<P> {
             {
                 self.stats.graft_lag_forgotten += 1;
             }
-            self.grafted_order.push_back(m.id);
-            self.grafted.insert(m.id, Grafted { since: m.since, peers: m.grafted.clone() });
+            self.grafted_order.push_back(id);
+            self.grafted.insert(id, Grafted { since: m.since, peers: m.grafted.clone() });
             return;
         }
         if !m.grafted.is_empty() {
@@ -794,7 +792,7 @@ impl<P: PeerId> State<P> {
         self.mark_seen(&envelope);
         let missing = self.forget_missing(&id);
         if let Some(m) = missing.as_ref().filter(|_| neighbor) {
-            self.lag_sample(now, &from, m);
+            self.lag_sample(now, &from, id, m);
         }
         self.stats.delivered += 1;
         if neighbor {
@@ -885,7 +883,6 @@ impl<P: PeerId> State<P> {
                     seq: a.seq,
                     since: now,
                     announcers: VecDeque::from([from.clone()]),
-                    id: a.id,
                     grafted: Vec::new(),
                     best: Some((from.clone(), a.round)),
                     attempt: 0,
