@@ -614,7 +614,8 @@ impl<P: PeerId> State<P> {
         }
     }
 
-    /// Move `p` off the tree of `origin` (only a neighbour, only with Plumtree).
+    /// Move `p` off the tree of `origin` (only a neighbour, only with Plumtree), and keep
+    /// an upstream for that tree if `p` was its last eager link.
     fn set_lazy(&mut self, origin: &P, p: &P) {
         if self.config.mode != Mode::Plumtree || !self.neighbors.contains(p) {
             return;
@@ -622,6 +623,7 @@ impl<P: PeerId> State<P> {
         if self.trees.set_lazy(origin, p) {
             self.stats.trees_evicted += 1;
         }
+        self.keep_upstream(origin, p);
     }
 
     /// The wait after a message's first IHave before grafting (module `lag`).
@@ -668,12 +670,12 @@ impl<P: PeerId> State<P> {
         self.stats.graft_timeout_us = self.graft_timeout_1().as_micros() as u64;
     }
 
-    /// After `not` left the tree of `origin` (a Prune from it, or ours to it): if no link
+    /// After `not` left the tree of `origin` ([`State::set_lazy`]): if no link
     /// of that tree is eager any more, graft at once the lazy neighbour that announced the
     /// origin at the lowest round, so the next message is pushed here instead of waiting
     /// for an IHave and timer 1. Only with one tree per origin (the rounds compare).
     fn keep_upstream(&mut self, origin: &P, not: &P) {
-        if self.config.mode != Mode::Plumtree || self.config.tree != Tree::PerOrigin || *origin == self.me {
+        if self.config.tree != Tree::PerOrigin || *origin == self.me {
             return;
         }
         if !self.neighbors.iter().all(|p| self.trees.is_lazy(origin, p)) {
@@ -738,7 +740,6 @@ impl<P: PeerId> State<P> {
             Message::Prune { origin } => {
                 self.stats.prunes_received += 1;
                 self.set_lazy(&origin, &from);
-                self.keep_upstream(&origin, &from);
             }
             Message::Digest { heads, after, upto, reply, joined, ask } => {
                 self.on_digest(now, from, heads, (after, upto), reply, joined, ask)
@@ -772,15 +773,12 @@ impl<P: PeerId> State<P> {
                 self.stats.duplicates += 1;
                 if neighbor {
                     self.late_tree_copy(now, &from, &id);
-                }
-                if self.config.mode == Mode::Plumtree && neighbor {
-                    self.set_lazy(&envelope.origin, &from);
-                    self.stats.prunes_sent += 1;
-                    self.out.push(Output::Send {
-                        to: from.clone(),
-                        message: Message::Prune { origin: envelope.origin.clone() },
-                    });
-                    self.keep_upstream(&envelope.origin, &from);
+                    if self.config.mode == Mode::Plumtree {
+                        self.stats.prunes_sent += 1;
+                        let prune = Message::Prune { origin: envelope.origin.clone() };
+                        self.out.push(Output::Send { to: from.clone(), message: prune });
+                        self.set_lazy(&envelope.origin, &from);
+                    }
                 }
                 return;
             }

@@ -348,6 +348,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let optimizations = delta(|s| s.broadcast.optimizations);
     let overtaken = delta(|s| s.broadcast.grafts_overtaken);
     let regrafts = delta(|s| s.broadcast.regrafts);
+    let upstream_repairs = delta(|s| s.broadcast.upstream_repairs);
     let graft_timeout_ms_max = after.iter().map(|s| s.broadcast.graft_timeout_us).max().unwrap_or(0) as f64 / 1e3;
     let failures = delta(|s| s.membership.failures_detected);
     let evictions = delta(|s| s.membership.evictions);
@@ -390,7 +391,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         "bcast_per_s": round1(m as f64 / span), "deliveries_per_s": round1(delivered as f64 / span),
         "data_recv": data_recv, "rmr": round3(rmr), "frames_sent": frames,
         "grafts": grafts, "prunes": prunes, "optimizations": optimizations, "grafts_overtaken": overtaken,
-        "regrafts": regrafts, "upstream_repairs": delta(|s| s.broadcast.upstream_repairs), "graft_timeout_ms_max": round3(graft_timeout_ms_max), "failures_detected": failures, "evictions": evictions, "catch_ups": catch_ups,
+        "regrafts": regrafts, "upstream_repairs": upstream_repairs, "graft_timeout_ms_max": round3(graft_timeout_ms_max), "failures_detected": failures, "evictions": evictions, "catch_ups": catch_ups,
         "disconnects": disconnects, "strangers_rejected": strangers,
         "avg_hops": round3(avg_hops), "max_hops": max_hops,
         "cpu_s": round3(cpu_s), "cpu_util": round3(cpu_s / wall_s.max(1e-9)),
