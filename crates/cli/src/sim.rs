@@ -37,7 +37,8 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Speed benchmark instead of a scenario: n = 10,000 with 1,000 broadcasts, and
-    /// n = 100,000 with 100 broadcasts (events/s, wall time, peak RSS).
+    /// n = 100,000 with 100 broadcasts (events/s, wall time, peak RSS); with --nodes and
+    /// --broadcasts, one run of that size.
     #[arg(long)]
     bench: bool,
     /// With --bench: only the 10,000-node run.
@@ -72,7 +73,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if a.bench {
-        return bench(a.quick);
+        let only = match (a.nodes, a.broadcasts) {
+            (Some(n), Some(b)) => Some((n, b)),
+            (None, None) => None,
+            _ => anyhow::bail!("--bench takes --nodes and --broadcasts together (or neither)"),
+        };
+        return bench(a.quick, only);
     }
     if a.anti_entropy_cost {
         let c = plumcast_sim::anti_entropy_cost(20, 100.0, 256, 120, 1);
@@ -283,8 +289,12 @@ fn peak_rss_bytes() -> u64 {
         * 1024
 }
 
-fn bench(quick: bool) -> anyhow::Result<ExitCode> {
-    let runs: &[(usize, usize)] = if std::env::var_os("PLUMCAST_SIM_BENCH_SMALL").is_some() {
+fn bench(quick: bool, only: Option<(usize, usize)>) -> anyhow::Result<ExitCode> {
+    let one;
+    let runs: &[(usize, usize)] = if let Some(run) = only {
+        one = [run];
+        &one
+    } else if std::env::var_os("PLUMCAST_SIM_BENCH_SMALL").is_some() {
         &[(10_000, 100)]
     } else if quick {
         &[(10_000, 1_000)]
