@@ -138,8 +138,30 @@ enum Ev {
     Join { node: u32, inc: u32, contact: u32 },
 }
 
-/// Event storage: the heap orders small `(at, seq, slot)` keys; the events themselves
-/// stay put in a slab, so heap operations move 24 bytes instead of whole messages.
+impl Ev {
+    /// The node the event happens at.
+    fn node(&self) -> u32 {
+        match self {
+            Ev::Deliver { to, .. } => *to,
+            Ev::Timer { node, .. } | Ev::Lost { node, .. } | Ev::Join { node, .. } => *node,
+        }
+    }
+}
+
+/// An event's place in the order of events: virtual time (µs), then a tie-break. One
+/// queue breaks ties first in, first out: `a` counts every event scheduled, `b` is 0.
+/// Lanes ([`Sim::set_lanes`]) break them by the node whose step made the event (`a`) and
+/// how many events that node had made (`b`): no global counter, so lanes running on
+/// their own threads make the same events in the same order, whatever their number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct EventKey {
+    at: u64,
+    a: u64,
+    b: u64,
+}
+
+/// Event storage: the heap orders small `(key, slot)` entries; the events themselves
+/// stay put in a slab, so heap operations move 40 bytes instead of whole messages.
 #[derive(Clone, Default)]
 struct Slab {
     items: Vec<Option<Ev>>,
@@ -173,6 +195,120 @@ struct Slot {
     inc: u32,
     /// What a stopped node keeps, as a data dir would ([`Sim::stop`]).
     kept: Option<Kept>,
+    /// Events this slot's steps made (the last part of their [`EventKey`]).
+    made: u64,
+    /// When the slot's uplink is free again, µs ([`SimConfig::uplink_bytes_per_ms`]).
+    uplink_free: u64,
+    /// The links' draws for this slot's sends (latency, loss) and its rejoin contact:
+    /// one stream per slot, so the draws do not depend on the order lanes run in.
+    net_rng: ChaCha8Rng,
+}
+
+/// The events of the nodes `lo..hi`, in order, and what their steps count.
+#[derive(Clone, Default)]
+struct Lane {
+    lo: u32,
+    hi: u32,
+    queue: BinaryHeap<Reverse<(EventKey, u32)>>,
+    slab: Slab,
+    /// Events made for nodes of other lanes while this lane ran on its own.
+    outbox: Vec<(EventKey, Ev)>,
+    /// Counters and track updates while this lane ran on its own (merged after).
+    counters: Counters,
+    notes: Vec<Note>,
+    buf: Vec<proto::Output<u32>>,
+}
+
+impl Lane {
+    fn next(&self) -> Option<EventKey> {
+        self.queue.peek().map(|Reverse((k, _))| *k)
+    }
+
+    fn push(&mut self, key: EventKey, ev: Ev) {
+        let slot = self.slab.insert(ev);
+        self.queue.push(Reverse((key, slot)));
+    }
+}
+
+/// A change to a [`Track`], made where the tracks cannot be reached (a lane on its own
+/// thread) and applied after. Every change commutes with the others.
+#[derive(Clone)]
+enum Note {
+    Delivered { key: MessageKey, node: u32, hops: u32, at: u64 },
+    Payload { key: MessageKey, msgs: u64 },
+}
+
+fn apply_note(tracks: &mut FxHashMap<MessageKey, Track>, note: Note) {
+    match note {
+        Note::Delivered { key, node, hops, at } => {
+            if let Some(t) = tracks.get_mut(&key) {
+                let (w, b) = (node as usize / 64, node as usize % 64);
+                if t.seen[w] & (1 << b) != 0 {
+                    t.duplicates += 1;
+                } else {
+                    t.seen[w] |= 1 << b;
+                    t.delivered += 1;
+                    t.ldh = t.ldh.max(hops);
+                    t.last_delivery_at = t.last_delivery_at.max(at);
+                }
+            }
+        }
+        Note::Payload { key, msgs } => {
+            if let Some(t) = tracks.get_mut(&key) {
+                t.payload_msgs += msgs;
+            }
+        }
+    }
+}
+
+/// Where a step's track updates go: straight to the tracks, or to a lane's notes.
+enum Tracks<'b> {
+    Direct(&'b mut FxHashMap<MessageKey, Track>),
+    Noted(&'b mut Vec<Note>),
+}
+
+/// What every step reads and nothing changes while lanes run: the configuration, the
+/// partition, and which incarnation of each slot is alive.
+struct Env<'a> {
+    cfg: &'a SimConfig,
+    base: Instant,
+    group: &'a [u8],
+    alive: &'a [bool],
+    incs: &'a [u32],
+    shuffle_paused: bool,
+}
+
+/// One step's view: the shared [`Env`], the lane of the node it runs, the slots it may
+/// change (`nodes[0]` is slot `offset`), and where new events and counts go.
+struct Step<'a, 'b> {
+    env: &'b Env<'a>,
+    now: u64,
+    lo: u32,
+    hi: u32,
+    queue: &'b mut BinaryHeap<Reverse<(EventKey, u32)>>,
+    slab: &'b mut Slab,
+    outbox: &'b mut Vec<(EventKey, Ev)>,
+    counters: &'b mut Counters,
+    tracks: Tracks<'b>,
+    buf: &'b mut Vec<proto::Output<u32>>,
+    nodes: &'b mut [Slot],
+    offset: u32,
+    trace: Option<&'b mut std::hash::DefaultHasher>,
+    /// The count of events scheduled, in first-in-first-out order (one queue).
+    fifo: Option<&'b mut u64>,
+    /// The simulator's own RNG, which one FIFO queue draws the links from; lanes draw
+    /// from each sending slot's own.
+    rng: Option<&'b mut ChaCha8Rng>,
+}
+
+impl Step<'_, '_> {
+    /// The RNG for a draw on behalf of slot `i`.
+    fn rng_for(&mut self, i: u32) -> &mut ChaCha8Rng {
+        match self.rng.as_deref_mut() {
+            Some(r) => r,
+            None => &mut self.nodes[(i - self.offset) as usize].net_rng,
+        }
+    }
 }
 
 /// A stopped node's version vector and message store.
@@ -277,43 +413,134 @@ pub struct Sim {
     cfg: SimConfig,
     base: Instant,
     now: u64,
-    seq: u64,
     rng: ChaCha8Rng,
     nodes: Vec<Slot>,
-    queue: BinaryHeap<Reverse<(u64, u64, u32)>>,
-    slab: Slab,
+    /// The event queues, one per range of slots; they run on their own threads for one
+    /// lookahead of virtual time at a time ([`Sim::run_until`]).
+    lanes: Vec<Lane>,
     group: Vec<u8>,
-    uplink_free: Vec<u64>,
+    /// Which slots run a node, and each slot's incarnation (read by every lane).
+    alive: Vec<bool>,
+    incs: Vec<u32>,
     /// While true, Shuffle timers are deferred (the papers' "no membership cycle").
     pub shuffle_paused: bool,
     tracks: FxHashMap<MessageKey, Track>,
     /// A running hash of every output every node produced, in order ([`Sim::trace_outputs`]).
     output_trace: Option<std::hash::DefaultHasher>,
     counters: Counters,
-    buf: Vec<proto::Output<u32>>,
+    /// Events one step made for another lane's nodes (moved there after the step).
+    outbox: Vec<(EventKey, Ev)>,
+    /// Events scheduled so far while one queue orders them first in, first out; `None`
+    /// once [`Sim::set_lanes`] switched to lanes.
+    fifo: Option<u64>,
+}
+
+/// Fewer events queued than this run one by one even with several lanes.
+const PARALLEL_MIN_EVENTS: usize = 256;
+
+/// The lane of slot `i`.
+fn lane_of(lanes: &[Lane], i: u32) -> usize {
+    lanes.iter().position(|l| i < l.hi).unwrap_or(lanes.len().saturating_sub(1))
+}
+
+/// Run `lane`'s events due before `end` µs (its slots are `nodes`, from `lane.lo`),
+/// on its own: what it makes for other lanes waits in its outbox, its counts and track
+/// changes in its notes. Returns the time of its last event (at least `start`).
+fn run_lane(env: &Env<'_>, lane: &mut Lane, nodes: &mut [Slot], start: u64, end: u64) -> u64 {
+    let mut now = start;
+    let Lane { lo, hi, queue, slab, outbox, counters, notes, buf } = lane;
+    while let Some(Reverse((key, slot))) = queue.peek().copied() {
+        if key.at >= end {
+            break;
+        }
+        queue.pop();
+        now = now.max(key.at);
+        let Some(ev) = slab.take(slot) else { continue };
+        let mut step = Step {
+            env,
+            now,
+            lo: *lo,
+            hi: *hi,
+            queue: &mut *queue,
+            slab: &mut *slab,
+            outbox: &mut *outbox,
+            counters: &mut *counters,
+            tracks: Tracks::Noted(&mut *notes),
+            buf: &mut *buf,
+            nodes: &mut *nodes,
+            offset: *lo,
+            trace: None,
+            fifo: None,
+            rng: None,
+        };
+        step.run(ev);
+    }
+    now
 }
 
 impl Sim {
-    /// An empty simulation with room for `n` nodes (none started).
+    /// An empty simulation with room for `n` nodes (none started), on one queue that
+    /// breaks ties in time first in, first out (the order every scenario's figures were
+    /// measured in); [`Sim::set_lanes`] spreads it over threads.
     pub fn new(n: usize, cfg: SimConfig) -> Self {
         let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let nodes = (0..n)
+            .map(|i| Slot {
+                state: None,
+                inc: 0,
+                kept: None,
+                made: 0,
+                uplink_free: 0,
+                net_rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6e65_745f_726e_6700 ^ ((i as u64) << 1)),
+            })
+            .collect();
         Self {
             base: Instant::now(),
             now: 0,
-            seq: 0,
             rng,
-            nodes: (0..n).map(|_| Slot { state: None, inc: 0, kept: None }).collect(),
-            queue: BinaryHeap::new(),
-            slab: Slab::default(),
+            nodes,
+            lanes: vec![Lane { lo: 0, hi: n as u32, ..Lane::default() }],
             group: vec![0; n],
-            uplink_free: vec![0; n],
+            alive: vec![false; n],
+            incs: vec![0; n],
             shuffle_paused: false,
             tracks: FxHashMap::default(),
             output_trace: None,
             counters: Counters::default(),
-            buf: Vec::new(),
+            outbox: Vec::new(),
+            fifo: Some(0),
             cfg,
         }
+    }
+
+    /// Spread the slots over `lanes` event queues (at least 1) from now on, each run on
+    /// its own thread for one lookahead of virtual time at a time ([`Sim::run_until`]);
+    /// the queued events move with their nodes. From then on ties in time are broken by
+    /// node (see `EventKey`), not first in, first out: the rows differ from one FIFO
+    /// queue's, and are the same for every number of lanes, 1 included.
+    pub fn set_lanes(&mut self, lanes: usize) {
+        self.fifo = None;
+        let n = self.nodes.len();
+        let k = lanes.clamp(1, n.max(1));
+        let mut events = Vec::new();
+        for lane in &mut self.lanes {
+            while let Some(Reverse((key, slot))) = lane.queue.pop() {
+                if let Some(ev) = lane.slab.take(slot) {
+                    events.push((key, ev));
+                }
+            }
+        }
+        self.lanes =
+            (0..k).map(|j| Lane { lo: (n * j / k) as u32, hi: (n * (j + 1) / k) as u32, ..Lane::default() }).collect();
+        for (key, ev) in events {
+            let j = lane_of(&self.lanes, ev.node());
+            self.lanes[j].push(key, ev);
+        }
+    }
+
+    /// Event queues the slots are spread over ([`Sim::set_lanes`]).
+    pub fn lanes(&self) -> usize {
+        self.lanes.len()
     }
 
     /// Number of node slots.
@@ -338,7 +565,7 @@ impl Sim {
 
     /// Events waiting in the queue.
     pub fn queue_len(&self) -> usize {
-        self.queue.len()
+        self.lanes.iter().map(|l| l.queue.len()).sum()
     }
 
     /// Global counters.
@@ -348,7 +575,7 @@ impl Sim {
 
     /// Whether node `i` is running.
     pub fn is_alive(&self, i: u32) -> bool {
-        self.nodes.get(i as usize).is_some_and(|s| s.state.is_some())
+        self.alive.get(i as usize).copied().unwrap_or(false)
     }
 
     /// The running nodes.
@@ -388,14 +615,52 @@ impl Sim {
         }
     }
 
-    fn instant(&self) -> Instant {
-        self.base + Duration::from_micros(self.now)
-    }
-
-    fn schedule(&mut self, at: u64, ev: Ev) {
-        self.seq += 1;
-        let slot = self.slab.insert(ev);
-        self.queue.push(Reverse((at, self.seq, slot)));
+    /// Run `f` as a step of node `node` at the current time, with every slot in reach;
+    /// events it makes for other lanes are queued there after it.
+    fn with_step<R>(&mut self, node: u32, f: impl FnOnce(&mut Step<'_, '_>) -> R) -> R {
+        let k = lane_of(&self.lanes, node);
+        let Sim {
+            cfg,
+            base,
+            now,
+            rng,
+            nodes,
+            lanes,
+            group,
+            alive,
+            incs,
+            shuffle_paused,
+            tracks,
+            output_trace,
+            counters,
+            outbox,
+            fifo,
+        } = self;
+        let env = Env { cfg, base: *base, group, alive, incs, shuffle_paused: *shuffle_paused };
+        let Lane { lo, hi, queue, slab, buf, .. } = &mut lanes[k];
+        let mut step = Step {
+            env: &env,
+            now: *now,
+            lo: *lo,
+            hi: *hi,
+            queue,
+            slab,
+            outbox,
+            counters,
+            tracks: Tracks::Direct(tracks),
+            buf,
+            nodes,
+            offset: 0,
+            trace: output_trace.as_mut(),
+            rng: fifo.is_some().then_some(&mut *rng),
+            fifo: fifo.as_mut(),
+        };
+        let r = f(&mut step);
+        for (key, ev) in self.outbox.drain(..) {
+            let k = lane_of(&self.lanes, ev.node());
+            self.lanes[k].push(key, ev);
+        }
+        r
     }
 
     /// Start node `i` (fresh state, next incarnation) and join it through `contact`
@@ -406,11 +671,13 @@ impl Sim {
         let inc = slot.inc;
         let rng = ChaCha8Rng::seed_from_u64(self.cfg.seed ^ (u64::from(i) << 20) ^ u64::from(inc));
         slot.state = Some(Box::new(proto::State::new(i, u64::from(inc), self.cfg.protocol.clone(), rng)));
-        if let Some(c) = contact {
-            self.schedule(self.now, Ev::Join { node: i, inc, contact: c });
-        } else {
+        self.alive[i as usize] = true;
+        self.incs[i as usize] = inc;
+        let now = self.now;
+        match contact {
+            Some(c) => self.with_step(i, |s| s.schedule(i, now, Ev::Join { node: i, inc, contact: c })),
             // Arm the periodic timers of a first node.
-            self.input(i, proto::Input::Membership(membership::Input::JoinFailed));
+            None => self.with_step(i, |s| s.input(i, proto::Input::Membership(membership::Input::JoinFailed))),
         }
     }
 
@@ -445,7 +712,10 @@ impl Sim {
         // Restoring the vector also marks the node as restarted (it catches up).
         state.restore_version_vector(&kept.heads);
         slot.state = Some(Box::new(state));
-        self.schedule(self.now, Ev::Join { node: i, inc, contact });
+        self.alive[i as usize] = true;
+        self.incs[i as usize] = inc;
+        let now = self.now;
+        self.with_step(i, |s| s.schedule(i, now, Ev::Join { node: i, inc, contact }));
     }
 
     /// Crash node `i` abruptly. With [`Detector::Shipped`], every live node that has it
@@ -459,6 +729,7 @@ impl Sim {
         for &v in victims {
             if let Some(slot) = self.nodes.get_mut(v as usize) {
                 slot.state = None;
+                self.alive[v as usize] = false;
             }
         }
         self.notify_lost_links(|sim, a, b| !sim.is_alive(b) && sim.is_alive(a));
@@ -489,7 +760,8 @@ impl Sim {
         for (a, b) in lost {
             let delay = self.detection_delay_us();
             let inc = self.nodes[a as usize].inc;
-            self.schedule(self.now + delay, Ev::Lost { node: a, inc, peer: b });
+            let at = self.now + delay;
+            self.with_step(a, |s| s.schedule(a, at, Ev::Lost { node: a, inc, peer: b }));
         }
     }
 
@@ -507,23 +779,20 @@ impl Sim {
         base.as_micros() as u64 + jitter
     }
 
-    fn latency_us(&mut self) -> u64 {
+    /// The least link latency, µs: no event a step makes for another node is due sooner,
+    /// so lanes can run that far ahead of each other.
+    fn lookahead_us(&self) -> u64 {
         let ms = match self.cfg.latency {
             Latency::Static { ms } => ms,
-            Latency::Uniform { min_ms, max_ms } => {
-                if max_ms > min_ms {
-                    self.rng.gen_range(min_ms..max_ms)
-                } else {
-                    min_ms
-                }
-            }
+            Latency::Uniform { min_ms, .. } => min_ms,
         };
         (ms * 1000.0).max(1.0) as u64
     }
 
     /// From now on, hash every output of every node in the order produced (its node, the
     /// virtual time, and the output with deadlines as virtual µs): two runs from one seed
-    /// must give the same [`Sim::output_hash`]. Costs a postcard encoding per message.
+    /// must give the same [`Sim::output_hash`]. Costs a postcard encoding per message,
+    /// and runs the lanes one event at a time (the hash follows the order of events).
     pub fn trace_outputs(&mut self) {
         self.output_trace.get_or_insert_with(std::hash::DefaultHasher::new);
     }
@@ -533,60 +802,43 @@ impl Sim {
         self.output_trace.as_ref().map(std::hash::Hasher::finish)
     }
 
-    fn trace(&mut self, i: u32, o: &proto::Output<u32>) {
-        use std::hash::{Hash, Hasher};
-        let base = self.base;
-        let Some(h) = self.output_trace.as_mut() else { return };
-        (i, self.now).hash(h);
-        match o {
-            proto::Output::Send { to, message } => {
-                (0u8, to).hash(h);
-                // Every message type is postcard-encodable: an error would be a bug here.
-                h.write(&postcard::to_stdvec(message).expect("a message encodes"));
-            }
-            proto::Output::Disconnect { peer } => (1u8, peer).hash(h),
-            proto::Output::Timer { at, timer } => {
-                (2u8, at.saturating_duration_since(base).as_micros(), timer).hash(h);
-            }
-            proto::Output::Rejoin => 3u8.hash(h),
-            proto::Output::Event(e) => (4u8, format!("{e:?}")).hash(h),
-            proto::Output::Penalize { peer, reason } => (5u8, peer, reason.as_str()).hash(h),
-        }
-    }
-
     /// Broadcast from node `i`; returns the key of its [`Track`].
     pub fn broadcast(&mut self, i: u32) -> Option<MessageKey> {
-        let now = self.instant();
+        if !self.is_alive(i) {
+            return None;
+        }
         let payload = Bytes::from(vec![0u8; self.cfg.payload_size]);
         let expected = self.live().len().saturating_sub(1) as u32;
         let n = self.nodes.len();
-        let slot = self.nodes.get_mut(i as usize)?;
-        let state = slot.state.as_mut()?;
-        let mut buf = std::mem::take(&mut self.buf);
-        let (_, out) = state.broadcast(now, payload);
-        buf.extend(out);
-        let key = MessageKey {
-            origin: i,
-            incarnation: state.broadcast_state().incarnation(),
-            seq: state.broadcast_state().stats().broadcasts,
-        };
-        self.tracks.insert(
-            key,
-            Track {
-                origin: i,
-                sent_at: self.now,
-                expected,
-                delivered: 0,
-                duplicates: 0,
-                ldh: 0,
-                payload_msgs: 0,
-                last_delivery_at: self.now,
-                seen: vec![0; n.div_ceil(64)],
-            },
-        );
-        self.apply(i, &mut buf);
-        self.buf = buf;
-        Some(key)
+        let sent_at = self.now;
+        self.with_step(i, |s| {
+            let now = s.instant();
+            let mut buf = std::mem::take(s.buf);
+            let state = s.slot(i).state.as_mut()?;
+            let (_, out) = state.broadcast(now, payload);
+            buf.extend(out);
+            let b = state.broadcast_state();
+            let key = MessageKey { origin: i, incarnation: b.incarnation(), seq: b.stats().broadcasts };
+            if let Tracks::Direct(t) = &mut s.tracks {
+                t.insert(
+                    key,
+                    Track {
+                        origin: i,
+                        sent_at,
+                        expected,
+                        delivered: 0,
+                        duplicates: 0,
+                        ldh: 0,
+                        payload_msgs: 0,
+                        last_delivery_at: sent_at,
+                        seen: vec![0; n.div_ceil(64)],
+                    },
+                );
+            }
+            s.apply(i, &mut buf);
+            *s.buf = buf;
+            Some(key)
+        })
     }
 
     /// The record of a broadcast.
@@ -604,177 +856,85 @@ impl Sim {
         self.tracks.clear();
     }
 
-    fn input(&mut self, i: u32, input: proto::Input<u32>) {
-        let now = self.instant();
-        let Some(state) = self.nodes.get_mut(i as usize).and_then(|s| s.state.as_mut()) else { return };
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.extend(state.handle(now, input));
-        self.apply(i, &mut buf);
-        self.buf = buf;
-    }
-
-    fn apply(&mut self, i: u32, buf: &mut Vec<proto::Output<u32>>) {
-        let inc = self.nodes[i as usize].inc;
-        for o in buf.drain(..) {
-            self.trace(i, &o);
-            match o {
-                proto::Output::Send { to, message } => self.send(i, to, message),
-                proto::Output::Disconnect { peer } => {
-                    // Closing a connection reaches the other side.
-                    if self.is_alive(peer) && self.group[peer as usize] == self.group[i as usize] {
-                        let at = self.now + self.latency_us();
-                        let pinc = self.nodes[peer as usize].inc;
-                        self.schedule(at, Ev::Lost { node: peer, inc: pinc, peer: i });
-                    }
-                }
-                proto::Output::Timer { at, timer } => {
-                    let at = at.saturating_duration_since(self.base).as_micros() as u64;
-                    self.schedule(at.max(self.now), Ev::Timer { node: i, inc, timer });
-                }
-                proto::Output::Rejoin => {
-                    let contact = if self.is_alive(BOOTSTRAP_SLOT) && BOOTSTRAP_SLOT != i {
-                        BOOTSTRAP_SLOT
-                    } else {
-                        let live = self.live();
-                        live[self.rng.gen_range(0..live.len())]
-                    };
-                    self.schedule(self.now, Ev::Join { node: i, inc, contact });
-                }
-                proto::Output::Event(proto::Event::Delivered(d)) => {
-                    let e = &d.envelope;
-                    let key = MessageKey { origin: e.origin, incarnation: e.incarnation, seq: e.seq };
-                    if let Some(t) = self.tracks.get_mut(&key) {
-                        let (w, b) = (i as usize / 64, i as usize % 64);
-                        if t.seen[w] & (1 << b) != 0 {
-                            t.duplicates += 1;
-                        } else {
-                            t.seen[w] |= 1 << b;
-                            t.delivered += 1;
-                            t.ldh = t.ldh.max(d.hops);
-                            t.last_delivery_at = self.now;
-                        }
-                    }
-                }
-                proto::Output::Event(_) => {}
-                // The simulator's nodes neither sign nor validate: nothing is penalised.
-                proto::Output::Penalize { .. } => {}
-            }
-        }
-    }
-
-    fn send(&mut self, from: u32, to: u32, msg: proto::Message<u32>) {
-        match &msg {
-            proto::Message::Broadcast(broadcast::Message::Gossip { envelope, .. }) => {
-                let key = MessageKey { origin: envelope.origin, incarnation: envelope.incarnation, seq: envelope.seq };
-                if let Some(t) = self.tracks.get_mut(&key) {
-                    t.payload_msgs += 1;
-                }
-            }
-            proto::Message::Broadcast(broadcast::Message::IHave(a)) => {
-                self.counters.ihave_frames += 1;
-                self.counters.announcements += a.len() as u64;
-            }
-            proto::Message::Broadcast(broadcast::Message::Graft { .. }) => self.counters.grafts += 1,
-            proto::Message::Broadcast(broadcast::Message::Prune { .. }) => self.counters.prunes += 1,
-            proto::Message::Broadcast(broadcast::Message::Digest { heads, after, upto, reply, .. }) => {
-                self.counters.digests += 1;
-                self.counters.digest_bytes += wire_digest_bytes(heads, after.as_ref(), upto.as_ref(), *reply);
-            }
-            proto::Message::Broadcast(broadcast::Message::Repair { after, envelopes, .. }) if envelopes.is_empty() => {
-                // The answer to a digest that found nothing missing: control bytes.
-                self.counters.digest_bytes += wire_answer_bytes(after.as_ref());
-            }
-            proto::Message::Broadcast(broadcast::Message::Repair { envelopes, .. }) => {
-                self.counters.repairs += 1;
-                self.counters.repaired += envelopes.len() as u64;
-                for e in envelopes {
-                    let key = MessageKey { origin: e.origin, incarnation: e.incarnation, seq: e.seq };
-                    if let Some(t) = self.tracks.get_mut(&key) {
-                        t.payload_msgs += 1;
-                    }
-                }
-            }
-            // Records are off in the simulator (sim_protocol); counted with membership.
-            proto::Message::Membership(_) | proto::Message::Topology(_) => self.counters.membership_msgs += 1,
-        }
-        let reachable = self.is_alive(to) && self.group[to as usize] == self.group[from as usize];
-        if !reachable {
-            self.counters.undeliverable += 1;
-            if self.cfg.detector == Detector::Paper {
-                let inc = self.nodes[from as usize].inc;
-                self.schedule(self.now, Ev::Lost { node: from, inc, peer: to });
-            }
-            return;
-        }
-        if self.cfg.loss > 0.0 && self.rng.gen_bool(self.cfg.loss.min(1.0)) {
-            self.counters.lost += 1;
-            return;
-        }
-        let mut at = self.now + self.latency_us();
-        if let Some(rate) = self.cfg.uplink_bytes_per_ms {
-            let size = match &msg {
-                proto::Message::Broadcast(broadcast::Message::Gossip { envelope, .. }) => envelope.payload.len() + 64,
-                _ => 64,
-            };
-            let tx_us = (size as f64 / rate * 1000.0) as u64;
-            let free = self.uplink_free[from as usize].max(self.now) + tx_us;
-            self.uplink_free[from as usize] = free;
-            at += free - self.now;
-        }
-        let to_inc = self.nodes[to as usize].inc;
-        self.schedule(at, Ev::Deliver { from, to, to_inc, msg });
+    /// The lane holding the earliest event.
+    fn earliest(&self) -> Option<(usize, EventKey)> {
+        self.lanes.iter().enumerate().filter_map(|(k, l)| l.next().map(|key| (k, key))).min_by_key(|(_, key)| *key)
     }
 
     /// Process one event. Returns false when the queue is empty.
     pub fn step(&mut self) -> bool {
-        let Some(Reverse((at, _, slot))) = self.queue.pop() else { return false };
-        self.now = self.now.max(at);
-        self.counters.events += 1;
-        let Some(ev) = self.slab.take(slot) else { return true };
-        match ev {
-            Ev::Deliver { from, to, to_inc, msg } => {
-                if self.nodes[to as usize].inc == to_inc && self.group[to as usize] == self.group[from as usize] {
-                    self.counters.messages += 1;
-                    self.input(to, proto::Input::Message { from, message: msg });
-                }
-            }
-            Ev::Timer { node, inc, timer } => {
-                if self.nodes[node as usize].inc != inc {
-                    return true;
-                }
-                if self.shuffle_paused && timer == proto::Timer::Membership(membership::Timer::Shuffle) {
-                    let at = self.now + self.cfg.protocol.membership.shuffle_interval.as_micros() as u64;
-                    self.schedule(at, Ev::Timer { node, inc, timer });
-                    return true;
-                }
-                match &timer {
-                    proto::Timer::Broadcast(broadcast::Timer::Graft { .. }) => self.counters.graft_timers += 1,
-                    proto::Timer::Broadcast(broadcast::Timer::IHaveFlush) => self.counters.ihave_timers += 1,
-                    proto::Timer::Broadcast(broadcast::Timer::AntiEntropy) => self.counters.anti_entropy_timers += 1,
-                    proto::Timer::Membership(_) | proto::Timer::Topology => self.counters.membership_timers += 1,
-                }
-                self.input(node, proto::Input::Timer(timer));
-            }
-            Ev::Lost { node, inc, peer } => {
-                if self.nodes[node as usize].inc == inc {
-                    self.input(node, proto::Input::Membership(membership::Input::ConnectionLost { peer }));
-                }
-            }
-            Ev::Join { node, inc, contact } => {
-                if self.nodes[node as usize].inc == inc {
-                    self.input(node, proto::Input::Membership(membership::Input::Join { contact }));
-                }
-            }
-        }
+        let Some((k, _)) = self.earliest() else { return false };
+        let Some(Reverse((key, slot))) = self.lanes[k].queue.pop() else { return false };
+        self.now = self.now.max(key.at);
+        let Some(ev) = self.lanes[k].slab.take(slot) else { return true };
+        self.with_step(ev.node(), |s| s.run(ev));
         true
     }
 
-    /// Run every event due at or before `t_us`, then set the clock to `t_us`.
+    /// Run every event due at or before `t_us`, then set the clock to `t_us`. With
+    /// several lanes (and no output trace), each lane runs on its own thread for one
+    /// lookahead of virtual time (the least link latency) at a time: no event one lane
+    /// makes for another is due within it (conservative synchronisation).
     pub fn run_until(&mut self, t_us: u64) {
-        while self.queue.peek().is_some_and(|Reverse((at, _, _))| *at <= t_us) {
-            self.step();
+        let lookahead = self.lookahead_us();
+        while let Some((_, key)) = self.earliest() {
+            if key.at > t_us {
+                break;
+            }
+            if self.lanes.len() > 1
+                && self.output_trace.is_none()
+                && lookahead > 1
+                && self.queue_len() >= PARALLEL_MIN_EVENTS
+            {
+                self.window(key.at.saturating_add(lookahead).min(t_us.saturating_add(1)));
+            } else {
+                self.step();
+            }
         }
         self.now = self.now.max(t_us);
+    }
+
+    /// Every lane runs its events due before `end` µs on its own thread; then the events
+    /// they made for each other, their counts and their track changes are merged.
+    fn window(&mut self, end: u64) {
+        let Sim { cfg, base, now, nodes, lanes, group, alive, incs, shuffle_paused, tracks, counters, .. } = self;
+        let env = Env { cfg, base: *base, group, alive, incs, shuffle_paused: *shuffle_paused };
+        let start = *now;
+        let mut parts = Vec::with_capacity(lanes.len());
+        let mut rest: &mut [Slot] = nodes;
+        for lane in lanes.iter_mut() {
+            let (mine, others) = rest.split_at_mut((lane.hi - lane.lo) as usize);
+            parts.push((lane, mine));
+            rest = others;
+        }
+        let env = &env;
+        let latest = std::thread::scope(|s| {
+            let mut parts = parts.into_iter();
+            let first = parts.next();
+            let others: Vec<_> =
+                parts.map(|(lane, slots)| s.spawn(move || run_lane(env, lane, slots, start, end))).collect();
+            let mut latest = first.map_or(start, |(lane, slots)| run_lane(env, lane, slots, start, end));
+            for h in others {
+                match h.join() {
+                    Ok(t) => latest = latest.max(t),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            latest
+        });
+        *now = latest;
+        let mut moved = Vec::new();
+        for lane in lanes.iter_mut() {
+            counters.add(&std::mem::take(&mut lane.counters));
+            for note in lane.notes.drain(..) {
+                apply_note(tracks, note);
+            }
+            moved.append(&mut lane.outbox);
+        }
+        for (key, ev) in moved {
+            let k = lane_of(lanes, ev.node());
+            lanes[k].push(key, ev);
+        }
     }
 
     /// Run for `d` of virtual time.
@@ -1087,5 +1247,294 @@ pub fn anti_entropy_cost(n: usize, rate: f64, size: usize, secs: u64, seed: u64)
         payload_bytes_per_s_per_node: payload,
         overhead: digest / payload,
         repaired: c.repaired - c0.repaired,
+    }
+}
+impl Step<'_, '_> {
+    fn slot(&mut self, i: u32) -> &mut Slot {
+        &mut self.nodes[(i - self.offset) as usize]
+    }
+
+    fn is_alive(&self, i: u32) -> bool {
+        self.env.alive.get(i as usize).copied().unwrap_or(false)
+    }
+
+    fn instant(&self) -> Instant {
+        self.env.base + Duration::from_micros(self.now)
+    }
+
+    /// Queue `ev`, made by a step of `src`, at `at` µs.
+    fn schedule(&mut self, src: u32, at: u64, ev: Ev) {
+        let key = match self.fifo.as_deref_mut() {
+            Some(seq) => {
+                *seq += 1;
+                EventKey { at, a: *seq, b: 0 }
+            }
+            None => {
+                let slot = self.slot(src);
+                slot.made += 1;
+                EventKey { at, a: u64::from(src), b: slot.made }
+            }
+        };
+        if (self.lo..self.hi).contains(&ev.node()) {
+            let i = self.slab.insert(ev);
+            self.queue.push(Reverse((key, i)));
+        } else {
+            self.outbox.push((key, ev));
+        }
+    }
+
+    fn note(&mut self, note: Note) {
+        match &mut self.tracks {
+            Tracks::Direct(t) => apply_note(t, note),
+            Tracks::Noted(n) => n.push(note),
+        }
+    }
+
+    fn latency_us(&mut self, from: u32) -> u64 {
+        let ms = match self.env.cfg.latency {
+            Latency::Static { ms } => ms,
+            Latency::Uniform { min_ms, max_ms } => {
+                if max_ms > min_ms {
+                    self.rng_for(from).gen_range(min_ms..max_ms)
+                } else {
+                    min_ms
+                }
+            }
+        };
+        (ms * 1000.0).max(1.0) as u64
+    }
+
+    fn trace(&mut self, i: u32, o: &proto::Output<u32>) {
+        use std::hash::{Hash, Hasher};
+        let (base, now) = (self.env.base, self.now);
+        let Some(h) = self.trace.as_mut() else { return };
+        (i, now).hash(h);
+        match o {
+            proto::Output::Send { to, message } => {
+                (0u8, to).hash(h);
+                // Every message type is postcard-encodable: an error would be a bug here.
+                h.write(&postcard::to_stdvec(message).expect("a message encodes"));
+            }
+            proto::Output::Disconnect { peer } => (1u8, peer).hash(h),
+            proto::Output::Timer { at, timer } => {
+                (2u8, at.saturating_duration_since(base).as_micros(), timer).hash(h);
+            }
+            proto::Output::Rejoin => 3u8.hash(h),
+            proto::Output::Event(e) => (4u8, format!("{e:?}")).hash(h),
+            proto::Output::Penalize { peer, reason } => (5u8, peer, reason.as_str()).hash(h),
+        }
+    }
+
+    fn input(&mut self, i: u32, input: proto::Input<u32>) {
+        let now = self.instant();
+        let mut buf = std::mem::take(self.buf);
+        let Some(state) = self.slot(i).state.as_mut() else {
+            *self.buf = buf;
+            return;
+        };
+        buf.extend(state.handle(now, input));
+        self.apply(i, &mut buf);
+        *self.buf = buf;
+    }
+
+    fn apply(&mut self, i: u32, buf: &mut Vec<proto::Output<u32>>) {
+        let inc = self.env.incs[i as usize];
+        for o in buf.drain(..) {
+            self.trace(i, &o);
+            match o {
+                proto::Output::Send { to, message } => self.send(i, to, message),
+                proto::Output::Disconnect { peer } => {
+                    // Closing a connection reaches the other side.
+                    if self.is_alive(peer) && self.env.group[peer as usize] == self.env.group[i as usize] {
+                        let at = self.now + self.latency_us(i);
+                        let pinc = self.env.incs[peer as usize];
+                        self.schedule(i, at, Ev::Lost { node: peer, inc: pinc, peer: i });
+                    }
+                }
+                proto::Output::Timer { at, timer } => {
+                    let at = at.saturating_duration_since(self.env.base).as_micros() as u64;
+                    self.schedule(i, at.max(self.now), Ev::Timer { node: i, inc, timer });
+                }
+                proto::Output::Rejoin => {
+                    let contact = if self.is_alive(BOOTSTRAP_SLOT) && BOOTSTRAP_SLOT != i {
+                        BOOTSTRAP_SLOT
+                    } else {
+                        let live: Vec<u32> = (0..self.env.alive.len() as u32).filter(|p| self.is_alive(*p)).collect();
+                        let pick = self.rng_for(i).gen_range(0..live.len().max(1));
+                        live.get(pick).copied().unwrap_or(i)
+                    };
+                    let now = self.now;
+                    self.schedule(i, now, Ev::Join { node: i, inc, contact });
+                }
+                proto::Output::Event(proto::Event::Delivered(d)) => {
+                    let e = &d.envelope;
+                    let key = MessageKey { origin: e.origin, incarnation: e.incarnation, seq: e.seq };
+                    let at = self.now;
+                    self.note(Note::Delivered { key, node: i, hops: d.hops, at });
+                }
+                proto::Output::Event(_) => {}
+                // The simulator's nodes neither sign nor validate: nothing is penalised.
+                proto::Output::Penalize { .. } => {}
+            }
+        }
+    }
+
+    fn send(&mut self, from: u32, to: u32, msg: proto::Message<u32>) {
+        let counters = &mut *self.counters;
+        let mut payloads = Vec::new();
+        match &msg {
+            proto::Message::Broadcast(broadcast::Message::Gossip { envelope, .. }) => {
+                payloads.push(MessageKey {
+                    origin: envelope.origin,
+                    incarnation: envelope.incarnation,
+                    seq: envelope.seq,
+                });
+            }
+            proto::Message::Broadcast(broadcast::Message::IHave(a)) => {
+                counters.ihave_frames += 1;
+                counters.announcements += a.len() as u64;
+            }
+            proto::Message::Broadcast(broadcast::Message::Graft { .. }) => counters.grafts += 1,
+            proto::Message::Broadcast(broadcast::Message::Prune { .. }) => counters.prunes += 1,
+            proto::Message::Broadcast(broadcast::Message::Digest { heads, after, upto, reply, .. }) => {
+                counters.digests += 1;
+                counters.digest_bytes += wire_digest_bytes(heads, after.as_ref(), upto.as_ref(), *reply);
+            }
+            proto::Message::Broadcast(broadcast::Message::Repair { after, envelopes, .. }) if envelopes.is_empty() => {
+                // The answer to a digest that found nothing missing: control bytes.
+                counters.digest_bytes += wire_answer_bytes(after.as_ref());
+            }
+            proto::Message::Broadcast(broadcast::Message::Repair { envelopes, .. }) => {
+                counters.repairs += 1;
+                counters.repaired += envelopes.len() as u64;
+                payloads.extend(envelopes.iter().map(|e| MessageKey {
+                    origin: e.origin,
+                    incarnation: e.incarnation,
+                    seq: e.seq,
+                }));
+            }
+            // Records are off in the simulator (sim_protocol); counted with membership.
+            proto::Message::Membership(_) | proto::Message::Topology(_) => counters.membership_msgs += 1,
+        }
+        for key in payloads {
+            self.note(Note::Payload { key, msgs: 1 });
+        }
+        let reachable = self.is_alive(to) && self.env.group[to as usize] == self.env.group[from as usize];
+        if !reachable {
+            self.counters.undeliverable += 1;
+            if self.env.cfg.detector == Detector::Paper {
+                let inc = self.env.incs[from as usize];
+                let now = self.now;
+                self.schedule(from, now, Ev::Lost { node: from, inc, peer: to });
+            }
+            return;
+        }
+        let loss = self.env.cfg.loss;
+        if loss > 0.0 && self.rng_for(from).gen_bool(loss.min(1.0)) {
+            self.counters.lost += 1;
+            return;
+        }
+        let mut at = self.now + self.latency_us(from);
+        if let Some(rate) = self.env.cfg.uplink_bytes_per_ms {
+            let size = match &msg {
+                proto::Message::Broadcast(broadcast::Message::Gossip { envelope, .. }) => envelope.payload.len() + 64,
+                _ => 64,
+            };
+            let tx_us = (size as f64 / rate * 1000.0) as u64;
+            let now = self.now;
+            let slot = self.slot(from);
+            let free = slot.uplink_free.max(now) + tx_us;
+            slot.uplink_free = free;
+            at += free - now;
+        }
+        let to_inc = self.env.incs[to as usize];
+        self.schedule(from, at, Ev::Deliver { from, to, to_inc, msg });
+    }
+
+    /// Carry out one event taken from the queue.
+    fn run(&mut self, ev: Ev) {
+        self.counters.events += 1;
+        match ev {
+            Ev::Deliver { from, to, to_inc, msg } => {
+                if self.env.incs[to as usize] == to_inc && self.env.group[to as usize] == self.env.group[from as usize]
+                {
+                    self.counters.messages += 1;
+                    self.input(to, proto::Input::Message { from, message: msg });
+                }
+            }
+            Ev::Timer { node, inc, timer } => {
+                if self.env.incs[node as usize] != inc {
+                    return;
+                }
+                if self.env.shuffle_paused && timer == proto::Timer::Membership(membership::Timer::Shuffle) {
+                    let at = self.now + self.env.cfg.protocol.membership.shuffle_interval.as_micros() as u64;
+                    self.schedule(node, at, Ev::Timer { node, inc, timer });
+                    return;
+                }
+                match &timer {
+                    proto::Timer::Broadcast(broadcast::Timer::Graft { .. }) => self.counters.graft_timers += 1,
+                    proto::Timer::Broadcast(broadcast::Timer::IHaveFlush) => self.counters.ihave_timers += 1,
+                    proto::Timer::Broadcast(broadcast::Timer::AntiEntropy) => self.counters.anti_entropy_timers += 1,
+                    proto::Timer::Membership(_) | proto::Timer::Topology => self.counters.membership_timers += 1,
+                }
+                self.input(node, proto::Input::Timer(timer));
+            }
+            Ev::Lost { node, inc, peer } => {
+                if self.env.incs[node as usize] == inc {
+                    self.input(node, proto::Input::Membership(membership::Input::ConnectionLost { peer }));
+                }
+            }
+            Ev::Join { node, inc, contact } => {
+                if self.env.incs[node as usize] == inc {
+                    self.input(node, proto::Input::Membership(membership::Input::Join { contact }));
+                }
+            }
+        }
+    }
+}
+
+impl Counters {
+    /// Add `o`'s counts to these.
+    fn add(&mut self, o: &Counters) {
+        let Counters {
+            events,
+            messages,
+            lost,
+            undeliverable,
+            announcements,
+            ihave_frames,
+            grafts,
+            prunes,
+            membership_msgs,
+            graft_timers,
+            ihave_timers,
+            membership_timers,
+            anti_entropy_timers,
+            digests,
+            digest_bytes,
+            repairs,
+            repaired,
+            invariant_checks,
+            invariant_violations,
+        } = o;
+        self.events += events;
+        self.messages += messages;
+        self.lost += lost;
+        self.undeliverable += undeliverable;
+        self.announcements += announcements;
+        self.ihave_frames += ihave_frames;
+        self.grafts += grafts;
+        self.prunes += prunes;
+        self.membership_msgs += membership_msgs;
+        self.graft_timers += graft_timers;
+        self.ihave_timers += ihave_timers;
+        self.membership_timers += membership_timers;
+        self.anti_entropy_timers += anti_entropy_timers;
+        self.digests += digests;
+        self.digest_bytes += digest_bytes;
+        self.repairs += repairs;
+        self.repaired += repaired;
+        self.invariant_checks += invariant_checks;
+        self.invariant_violations += invariant_violations;
     }
 }

@@ -39,6 +39,60 @@ fn same_seed_same_metrics() {
     assert_eq!(a.counters().events, b.counters().events);
 }
 
+/// Lanes on their own threads (conservative windows of one link latency) give the same
+/// events in the same order as one lane: the same counters, per-broadcast figures and
+/// per-node statistics, with per-origin trees, random senders, crashes and restarts,
+/// drawn latencies and loss (each slot draws its own), and one lane per slot range.
+#[test]
+fn lanes_on_their_own_threads_give_the_same_rows_as_one_lane() {
+    type Run = (Counters, Vec<(u32, u32, u32, u64, u64)>, Vec<broadcast::Stats>, Vec<Vec<u32>>);
+    fn run(lanes: usize) -> Run {
+        let mut cfg = SimConfig::new(5);
+        cfg.latency = Latency::Uniform { min_ms: 2.0, max_ms: 12.0 };
+        cfg.loss = 0.01;
+        let mut sim = build_overlay(400, cfg, 5);
+        sim.set_lanes(lanes);
+        assert_eq!(sim.lanes(), lanes);
+        sim.set_broadcast_tree(proto::Tree::PerOrigin);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut figures = Vec::new();
+        for _ in 0..4 {
+            let mut live = sim.live();
+            live.shuffle(&mut rng);
+            let victims: Vec<u32> = live.iter().copied().take(20).collect();
+            sim.crash_many(&victims);
+            let live = sim.live();
+            for v in victims {
+                sim.start(v, Some(live[rng.gen_range(0..live.len())]));
+            }
+            // Several broadcasts in flight at once, so the windows hold many events.
+            let keys: Vec<_> = (0..8)
+                .map(|_| {
+                    let live = sim.live();
+                    sim.broadcast(live[rng.gen_range(0..live.len())]).unwrap()
+                })
+                .collect();
+            sim.run_for(Duration::from_millis(500));
+            for key in keys {
+                let t = sim.track(key).unwrap();
+                figures.push((t.delivered, t.duplicates, t.ldh, t.payload_msgs, t.last_delivery_at));
+            }
+            sim.clear_tracks();
+        }
+        let stats = sim.live().iter().map(|&i| sim.state(i).unwrap().broadcast_state().stats().clone()).collect();
+        (sim.counters().clone(), figures, stats, sim.adjacency())
+    }
+    let one = run(1);
+    assert!(one.0.lost > 0 && one.0.grafts > 0, "the run exercises loss and Grafts: {:?}", one.0);
+    for lanes in [2, 3] {
+        let many = run(lanes);
+        assert_eq!(one.0, many.0, "counters with {lanes} lanes");
+        assert_eq!(one.1, many.1, "per-broadcast figures with {lanes} lanes");
+        assert_eq!(format!("{:?}", one.2), format!("{:?}", many.2), "node stats with {lanes} lanes");
+        assert_eq!(one.3, many.3, "active views with {lanes} lanes");
+    }
+}
+
 /// Per-origin trees, random senders, crashes and restarts: two runs from one seed give the
 /// same counters, the same per-broadcast figures and the same output sequence (a hash of
 /// every output of every node, in order). Parent repair walks the per-origin trees on
