@@ -54,6 +54,23 @@ fn sim_runs_write_to_folders_of_their_own_and_report_progress_to_a_pipe() {
 }
 
 #[test]
+fn sim_bench_runs_the_size_and_the_lanes_asked_for() {
+    let tmp = std::env::temp_dir();
+    let out = plumcast(&["sim", "--bench", "--nodes", "300", "--broadcasts", "3", "--lanes", "2"], &tmp);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let row = text.lines().find(|l| l.starts_with("| 300 |")).unwrap_or_else(|| panic!("one row: {text}"));
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert_eq!(&cells[1..4], &["300", "3", "2"], "nodes, broadcasts, lanes: {row}");
+    assert_eq!(cells[9], "100.0000%", "every broadcast reached every node: {row}");
+    let fifo = plumcast(&["sim", "--bench", "--nodes", "300", "--broadcasts", "3", "--lanes", "0"], &tmp);
+    assert!(String::from_utf8(fifo.stdout).unwrap().lines().any(|l| l.starts_with("| 300 | 3 | FIFO |")));
+    let half = plumcast(&["sim", "--bench", "--nodes", "300"], &tmp);
+    assert!(!half.status.success());
+    assert!(String::from_utf8(half.stderr).unwrap().contains("--broadcasts"), "the error names what is missing");
+}
+
+#[test]
 fn bench_table_prints_text_without_json_quotes() {
     let out = plumcast(&["bench", "--nodes", "3", "--messages", "20", "--table"], &std::env::temp_dir());
     assert!(out.status.success(), "{out:?}");
