@@ -1022,13 +1022,27 @@ impl<P: PeerId> State<P> {
 
     fn flush_ihave(&mut self) {
         for (p, anns) in std::mem::take(&mut self.ihave_queue) {
-            if anns.is_empty() {
-                continue;
-            }
-            self.stats.ihave_sent += 1;
-            self.stats.announcements_sent += anns.len() as u64;
-            self.out.push(Output::Send { to: p, message: Message::IHave(anns) });
+            self.send_ihave(p, anns);
         }
+    }
+
+    /// Send `p` the announcements queued for it now, before a digest: a digest must not
+    /// overtake them. A new node takes a digest's heads it does not know as history
+    /// (marked seen) unless an announcement named the message first; a message announced
+    /// after the digest was then dropped as a duplicate and never delivered there.
+    fn flush_ihave_to(&mut self, p: &P) {
+        if let Some(anns) = self.ihave_queue.remove(p) {
+            self.send_ihave(p.clone(), anns);
+        }
+    }
+
+    fn send_ihave(&mut self, to: P, anns: Vec<Announcement<P>>) {
+        if anns.is_empty() {
+            return;
+        }
+        self.stats.ihave_sent += 1;
+        self.stats.announcements_sent += anns.len() as u64;
+        self.out.push(Output::Send { to, message: Message::IHave(anns) });
     }
 
     /// Whether `e` was marked seen only because a neighbour settled it.
@@ -1272,6 +1286,7 @@ impl<P: PeerId> State<P> {
         let upto = if piece.len() < max { None } else { piece.last().map(|(k, _)| k.clone()) };
         let heads: Vec<Head<P>> =
             piece.into_iter().map(|((origin, incarnation), seq)| Head { origin, incarnation, seq }).collect();
+        self.flush_ihave_to(&to);
         self.stats.digests_sent += 1;
         self.stats.digest_heads_sent += heads.len() as u64;
         self.anti_entropy.last_sync.insert(to.clone(), now);
@@ -1413,6 +1428,7 @@ impl<P: PeerId> State<P> {
                 .collect();
             let upto =
                 if piece.len() == max_heads { piece.last().map(|h| (h.origin.clone(), h.incarnation)) } else { upto };
+            self.flush_ihave_to(&from);
             self.stats.digests_sent += 1;
             self.stats.digest_heads_sent += piece.len() as u64;
             let joined = self.is_fresh(now);

@@ -1295,3 +1295,56 @@ fn the_trees_late_copy_after_a_grafted_one_raises_the_graft_timer() {
     let _ = s.handle(t0 + Duration::from_millis(301), Input::Message { from: 1, message: gossip });
     assert_eq!(s.stats().grafts_overtaken, 1);
 }
+
+/// Regression, found while tracing a failure of the QUIC test
+/// `a_healed_partition_delivers_what_each_side_sent_during_the_split` in a full CI run
+/// (two nodes never delivered one message): a neighbour's digest overtook its own IHave,
+/// still waiting out the batch window. A new node takes a digest's heads as history
+/// (marked seen) unless an announcement named the message first, so the IHave that came
+/// next was dropped as a duplicate: the message was never delivered there, and
+/// anti-entropy, asked with a head that already covered it, never repaired it.
+#[test]
+fn a_digest_never_overtakes_the_ihaves_queued_before_it() {
+    let t0 = Instant::now();
+    let cfg = Config { tree: Tree::Shared, ..Config::lan() };
+    let window = cfg.ihave_batch_window;
+    assert!(!window.is_zero(), "the race needs a batch window");
+    // Node 1 is the neighbour; node 2 the new node (its life began after origin 0's).
+    let mut n = State::new(1u32, 1, cfg.clone());
+    let mut f = State::new(2u32, 5, cfg);
+    let _ = n.handle(t0, Input::NeighborUp(0));
+    let mut queue = sends_from(1, n.handle(t0, Input::NeighborUp(2)).collect());
+    queue.extend(sends_from(2, f.handle(t0, Input::NeighborUp(1)).collect()));
+    queue.retain(|(_, to, _)| *to != 0);
+    let mut nodes = vec![State::new(0u32, 1, Config::lan()), n, f];
+    let _ = pump(&mut nodes, t0, queue);
+    let n = &mut nodes[1];
+    // Node 2 pruned node 1 earlier (the shared tree): node 1 announces to it lazily.
+    let _ = n.handle(t0, Input::Message { from: 2, message: Message::Prune { origin: 7 } });
+    let t1 = t0 + Duration::from_millis(100);
+    let m = env(0, 1, b"after the join");
+    let out: Vec<_> = n.handle(t1, Input::Message { from: 0, message: gossip(&m) }).collect();
+    assert!(sends(out).iter().all(|(to, _)| *to != 2), "the IHave waits for the batch window");
+    // An exchange before the window is over: the IHave goes first.
+    let out = sends_from(1, n.exchange(t1, 2).unwrap().collect());
+    let kinds: Vec<&str> = out
+        .iter()
+        .filter(|(_, to, _)| *to == 2)
+        .map(|(_, _, m)| match m {
+            Message::IHave(_) => "ihave",
+            Message::Digest { .. } => "digest",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["ihave", "digest"], "{out:?}");
+    let (delivered, _) = pump(&mut nodes, t1, out);
+    // The batch window ends (nothing left to announce), then the IHave's Graft timer.
+    let t2 = t1 + window;
+    let flush = sends_from(1, nodes[1].handle(t2, Input::Timer(Timer::IHaveFlush)).collect());
+    let (flushed, _) = pump(&mut nodes, t2, flush);
+    let t3 = t1 + Duration::from_secs(1);
+    let graft = sends_from(2, nodes[2].handle(t3, Input::Timer(Timer::Graft { id: m.id(), attempt: 0 })).collect());
+    let (later, _) = pump(&mut nodes, t3, graft);
+    let got: Vec<MessageId> = [delivered, flushed, later].iter().flat_map(|d| d[2].iter().map(|d| d.id)).collect();
+    assert_eq!(got, vec![m.id()], "delivered once at the new node");
+}
