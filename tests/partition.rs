@@ -114,11 +114,26 @@ async fn a_healed_partition_delivers_what_each_side_sent_during_the_split() {
     .await;
     if !healed {
         let counts: Vec<(usize, bool)> = sent.iter().map(|(o, id)| delivered(&nodes, *o, *id)).collect();
+        // Which nodes (by index; side A is 0-9) lack which message, by its origin's index.
+        let index = |id: plumcast::NodeId| nodes.iter().position(|n| n.node.id() == id);
+        let lacking: Vec<(Option<usize>, Vec<usize>)> = sent
+            .iter()
+            .filter_map(|(origin, id)| {
+                let without: Vec<usize> = (0..nodes.len())
+                    .filter(|&i| nodes[i].node.id() != *origin)
+                    .filter(|&i| !nodes[i].record.lock().unwrap().counts.contains_key(id))
+                    .collect();
+                (!without.is_empty()).then(|| (index(*origin), without))
+            })
+            .collect();
         let mut views = Vec::new();
         for n in &nodes {
             views.push(n.node.neighbors().await.unwrap().len());
         }
-        panic!("45 s after the heal, (nodes delivered, any twice) per message: {counts:?}; active views {views:?}");
+        panic!(
+            "45 s after the heal, (nodes delivered, any twice) per message: {counts:?}; \
+             (origin, nodes without it): {lacking:?}; active views {views:?}"
+        );
     }
     let mut recovered = 0;
     for n in &nodes {
