@@ -115,6 +115,33 @@ struct AntiEntropy<P> {
     asks: u32,
     /// Digests answered per neighbour in the current window, and the window's start.
     budget: BTreeMap<P, (Instant, u32)>,
+    /// Heads a new node heard of in digests, for keys it had seen nothing of: the history
+    /// it takes as seen once [`Config::anti_entropy_grace`] has passed (at most
+    /// [`Config::max_missing`] keys), with the time each was heard, oldest first.
+    adopt: Adopt<P>,
+}
+
+/// `head`, but below the lowest seq of `key` in `announced`.
+fn below<P: Ord>(announced: &BTreeMap<Key<P>, u64>, key: &Key<P>, head: u64) -> u64 {
+    announced.get(key).map_or(head, |s| s.saturating_sub(1).min(head))
+}
+
+/// The history a new node will take as seen ([`AntiEntropy::adopt`]). Not at once: a
+/// digest can overtake messages sent after the join that are still on their way through
+/// the tree (their announcement dropped because the link was not yet a neighbour on this
+/// side, say); marked seen, they would be dropped as duplicates when they came, and
+/// never delivered. Until then, digests advertise the adopted heads, so neighbours do not
+/// repair the history.
+#[derive(Clone, Debug)]
+struct Adopt<P> {
+    heads: BTreeMap<Key<P>, u64>,
+    order: VecDeque<(Instant, Key<P>)>,
+}
+
+impl<P> Default for Adopt<P> {
+    fn default() -> Self {
+        Self { heads: BTreeMap::new(), order: VecDeque::new() }
+    }
 }
 
 impl<P> Default for AntiEntropy<P> {
@@ -128,6 +155,7 @@ impl<P> Default for AntiEntropy<P> {
             exchanges: BTreeMap::new(),
             asks: 0,
             budget: BTreeMap::new(),
+            adopt: Adopt::default(),
         }
     }
 }
@@ -306,7 +334,7 @@ impl<P: PeerId> State<P> {
     /// delivered before a restart (the host reads it back from its data dir).
     pub fn restore_delivered(&mut self, origin: &P, incarnation: u64, seq: u64) {
         // A restarted node catches up on what it missed: it is not new.
-        self.anti_entropy.fresh = Fresh::No;
+        self.not_new();
         if self.versions.check(origin, incarnation, seq) == Seen::No {
             self.stats.dedupe_window_overflows += self.versions.mark(origin, incarnation, seq);
         }
@@ -318,7 +346,7 @@ impl<P: PeerId> State<P> {
     /// make room as new incarnations do. The node is then taken as restarted
     /// ([`State::restarted`]): it catches up on what it missed.
     pub fn restore_version_vector(&mut self, heads: &[Head<P>]) {
-        self.anti_entropy.fresh = Fresh::No;
+        self.not_new();
         for h in heads {
             self.versions.raise(&(h.origin.clone(), h.incarnation), h.seq);
         }
@@ -333,7 +361,13 @@ impl<P: PeerId> State<P> {
     /// missed within retention, instead of getting messages from its join on as a node
     /// that joins for the first time does ([`Config::replay_history`]).
     pub fn restarted(&mut self) {
+        self.not_new();
+    }
+
+    /// This node catches up on what it missed: no history is taken as seen.
+    fn not_new(&mut self) {
         self.anti_entropy.fresh = Fresh::No;
+        self.anti_entropy.adopt = Adopt::default();
     }
 
     /// Replace the counters with `stats`: those a node kept in its data dir before a
@@ -1284,13 +1318,18 @@ impl<P: PeerId> State<P> {
         let max = self.config.anti_entropy_max_heads.max(1);
         let piece = self.versions.piece(after.as_ref(), max);
         let upto = if piece.len() < max { None } else { piece.last().map(|(k, _)| k.clone()) };
-        let heads: Vec<Head<P>> =
-            piece.into_iter().map(|((origin, incarnation), seq)| Head { origin, incarnation, seq }).collect();
+        let heads: Vec<Head<P>> = piece
+            .into_iter()
+            .map(|((origin, incarnation), seq)| {
+                let seq = self.advertised(&(origin.clone(), incarnation), seq);
+                Head { origin, incarnation, seq }
+            })
+            .collect();
         self.flush_ihave_to(&to);
         self.stats.digests_sent += 1;
         self.stats.digest_heads_sent += heads.len() as u64;
         self.anti_entropy.last_sync.insert(to.clone(), now);
-        let joined = self.is_fresh(now);
+        let joined = self.wants_no_history(now);
         let ask = self.next_ask();
         let message = Message::Digest { heads, after, upto: upto.clone(), reply, joined, ask };
         self.out.push(Output::Send { to, message });
@@ -1311,6 +1350,47 @@ impl<P: PeerId> State<P> {
             Fresh::Until(t) => now < t,
             Fresh::No => false,
         }
+    }
+
+    /// Whether our digests say we want no history: new, or still to take some as seen.
+    fn wants_no_history(&self, now: Instant) -> bool {
+        self.is_fresh(now) || !self.anti_entropy.adopt.heads.is_empty()
+    }
+
+    /// The head our digests give for `key`, whose seen watermark is `head`: at least the
+    /// history still to be taken as seen.
+    fn advertised(&self, key: &Key<P>, head: u64) -> u64 {
+        self.anti_entropy.adopt.heads.get(key).map_or(head, |h| head.max(*h))
+    }
+
+    /// Take as seen the history heard of at least [`Config::anti_entropy_grace`] ago, but
+    /// not over a message announced to us and still missing: an announcement names a
+    /// message sent after our join, or one of the last seconds before it (the catch-up).
+    fn adopt_history(&mut self, now: Instant) {
+        let grace = self.config.anti_entropy_grace;
+        let due = |order: &VecDeque<(Instant, Key<P>)>| {
+            order.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) >= grace)
+        };
+        if !due(&self.anti_entropy.adopt.order) {
+            return;
+        }
+        let announced = self.lowest_announced();
+        while due(&self.anti_entropy.adopt.order) {
+            let Some((_, key)) = self.anti_entropy.adopt.order.pop_front() else { break };
+            let Some(head) = self.anti_entropy.adopt.heads.remove(&key) else { continue };
+            self.versions.raise(&key, below(&announced, &key, head));
+            self.stats.history_adopted += 1;
+        }
+    }
+
+    /// The lowest seq announced to us and still missing, per key.
+    fn lowest_announced(&self) -> BTreeMap<Key<P>, u64> {
+        let mut announced: BTreeMap<Key<P>, u64> = BTreeMap::new();
+        for m in self.missing.values() {
+            let lowest = announced.entry((m.origin.clone(), m.incarnation)).or_insert(m.seq);
+            *lowest = (*lowest).min(m.seq);
+        }
+        announced
     }
 
     /// Whether a digest from `from` is within its budget for this interval.
@@ -1346,25 +1426,27 @@ impl<P: PeerId> State<P> {
         }
         let theirs: BTreeMap<Key<P>, u64> = heads.into_iter().map(|h| ((h.origin, h.incarnation), h.seq)).collect();
         if self.is_fresh(now) {
-            // New here: what was sent before our join is not ours to ask for. But not
-            // over a message already announced to us and still missing: the neighbour's
-            // catch-up IHave (sent before this digest) names what it got in the last
-            // seconds, which may well be after our join (a message broadcast just before
-            // the link came up was otherwise marked seen, and never delivered here).
-            let mut announced: BTreeMap<Key<P>, u64> = BTreeMap::new();
-            if theirs.keys().any(|k| !self.versions.knows(k)) {
-                for m in self.missing.values() {
-                    let lowest = announced.entry((m.origin.clone(), m.incarnation)).or_insert(m.seq);
-                    *lowest = (*lowest).min(m.seq);
-                }
-            }
+            // New here: what was sent before our join is not ours to ask for. It is taken
+            // as seen after the grace ([`Adopt`]). An origin life that began after ours
+            // (incarnations are start times in ms) has no history from before our join:
+            // nothing of it is skipped.
+            let room = self.config.max_missing.max(1);
+            let announced = self.lowest_announced();
             for (key, head) in &theirs {
-                // An origin life that began after ours (incarnations are start times in
-                // ms) has no history from before our join: nothing of it is skipped.
-                if !self.versions.knows(key) && key.1 <= self.incarnation {
-                    let below_announced = announced.get(key).map_or(*head, |s| s.saturating_sub(1).min(*head));
-                    self.versions.raise(key, below_announced);
+                let adopt = &mut self.anti_entropy.adopt;
+                if self.versions.knows(key) || key.1 > self.incarnation || adopt.heads.contains_key(key) {
+                    continue;
                 }
+                if adopt.heads.len() >= room {
+                    // Its history will be repaired and delivered (as recovered).
+                    self.stats.history_over_bound += 1;
+                    continue;
+                }
+                adopt.heads.insert(key.clone(), below(&announced, key, *head));
+                adopt.order.push_back((now, key.clone()));
+                // Listed in our digests from now on, at the adopted head (nothing marked
+                // seen): a neighbour repairs what was announced above it at once.
+                self.versions.raise(key, 0);
             }
         }
         let (max, max_bytes) = (self.config.anti_entropy_max_messages.max(1), self.config.anti_entropy_max_bytes);
@@ -1418,20 +1500,23 @@ impl<P: PeerId> State<P> {
         // Our heads of the same keys first, if the neighbour is ahead of us on any of
         // them: its answer to them is then counted in its exchange, which our repair
         // below closes.
-        let behind = theirs.iter().any(|(k, h)| self.versions.head(k) < *h);
+        let behind = theirs.iter().any(|(k, h)| self.advertised(k, self.versions.head(k)) < *h);
         if reply && behind {
             let max_heads = self.config.anti_entropy_max_heads.max(1);
             let piece: Vec<Head<P>> = mine
                 .into_iter()
                 .take(max_heads)
-                .map(|((origin, incarnation), seq)| Head { origin, incarnation, seq })
+                .map(|((origin, incarnation), seq)| {
+                    let seq = self.advertised(&(origin.clone(), incarnation), seq);
+                    Head { origin, incarnation, seq }
+                })
                 .collect();
             let upto =
                 if piece.len() == max_heads { piece.last().map(|h| (h.origin.clone(), h.incarnation)) } else { upto };
             self.flush_ihave_to(&from);
             self.stats.digests_sent += 1;
             self.stats.digest_heads_sent += piece.len() as u64;
-            let joined = self.is_fresh(now);
+            let joined = self.wants_no_history(now);
             let ask = self.next_ask();
             let message = Message::Digest { heads: piece, after: after.clone(), upto, reply: false, joined, ask };
             self.out.push(Output::Send { to: from.clone(), message });
@@ -1551,6 +1636,7 @@ impl<P: PeerId> State<P> {
         if !self.anti_entropy.exchanges.is_empty() {
             self.expire_exchanges(now);
         }
+        self.adopt_history(now);
         let max = self.config.cache_max_age;
         while let Some((id, t)) = self.missing_order.front().copied() {
             if now.saturating_duration_since(t) <= max {

@@ -116,4 +116,13 @@ pub struct Stats {
     /// [`Config::max_missing`](crate::Config::max_missing) of them: a neighbour asking
     /// for such a message afterwards is no longer told it was settled.
     pub settled_forgotten: u64,
+    /// Keys of the version vector a new node took as seen without their history (heads
+    /// heard in digests during its first two anti-entropy intervals, taken after
+    /// [`Config::anti_entropy_grace`](crate::Config::anti_entropy_grace);
+    /// [`Config::replay_history`](crate::Config::replay_history) off).
+    pub history_adopted: u64,
+    /// Keys a new node heard of while it already held
+    /// [`Config::max_missing`](crate::Config::max_missing) heads to adopt: their history
+    /// is repaired and delivered (as recovered) instead.
+    pub history_over_bound: u64,
 }

@@ -285,6 +285,7 @@ impl Collector for Metrics {
                 ("graft_over_serves", b.grafts_refused),
                 ("graft_not_cached", b.graft_misses),
                 ("settled_forgotten", b.settled_forgotten),
+                ("history_over_bound", b.history_over_bound),
                 ("ordering_gap_skipped", b.ordering_gaps_skipped),
                 ("store_error", b.store_errors),
                 ("join_over_rate", m.joins_limited),
@@ -377,6 +378,12 @@ impl Collector for Metrics {
             b.repaired_received,
         )?;
         counter(e, "plumcast_anti_entropy_recovered", "Messages delivered through anti-entropy", b.recovered)?;
+        counter(
+            e,
+            "plumcast_anti_entropy_history_adopted",
+            "Version-vector keys a new node took as seen without their history",
+            b.history_adopted,
+        )?;
         gauge(e, "plumcast_missing_messages", "Messages announced (IHave) and not received yet", g(s.missing))?;
         gauge(e, "plumcast_cache_messages", "Payloads in the cache", g(s.cache.0))?;
         gauge(e, "plumcast_cache_bytes", "Payload bytes in the cache", g(s.cache.1))?;
