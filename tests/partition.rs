@@ -130,9 +130,16 @@ async fn a_healed_partition_delivers_what_each_side_sent_during_the_split() {
         for n in &nodes {
             views.push(n.node.neighbors().await.unwrap().len());
         }
+        // What those nodes took as history, and dropped as duplicates.
+        let mut without = Vec::new();
+        for i in lacking.iter().flat_map(|(_, w)| w.iter().copied()).collect::<std::collections::BTreeSet<_>>() {
+            let b = nodes[i].node.stats().await.unwrap().broadcast;
+            without.push((i, b.history_adopted, b.duplicates, b.recovered));
+        }
         panic!(
             "45 s after the heal, (nodes delivered, any twice) per message: {counts:?}; \
-             (origin, nodes without it): {lacking:?}; active views {views:?}"
+             (origin, nodes without it): {lacking:?}; active views {views:?}; \
+             (node without, history keys adopted, duplicates, recovered): {without:?}"
         );
     }
     let mut recovered = 0;
