@@ -2,7 +2,7 @@
 //! `plumcast::proto::State` of every node.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -204,12 +204,54 @@ struct Slot {
     net_rng: ChaCha8Rng,
 }
 
+/// A priority queue of events by [`EventKey`]: messages pushed in key order (most of
+/// them: with a static latency a message sent now arrives after every message sent
+/// before it) go to the back of a run, in O(1); timers and the rest to a binary heap.
+/// Pops take the least key of the two, so the order is the one the heap alone gives.
+#[derive(Clone, Default)]
+struct EventQueue {
+    run: VecDeque<(EventKey, u32)>,
+    heap: BinaryHeap<Reverse<(EventKey, u32)>>,
+}
+
+impl EventQueue {
+    fn push(&mut self, key: EventKey, slot: u32, message: bool) {
+        if message && self.run.back().is_none_or(|(last, _)| *last <= key) {
+            self.run.push_back((key, slot));
+        } else {
+            self.heap.push(Reverse((key, slot)));
+        }
+    }
+
+    fn peek(&self) -> Option<(EventKey, u32)> {
+        match (self.run.front(), self.heap.peek()) {
+            (Some(r), Some(Reverse(h))) => Some(if r.0 <= h.0 { *r } else { *h }),
+            (Some(r), None) => Some(*r),
+            (None, Some(Reverse(h))) => Some(*h),
+            (None, None) => None,
+        }
+    }
+
+    fn pop(&mut self) -> Option<(EventKey, u32)> {
+        let from_run = match (self.run.front(), self.heap.peek()) {
+            (Some(r), Some(Reverse(h))) => r.0 <= h.0,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if from_run { self.run.pop_front() } else { self.heap.pop().map(|Reverse(e)| e) }
+    }
+
+    fn len(&self) -> usize {
+        self.run.len() + self.heap.len()
+    }
+}
+
 /// The events of the nodes `lo..hi`, in order, and what their steps count.
 #[derive(Clone, Default)]
 struct Lane {
     lo: u32,
     hi: u32,
-    queue: BinaryHeap<Reverse<(EventKey, u32)>>,
+    queue: EventQueue,
     slab: Slab,
     /// Events made for nodes of other lanes while this lane ran on its own.
     outbox: Vec<(EventKey, Ev)>,
@@ -221,12 +263,13 @@ struct Lane {
 
 impl Lane {
     fn next(&self) -> Option<EventKey> {
-        self.queue.peek().map(|Reverse((k, _))| *k)
+        self.queue.peek().map(|(k, _)| k)
     }
 
     fn push(&mut self, key: EventKey, ev: Ev) {
+        let message = matches!(ev, Ev::Deliver { .. });
         let slot = self.slab.insert(ev);
-        self.queue.push(Reverse((key, slot)));
+        self.queue.push(key, slot, message);
     }
 }
 
@@ -285,7 +328,7 @@ struct Step<'a, 'b> {
     now: u64,
     lo: u32,
     hi: u32,
-    queue: &'b mut BinaryHeap<Reverse<(EventKey, u32)>>,
+    queue: &'b mut EventQueue,
     slab: &'b mut Slab,
     outbox: &'b mut Vec<(EventKey, Ev)>,
     counters: &'b mut Counters,
@@ -449,7 +492,7 @@ fn lane_of(lanes: &[Lane], i: u32) -> usize {
 fn run_lane(env: &Env<'_>, lane: &mut Lane, nodes: &mut [Slot], start: u64, end: u64) -> u64 {
     let mut now = start;
     let Lane { lo, hi, queue, slab, outbox, counters, notes, buf } = lane;
-    while let Some(Reverse((key, slot))) = queue.peek().copied() {
+    while let Some((key, slot)) = queue.peek() {
         if key.at >= end {
             break;
         }
@@ -524,7 +567,7 @@ impl Sim {
         let k = lanes.clamp(1, n.max(1));
         let mut events = Vec::new();
         for lane in &mut self.lanes {
-            while let Some(Reverse((key, slot))) = lane.queue.pop() {
+            while let Some((key, slot)) = lane.queue.pop() {
                 if let Some(ev) = lane.slab.take(slot) {
                     events.push((key, ev));
                 }
@@ -864,7 +907,7 @@ impl Sim {
     /// Process one event. Returns false when the queue is empty.
     pub fn step(&mut self) -> bool {
         let Some((k, _)) = self.earliest() else { return false };
-        let Some(Reverse((key, slot))) = self.lanes[k].queue.pop() else { return false };
+        let Some((key, slot)) = self.lanes[k].queue.pop() else { return false };
         self.now = self.now.max(key.at);
         let Some(ev) = self.lanes[k].slab.take(slot) else { return true };
         self.with_step(ev.node(), |s| s.run(ev));
@@ -1276,8 +1319,9 @@ impl Step<'_, '_> {
             }
         };
         if (self.lo..self.hi).contains(&ev.node()) {
+            let message = matches!(ev, Ev::Deliver { .. });
             let i = self.slab.insert(ev);
-            self.queue.push(Reverse((key, i)));
+            self.queue.push(key, i, message);
         } else {
             self.outbox.push((key, ev));
         }
@@ -1381,15 +1425,13 @@ impl Step<'_, '_> {
 
     fn send(&mut self, from: u32, to: u32, msg: proto::Message<u32>) {
         let counters = &mut *self.counters;
-        let mut payloads = Vec::new();
+        let key_of =
+            |e: &broadcast::Envelope<u32>| MessageKey { origin: e.origin, incarnation: e.incarnation, seq: e.seq };
+        // The payloads sent: one Gossip's, or a repair's (no allocation for the first).
+        let mut payload = None;
+        let mut repaired: &[broadcast::Envelope<u32>] = &[];
         match &msg {
-            proto::Message::Broadcast(broadcast::Message::Gossip { envelope, .. }) => {
-                payloads.push(MessageKey {
-                    origin: envelope.origin,
-                    incarnation: envelope.incarnation,
-                    seq: envelope.seq,
-                });
-            }
+            proto::Message::Broadcast(broadcast::Message::Gossip { envelope, .. }) => payload = Some(key_of(envelope)),
             proto::Message::Broadcast(broadcast::Message::IHave(a)) => {
                 counters.ihave_frames += 1;
                 counters.announcements += a.len() as u64;
@@ -1407,16 +1449,12 @@ impl Step<'_, '_> {
             proto::Message::Broadcast(broadcast::Message::Repair { envelopes, .. }) => {
                 counters.repairs += 1;
                 counters.repaired += envelopes.len() as u64;
-                payloads.extend(envelopes.iter().map(|e| MessageKey {
-                    origin: e.origin,
-                    incarnation: e.incarnation,
-                    seq: e.seq,
-                }));
+                repaired = envelopes;
             }
             // Records are off in the simulator (sim_protocol); counted with membership.
             proto::Message::Membership(_) | proto::Message::Topology(_) => counters.membership_msgs += 1,
         }
-        for key in payloads {
+        for key in payload.into_iter().chain(repaired.iter().map(key_of)) {
             self.note(Note::Payload { key, msgs: 1 });
         }
         let reachable = self.is_alive(to) && self.env.group[to as usize] == self.env.group[from as usize];
