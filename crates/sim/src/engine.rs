@@ -215,7 +215,10 @@ struct EventQueue {
 }
 
 impl EventQueue {
-    fn push(&mut self, key: EventKey, slot: u32, message: bool) {
+    /// Queue `ev` (kept in `slab`) under `key`.
+    fn insert(&mut self, slab: &mut Slab, key: EventKey, ev: Ev) {
+        let message = matches!(ev, Ev::Deliver { .. });
+        let slot = slab.insert(ev);
         if message && self.run.back().is_none_or(|(last, _)| *last <= key) {
             self.run.push_back((key, slot));
         } else {
@@ -223,22 +226,20 @@ impl EventQueue {
         }
     }
 
-    fn peek(&self) -> Option<(EventKey, u32)> {
+    /// Whether the least key is the run's (false: the heap's, or both are empty).
+    fn run_first(&self) -> bool {
         match (self.run.front(), self.heap.peek()) {
-            (Some(r), Some(Reverse(h))) => Some(if r.0 <= h.0 { *r } else { *h }),
-            (Some(r), None) => Some(*r),
-            (None, Some(Reverse(h))) => Some(*h),
-            (None, None) => None,
+            (Some(r), Some(Reverse(h))) => r.0 <= h.0,
+            (run, _) => run.is_some(),
         }
     }
 
+    fn peek(&self) -> Option<(EventKey, u32)> {
+        if self.run_first() { self.run.front().copied() } else { self.heap.peek().map(|Reverse(e)| *e) }
+    }
+
     fn pop(&mut self) -> Option<(EventKey, u32)> {
-        let from_run = match (self.run.front(), self.heap.peek()) {
-            (Some(r), Some(Reverse(h))) => r.0 <= h.0,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        if from_run { self.run.pop_front() } else { self.heap.pop().map(|Reverse(e)| e) }
+        if self.run_first() { self.run.pop_front() } else { self.heap.pop().map(|Reverse(e)| e) }
     }
 
     fn len(&self) -> usize {
@@ -267,9 +268,7 @@ impl Lane {
     }
 
     fn push(&mut self, key: EventKey, ev: Ev) {
-        let message = matches!(ev, Ev::Deliver { .. });
-        let slot = self.slab.insert(ev);
-        self.queue.push(key, slot, message);
+        self.queue.insert(&mut self.slab, key, ev);
     }
 }
 
@@ -380,6 +379,13 @@ pub struct MessageKey {
     pub incarnation: u64,
     /// Its sequence number within the incarnation.
     pub seq: u64,
+}
+
+impl MessageKey {
+    /// The key of the message `e` carries.
+    pub fn of(e: &broadcast::Envelope<u32>) -> Self {
+        Self { origin: e.origin, incarnation: e.incarnation, seq: e.seq }
+    }
 }
 
 /// What happened to one broadcast.
@@ -1319,9 +1325,7 @@ impl Step<'_, '_> {
             }
         };
         if (self.lo..self.hi).contains(&ev.node()) {
-            let message = matches!(ev, Ev::Deliver { .. });
-            let i = self.slab.insert(ev);
-            self.queue.push(key, i, message);
+            self.queue.insert(self.slab, key, ev);
         } else {
             self.outbox.push((key, ev));
         }
@@ -1412,7 +1416,7 @@ impl Step<'_, '_> {
                 }
                 proto::Output::Event(proto::Event::Delivered(d)) => {
                     let e = &d.envelope;
-                    let key = MessageKey { origin: e.origin, incarnation: e.incarnation, seq: e.seq };
+                    let key = MessageKey::of(e);
                     let at = self.now;
                     self.note(Note::Delivered { key, node: i, hops: d.hops, at });
                 }
@@ -1425,13 +1429,13 @@ impl Step<'_, '_> {
 
     fn send(&mut self, from: u32, to: u32, msg: proto::Message<u32>) {
         let counters = &mut *self.counters;
-        let key_of =
-            |e: &broadcast::Envelope<u32>| MessageKey { origin: e.origin, incarnation: e.incarnation, seq: e.seq };
         // The payloads sent: one Gossip's, or a repair's (no allocation for the first).
         let mut payload = None;
         let mut repaired: &[broadcast::Envelope<u32>] = &[];
         match &msg {
-            proto::Message::Broadcast(broadcast::Message::Gossip { envelope, .. }) => payload = Some(key_of(envelope)),
+            proto::Message::Broadcast(broadcast::Message::Gossip { envelope, .. }) => {
+                payload = Some(MessageKey::of(envelope))
+            }
             proto::Message::Broadcast(broadcast::Message::IHave(a)) => {
                 counters.ihave_frames += 1;
                 counters.announcements += a.len() as u64;
@@ -1454,7 +1458,7 @@ impl Step<'_, '_> {
             // Records are off in the simulator (sim_protocol); counted with membership.
             proto::Message::Membership(_) | proto::Message::Topology(_) => counters.membership_msgs += 1,
         }
-        for key in payload.into_iter().chain(repaired.iter().map(key_of)) {
+        for key in payload.into_iter().chain(repaired.iter().map(MessageKey::of)) {
             self.note(Note::Payload { key, msgs: 1 });
         }
         let reachable = self.is_alive(to) && self.env.group[to as usize] == self.env.group[from as usize];
@@ -1574,5 +1578,64 @@ impl Counters {
         self.repaired += repaired;
         self.invariant_checks += invariant_checks;
         self.invariant_violations += invariant_violations;
+    }
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+
+    /// Messages in key order, messages out of it and timers, mixed: the queue pops them in
+    /// the order a binary heap alone gives.
+    #[test]
+    fn the_event_queue_pops_in_the_order_of_a_heap_alone() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let (mut q, mut slab) = (EventQueue::default(), Slab::default());
+        let mut heap = BinaryHeap::new();
+        let (mut popped, mut expected) = (Vec::new(), Vec::new());
+        let (mut seq, mut to_run) = (0u64, 0u64);
+        for now in (0..5_000u64).map(|t| t * 100) {
+            // Every event due by now, as the engine runs them.
+            while let Some((key, slot)) = q.peek().filter(|(k, _)| k.at <= now) {
+                assert_eq!(q.pop(), Some((key, slot)));
+                popped.push((key, slab.take(slot).is_some()));
+                let Reverse((k, _)) = heap.pop().expect("the heap holds as many");
+                expected.push((k, true));
+            }
+            seq += 1;
+            // Mostly one static latency after now (in order); some sooner, a few later (each
+            // sends the in-order ones after it to the heap until the clock catches up).
+            let at = match rng.gen_range(0..1_000) {
+                0..100 => now + rng.gen_range(0..10_000),
+                100..103 => now + rng.gen_range(10_000..20_000),
+                _ => now + 10_000,
+            };
+            let key = EventKey { at, a: seq, b: 0 };
+            let ev = if rng.gen_bool(0.8) {
+                Ev::Deliver {
+                    from: 0,
+                    to: 1,
+                    to_inc: 1,
+                    msg: proto::Message::Broadcast(broadcast::Message::IHave(vec![])),
+                }
+            } else {
+                Ev::Lost { node: 1, inc: 1, peer: 0 }
+            };
+            let before = q.run.len();
+            q.insert(&mut slab, key, ev);
+            to_run += (q.run.len() - before) as u64;
+            heap.push(Reverse((key, 0u32)));
+        }
+        assert_eq!(q.len(), heap.len());
+        while let Some((key, slot)) = q.pop() {
+            popped.push((key, slab.take(slot).is_some()));
+            let Reverse((k, _)) = heap.pop().expect("the heap holds as many");
+            expected.push((k, true));
+        }
+        assert!(heap.is_empty());
+        assert_eq!(popped, expected);
+        // Both parts were used (every event pushed was popped once).
+        let pushed = popped.len() as u64;
+        assert!(to_run > 1_000 && pushed - to_run > 300, "{to_run} of {pushed} to the run");
     }
 }
