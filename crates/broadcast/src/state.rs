@@ -405,7 +405,7 @@ impl<P: PeerId> State<P> {
         let mut out: Vec<Envelope<P>> = Vec::new();
         let mut bytes = 0usize;
         for (key, _) in self.versions.between(None, None) {
-            let from = cursor.get(key).copied().unwrap_or(0);
+            let from = cursor.get(&key).copied().unwrap_or(0);
             let room = max.saturating_sub(out.len());
             if room == 0 || (!out.is_empty() && bytes >= max_bytes) {
                 return (out, true);
@@ -1454,8 +1454,7 @@ impl<P: PeerId> State<P> {
         let mut settled: Vec<Settled<P>> = Vec::new();
         let mut bytes = 0usize;
         let mut more = false;
-        let mine: Vec<(Key<P>, u64)> =
-            self.versions.between(after.as_ref(), upto.as_ref()).map(|(k, h)| (k.clone(), h)).collect();
+        let mine: Vec<(Key<P>, u64)> = self.versions.between(after.as_ref(), upto.as_ref()).collect();
         for (key, my_head) in &mine {
             let Some(their_head) = theirs.get(key).copied().or((!joined).then_some(0)) else {
                 // A node that just joined lacks this origin entirely: it wants no history.

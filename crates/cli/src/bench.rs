@@ -71,6 +71,10 @@ pub struct Args {
     /// Spanning trees: one per origin (the default) or one shared tree (the paper).
     #[arg(long, value_enum, default_value = "per-origin")]
     tree: TreeArg,
+    /// IHave batching window, ms (default: the LAN preset's, 5 ms): how long a node
+    /// gathers announcements for a lazy link before it sends them as one frame.
+    #[arg(long, value_name = "MS")]
+    ihave_window_ms: Option<u64>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -279,6 +283,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let (n, m) = (a.nodes, a.messages);
     let mut config = proto::Config::lan();
     config.broadcast.tree = a.tree.into();
+    if let Some(ms) = a.ihave_window_ms {
+        config.broadcast.ihave_batch_window = Duration::from_millis(ms);
+    }
     if a.no_topology {
         config.topology = proto::topology::Config::off();
     }
