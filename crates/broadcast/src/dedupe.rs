@@ -101,36 +101,36 @@ impl Lives {
         }
     }
 
+    fn as_mut_slice(&mut self) -> &mut [(u64, Head)] {
+        match self {
+            Lives::One(l) => std::slice::from_mut(l),
+            Lives::Many(v) => v,
+        }
+    }
+
     fn get(&self, incarnation: u64) -> Option<&Head> {
         self.as_slice().iter().find(|(i, _)| *i == incarnation).map(|(_, h)| h)
     }
 
     /// The head of `incarnation`, added if new. Before adding, the oldest incarnations
-    /// beyond `max - 1` are forgotten. Returns the head and the change in entries (+1, or
-    /// less when some were forgotten).
-    fn head_mut(&mut self, incarnation: u64, max: usize) -> (&mut Head, isize) {
-        if let Some(at) = self.as_slice().iter().position(|(i, _)| *i == incarnation) {
-            let head = match self {
-                Lives::One((_, h)) => h,
-                Lives::Many(v) => &mut v[at].1,
-            };
-            return (head, 0);
-        }
-        let mut kept = match std::mem::replace(self, Lives::Many(Vec::new())) {
-            Lives::One(l) => vec![l],
-            Lives::Many(v) => v,
+    /// beyond `max - 1` are forgotten.
+    fn head_mut(&mut self, incarnation: u64, max: usize) -> &mut Head {
+        let at = match self.as_slice().iter().position(|(i, _)| *i == incarnation) {
+            Some(at) => at,
+            None => {
+                let mut kept = match std::mem::replace(self, Lives::Many(Vec::new())) {
+                    Lives::One(l) => vec![l],
+                    Lives::Many(v) => v,
+                };
+                let excess = (kept.len() + 1).saturating_sub(max);
+                kept.drain(..excess.min(kept.len()));
+                let at = kept.partition_point(|(i, _)| *i < incarnation);
+                kept.insert(at, (incarnation, Head::default()));
+                *self = if kept.len() == 1 { Lives::One(kept.remove(0)) } else { Lives::Many(kept) };
+                at
+            }
         };
-        let excess = (kept.len() + 1).saturating_sub(max);
-        kept.drain(..excess.min(kept.len()));
-        let at = kept.partition_point(|(i, _)| *i < incarnation);
-        kept.insert(at, (incarnation, Head::default()));
-        let change = 1 - excess as isize;
-        *self = if kept.len() == 1 { Lives::One(kept.remove(0)) } else { Lives::Many(kept) };
-        let head = match self {
-            Lives::One((_, h)) => h,
-            Lives::Many(v) => &mut v[at].1,
-        };
-        (head, change)
+        &mut self.as_mut_slice()[at].1
     }
 }
 
@@ -144,8 +144,6 @@ pub(crate) type Key<P> = (P, u64);
 #[derive(Clone, Debug)]
 pub(crate) struct Versions<P> {
     seen: BTreeMap<P, Lives>,
-    /// Origin-incarnation entries held (the sum of the origins' incarnations).
-    entries: usize,
     /// Most sequence numbers kept above one head's watermark ([`crate::Config::dedupe_window`]).
     window: usize,
     /// Most incarnations kept per origin ([`crate::Config::max_incarnations`]); an older
@@ -155,7 +153,7 @@ pub(crate) struct Versions<P> {
 
 impl<P: PeerId> Versions<P> {
     pub(crate) fn new(window: usize, max_incarnations: usize) -> Self {
-        Self { seen: BTreeMap::new(), entries: 0, window, max_incarnations: max_incarnations.max(1) }
+        Self { seen: BTreeMap::new(), window, max_incarnations: max_incarnations.max(1) }
     }
 
     fn get(&self, key: &Key<P>) -> Option<&Head> {
@@ -184,17 +182,9 @@ impl<P: PeerId> Versions<P> {
         let max = self.max_incarnations;
         match self.seen.entry(key.0.clone()) {
             std::collections::btree_map::Entry::Vacant(v) => {
-                self.entries += 1;
-                match v.insert(Lives::One((key.1, Head::default()))) {
-                    Lives::One((_, h)) => h,
-                    Lives::Many(_) => unreachable!("inserted as One"),
-                }
+                &mut v.insert(Lives::One((key.1, Head::default()))).as_mut_slice()[0].1
             }
-            std::collections::btree_map::Entry::Occupied(o) => {
-                let (head, change) = o.into_mut().head_mut(key.1, max);
-                self.entries = self.entries.saturating_add_signed(change);
-                head
-            }
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut().head_mut(key.1, max),
         }
     }
 
@@ -255,9 +245,10 @@ impl<P: PeerId> Versions<P> {
             .take_while(move |(k, _)| upto.is_none_or(|u| k <= u))
     }
 
-    /// Origin-incarnation entries kept.
+    /// Origin-incarnation entries kept (counted over the origins: for stats, not for a
+    /// hot path).
     pub(crate) fn len(&self) -> usize {
-        self.entries
+        self.seen.values().map(|l| l.as_slice().len()).sum()
     }
 }
 
