@@ -1,20 +1,27 @@
 //! The link: one task per QUIC connection that does the handshake and the Hello
-//! exchange, then reads frames (decoding them with the owner's [`Codec`]). The owner (the
-//! node's actor) hears of everything as [`LinkEvent`]s and gets the connection's send
-//! stream in [`Up`]: it writes its frames itself, so a frame sent crosses no task
-//! hand-off before quinn's connection driver.
+//! exchange, reads frames (decoding them with the owner's [`Codec`]) and writes the frames
+//! queued for it, coalesced, as chunks without copying. The owner (the node's actor)
+//! keeps the queue and hears of everything as [`LinkEvent`]s.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::codec::FramedRead;
 
 use crate::{
     Hello, NodeId, PeerInfo, TransportError, close_code, decode_body, encode_frame, frame_codec, peer_node_id,
 };
+
+/// Queued frames are written in batches of up to this many bytes (many frames per QUIC
+/// packet, one write call per batch).
+const WRITE_BATCH_BYTES: usize = 64 << 10;
+/// How long a finished stream waits for the peer to have read everything (leave).
+const FINISH_WAIT: Duration = Duration::from_secs(5);
 
 /// Decodes the frames of a link (the body after the length prefix), on the link's task.
 pub trait Codec: Send + 'static {
@@ -69,7 +76,7 @@ impl Frame {
     }
 
     /// Append this frame's chunks to a write batch.
-    pub fn push_to(self, chunks: &mut Vec<Bytes>) {
+    fn push_to(self, chunks: &mut Vec<Bytes>) {
         match self {
             Frame::Whole(b) => chunks.push(b),
             Frame::Split { head, body } => {
@@ -106,9 +113,12 @@ pub struct Up {
     pub conn_id: u64,
     /// The connection.
     pub conn: quinn::Connection,
-    /// Our frame stream to the peer (the Hello already written on it): the owner writes
-    /// the frames, and finishes the stream when it is done with the link.
-    pub send: quinn::SendStream,
+    /// The writer's queue.
+    pub tx: mpsc::UnboundedSender<Frame>,
+    /// Frames in the writer's queue, shared with it.
+    pub depth: Arc<AtomicUsize>,
+    /// Bytes of those frames, shared with it.
+    pub queued_bytes: Arc<AtomicUsize>,
     /// Whether we dialed it.
     pub dialed_by_me: bool,
     /// Whether it was a dial to a bootstrap address (no expected id).
@@ -167,6 +177,12 @@ pub enum LinkEvent<M> {
         /// Why.
         reason: String,
     },
+    /// The writer finished (its queue was dropped and the stream finished, or the
+    /// connection failed).
+    WriterDone {
+        /// The connection.
+        conn_id: u64,
+    },
 }
 
 /// What one link task needs.
@@ -181,6 +197,10 @@ pub struct LinkCtx<E> {
     pub max_frame: usize,
     /// How long the handshake and Hello exchange may take.
     pub handshake_timeout: Duration,
+    /// Notified when the writer's queue empties.
+    pub drained: Arc<Notify>,
+    /// Counts the frames this connection's writer discards when the connection fails.
+    pub writer_drops: Arc<AtomicU64>,
     /// `Some` when we dialed.
     pub dial: Option<Dial>,
 }
@@ -215,8 +235,7 @@ fn closed_in_setup(what: &str, e: &quinn::ConnectionError, peer: PeerInfo) -> (S
 }
 
 /// Drive one connection to its end: TLS handshake, Hello exchange, then read frames
-/// (decoded with `codec`, off the owner's task); the send stream goes to the owner in
-/// [`LinkEvent::Up`].
+/// (decoded with `codec`, off the owner's task) and write the frames queued for it.
 /// Reports everything through `ctx.events`; a malformed or oversized frame closes this
 /// one connection with a reason.
 pub async fn run<C, E>(
@@ -227,7 +246,7 @@ pub async fn run<C, E>(
     C: Codec,
     E: From<LinkEvent<C::Message>> + Send + 'static,
 {
-    let LinkCtx { conn_id, events: net_tx, hello, max_frame, handshake_timeout, dial } = ctx;
+    let LinkCtx { conn_id, events: net_tx, hello, max_frame, handshake_timeout, drained, writer_drops, dial } = ctx;
     let fail = |reason: String, kind: Refusal, peer: Option<PeerInfo>| {
         let net_tx = net_tx.clone();
         let dial_info = dial.as_ref().map(|d| (d.expected, d.addr));
@@ -300,57 +319,136 @@ pub async fn run<C, E>(
         Ok(Err((reason, kind, peer))) => return fail(reason, kind, peer).await,
         Err(_) => return fail("handshake timed out".into(), Refusal::Handshake, None).await,
     };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let depth = Arc::new(AtomicUsize::new(0));
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
     let up = LinkEvent::Up(Up {
         peer,
         conn_id,
         conn: conn.clone(),
-        send,
+        tx,
+        depth: depth.clone(),
+        queued_bytes: queued_bytes.clone(),
         dialed_by_me: dial.is_some(),
         bootstrap: dial.as_ref().is_some_and(|d| d.expected.is_none()),
     });
     if net_tx.send(up.into()).await.is_err() {
         return;
     }
+    let writer = write_frames::<C::Message, E>(
+        send,
+        rx,
+        Queue { depth, queued_bytes, drained, dropped: writer_drops },
+        net_tx.clone(),
+        conn_id,
+    );
+    tokio::pin!(writer);
+    let mut writer_done = false;
     let reason = loop {
-        match frames.next().await {
-            Some(Ok(body)) => {
-                let len = body.len();
-                match codec.decode(body.freeze()) {
-                    Ok(Decoded { message, raw }) => {
-                        let event = LinkEvent::Message { from: peer, conn_id, message, raw, bytes: len + 4 };
-                        if net_tx.send(event.into()).await.is_err() {
+        tokio::select! {
+            frame = frames.next() => match frame {
+                Some(Ok(body)) => {
+                    let len = body.len();
+                    match codec.decode(body.freeze()) {
+                        Ok(Decoded { message, raw }) => {
+                            let event = LinkEvent::Message { from: peer, conn_id, message, raw, bytes: len + 4 };
+                            if net_tx.send(event.into()).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            let (kind, what) = match e {
+                                TransportError::Oversized { .. } => (Refusal::Oversized, "frame too large"),
+                                _ => (Refusal::Malformed, "malformed frame"),
+                            };
+                            conn.close(close_code::PROTOCOL.into(), what.as_bytes());
+                            let reason = format!("{what} ({len} bytes): {e}");
+                            let refused = LinkEvent::Refused { peer: Some(peer), after_dial_failed: false, conn_id, kind, reason };
+                            let _ = net_tx.send(refused.into()).await;
                             return;
                         }
                     }
-                    Err(e) => {
-                        let (kind, what) = match e {
-                            TransportError::Oversized { .. } => (Refusal::Oversized, "frame too large"),
-                            _ => (Refusal::Malformed, "malformed frame"),
-                        };
-                        conn.close(close_code::PROTOCOL.into(), what.as_bytes());
-                        let reason = format!("{what} ({len} bytes): {e}");
-                        let refused =
-                            LinkEvent::Refused { peer: Some(peer), after_dial_failed: false, conn_id, kind, reason };
-                        let _ = net_tx.send(refused.into()).await;
-                        return;
-                    }
                 }
-            }
-            Some(Err(e)) => {
-                let oversized = e.kind() == std::io::ErrorKind::InvalidData;
-                let (kind, code, what) = if oversized {
-                    (Refusal::Oversized, close_code::PROTOCOL, "frame too large")
-                } else {
-                    break format!("read: {e}");
-                };
-                conn.close(code.into(), what.as_bytes());
-                let reason = format!("{what}: {e}");
-                let refused = LinkEvent::Refused { peer: Some(peer), after_dial_failed: false, conn_id, kind, reason };
-                let _ = net_tx.send(refused.into()).await;
-                return;
-            }
-            None => break "stream finished".to_string(),
+                Some(Err(e)) => {
+                    let oversized = e.kind() == std::io::ErrorKind::InvalidData;
+                    let (kind, code, what) = if oversized {
+                        (Refusal::Oversized, close_code::PROTOCOL, "frame too large")
+                    } else {
+                        break format!("read: {e}");
+                    };
+                    conn.close(code.into(), what.as_bytes());
+                    let reason = format!("{what}: {e}");
+                    let refused = LinkEvent::Refused { peer: Some(peer), after_dial_failed: false, conn_id, kind, reason };
+                    let _ = net_tx.send(refused.into()).await;
+                    return;
+                }
+                None => break "stream finished".to_string(),
+            },
+            () = &mut writer, if !writer_done => writer_done = true,
         }
     };
     let _ = net_tx.send(LinkEvent::Down { peer: peer.id, conn_id, reason }.into()).await;
+}
+
+/// A writer's side of its send queue: the depth it shares with the actor, the signal that
+/// it emptied, and the count of frames it had to discard.
+struct Queue {
+    depth: Arc<AtomicUsize>,
+    queued_bytes: Arc<AtomicUsize>,
+    drained: Arc<Notify>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// Write queued frames, coalescing whatever is queued into one write (many frames per
+/// QUIC packet). Frames go to quinn as chunks, without copying: a forwarded Gossip's
+/// envelope bytes are shared with the other eager peers' queues. When the actor drops the
+/// queue, finish the stream and wait (bounded) until the peer has read everything.
+async fn write_frames<M, E: From<LinkEvent<M>>>(
+    mut send: quinn::SendStream,
+    mut rx: mpsc::UnboundedReceiver<Frame>,
+    queue: Queue,
+    net_tx: mpsc::Sender<E>,
+    conn_id: u64,
+) {
+    let Queue { depth, queued_bytes, drained, dropped } = queue;
+    let mut chunks: Vec<Bytes> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        chunks.clear();
+        let mut bytes = first.len();
+        first.push_to(&mut chunks);
+        let mut n = 1;
+        while bytes < WRITE_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(f) => {
+                    bytes += f.len();
+                    f.push_to(&mut chunks);
+                    n += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        let written = send.write_all_chunks(&mut chunks).await;
+        queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        if written.is_err() {
+            depth.fetch_sub(n, Ordering::Relaxed);
+            dropped.fetch_add(n as u64, Ordering::Relaxed);
+            // The connection is gone; the reader reports it. Keep draining (and counting)
+            // so the depth stays honest until the actor drops the queue.
+            while let Some(f) = rx.recv().await {
+                depth.fetch_sub(1, Ordering::Relaxed);
+                queued_bytes.fetch_sub(f.len(), Ordering::Relaxed);
+                dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = net_tx.send(LinkEvent::WriterDone { conn_id }.into()).await;
+            return;
+        }
+        if depth.fetch_sub(n, Ordering::Relaxed) == n {
+            drained.notify_one();
+        }
+    }
+    let _ = send.finish();
+    let t = std::time::Instant::now();
+    let r = tokio::time::timeout(FINISH_WAIT, send.stopped()).await;
+    tracing::debug!(elapsed = ?t.elapsed(), result = ?r, "writer finished");
+    let _ = net_tx.send(LinkEvent::WriterDone { conn_id }.into()).await;
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use plumcast_transport::{Hello, Identity, NodeId, PeerInfo, client_config, close_code, encode_frame};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -156,6 +156,8 @@ pub(crate) struct Actor {
     /// The connection and lookup tasks.
     tasks: JoinSet<()>,
     links: Links,
+    /// The links' signal that a writer's queue emptied (to lift congestion).
+    drained: Arc<Notify>,
     timers: Timers,
     /// Bootstrap dials (and name lookups) not yet answered.
     bootstrap_inflight: usize,
@@ -248,6 +250,7 @@ impl Actor {
         };
         let links = Links::new(init.me.id, limits);
         Self {
+            drained: links.drained().clone(),
             links,
             config: init.config,
             identity: init.identity,
@@ -305,8 +308,6 @@ impl Actor {
             if self.staged_since.is_some_and(|t| t.elapsed() >= STAGE_WAIT) {
                 self.flush_staged();
             }
-            // Everything queued so far goes to quinn before we wait.
-            self.links.flush();
             let next_timer = self.timers.next();
             let accept_broadcasts = !self.links.congested();
             tokio::select! {
@@ -347,12 +348,10 @@ impl Actor {
                         return;
                     }
                 },
-                Some(done) = self.links.next_written(), if self.links.writing() => {
-                    self.links.written(done);
-                }
                 Some(ev) = self.net_rx.recv() => self.on_net(ev),
                 () = tokio::time::sleep_until(next_timer.unwrap_or_else(|| Instant::now() + NO_TIMER)), if next_timer.is_some() => self.fire_timers(),
                 Some(cmd) = self.bcast_rx.recv(), if accept_broadcasts => self.on_broadcast(cmd),
+                () = self.drained.notified(), if !accept_broadcasts => self.links.recheck_congestion(),
                 Some(incoming) = self.endpoint.accept() => self.accept(incoming),
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => self.on_task_done(done),
                 _ = sweep.tick() => self.sweep(),
@@ -702,6 +701,8 @@ impl Actor {
             hello: self.hello(),
             max_frame: self.config.transport.max_frame_size,
             handshake_timeout: self.config.transport.handshake_timeout,
+            drained: self.drained.clone(),
+            writer_drops: self.links.writer_drops().clone(),
             dial,
         }
     }
@@ -832,6 +833,7 @@ impl Actor {
                 self.stats.dial_failures += 1;
                 self.bootstrap_unreachable(&addr.to_string(), kind, reason);
             }
+            LinkEvent::WriterDone { .. } => {}
         }
     }
 
@@ -1045,22 +1047,16 @@ impl Actor {
         self.input(proto::Input::Membership(membership::Input::Leave));
         self.flush_app().await;
         // Wait for the writers of active links (they carry our Disconnect); transient
-        // links may point at dead peers and would only burn the linger. Each writer
-        // finishes its stream after the last frame.
+        // links may point at dead peers and would only burn the linger. Dropping the
+        // queues lets each writer finish its stream after the last frame.
         let links = self.links.drain();
         let mut waiting: Vec<u64> =
             links.iter().filter(|(id, _, _)| neighbors.contains(id)).map(|(_, conn_id, _)| *conn_id).collect();
         let deadline = Instant::now() + self.config.shutdown_linger;
         while !waiting.is_empty() {
-            self.links.flush();
             tokio::select! {
-                Some(done) = self.links.next_written(), if self.links.writing() => {
-                    if let Some(conn_id) = self.links.written(done) {
-                        waiting.retain(|c| *c != conn_id);
-                    }
-                }
                 Some(ev) = self.net_rx.recv() => {
-                    if let NetEvent::Link(LinkEvent::Down { conn_id, .. }) = ev {
+                    if let NetEvent::Link(LinkEvent::WriterDone { conn_id } | LinkEvent::Down { conn_id, .. }) = ev {
                         waiting.retain(|c| *c != conn_id);
                     }
                 }
